@@ -1,0 +1,145 @@
+"""Every setting of sharpe-rl, as typed pydantic models.
+
+These models are the single source of truth for defaults. The Prefect flows take them as
+parameters (so the Prefect UI renders them as a form), the CLI builds them from its options,
+and every library function receives the one sub-model it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvalConfig(_Settings):
+    """The evaluation protocol: labels, walk-forward folds, holdout and trading costs."""
+
+    horizon: int = Field(1, ge=1, description="Label = sign of the forward return over this many bars.")
+    n_folds: int = Field(4, ge=1, description="Number of walk-forward (expanding window) test folds.")
+    min_train_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Share of the reward window used to train the first fold."
+    )
+    embargo: int = Field(0, ge=0, description="Extra bars dropped between a training set and its test set.")
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Last share of time carved off and never used in any reward."
+    )
+    fee_bps: float = Field(10.0, ge=0, description="Trading cost in basis points per unit of turnover.")
+    scheme: Literal["per_asset", "cross_sectional"] = Field(
+        "per_asset",
+        description="Positions: per asset 2p-1, or cross-sectional market-neutral demeaned ranks.",
+    )
+    rebalance_every: int | None = Field(
+        None, ge=1, description="Rebalance every this many bars (default: the horizon)."
+    )
+    lookahead_check: bool = Field(
+        True, description="Re-run the last fold on truncated data and flag predictions that change."
+    )
+
+    @property
+    def rebalance_bars(self) -> int:
+        return self.rebalance_every or self.horizon
+
+
+class SandboxConfig(_Settings):
+    """How generated experiments are executed."""
+
+    executor: Literal["docker", "process"] = Field(
+        "docker", description="docker (isolated) or process (no security boundary, for machines without Docker)."
+    )
+    image: str | None = Field(None, description="Sandbox image tag (default: the tag built from this checkout).")
+    timeout_seconds: float = Field(180.0, gt=0, description="Wall-clock limit per experiment.")
+    memory_mb: int = Field(2048, ge=256, description="Memory limit per experiment, no swap.")
+    cpus: float = Field(1.0, gt=0, description="CPU quota per experiment, in cores.")
+    pids_limit: int = Field(256, ge=16, description="Maximum processes and threads per experiment.")
+    tmpfs_mb: int = Field(256, ge=16, description="Size of the writable /tmp inside the sandbox.")
+    output_limit_kb: int = Field(65536, ge=64, description="Cap on the stdout/stderr kept from an experiment.")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Experiments executed in parallel."
+    )
+
+
+class RewardConfig(_Settings):
+    """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures."""
+
+    sharpe_clip: float = Field(3.0, gt=0, description="Net Sharpe is clipped to ±this and scaled to [-1, 1].")
+    penalty_runtime: float = Field(
+        -1.25, description="Reward of an experiment that ran but failed (runtime errors, timeouts, bad output)."
+    )
+    penalty_format: float = Field(
+        -1.5, description="Reward of an experiment that never ran (unparseable JSON, schema, syntax, imports)."
+    )
+    penalty_lookahead: float = Field(-2.0, description="Reward of an experiment that reads the future.")
+
+    @model_validator(mode="after")
+    def _ladder_is_ordered(self) -> RewardConfig:
+        if not (self.penalty_lookahead <= self.penalty_format < self.penalty_runtime < -1.0):
+            raise ValueError(
+                "penalties must satisfy lookahead <= format < runtime < -1 "
+                "(a valid but losing model always beats a failure)"
+            )
+        return self
+
+
+class PolicyConfig(_Settings):
+    """The policy model and how it generates."""
+
+    model: str = Field(
+        "runs/policy/tiny", description="Hugging Face id or local path of the base policy (from_pretrained)."
+    )
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
+    device: str = Field("auto", description="cpu, cuda, or auto.")
+    max_new_tokens: int = Field(768, ge=16, description="Longest completion generated.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (1.0 keeps PPO on-policy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    constrained_json: bool = Field(False, description="Constrain decoding to the ExperimentSpec JSON schema.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+
+
+class PPOConfig(_Settings):
+    """PPO on the LoRA adapters (CleanRL-style); one update per cycle on the scored batch."""
+
+    learning_rate: float = Field(3e-4, gt=0, description="Adam learning rate for adapters and value head.")
+    epochs: int = Field(2, ge=1, description="Passes over the batch per update.")
+    minibatch_size: int = Field(4, ge=1, description="Experiences per gradient step.")
+    clip_coef: float = Field(0.2, gt=0, description="Surrogate clipping range for the probability ratio.")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
+    vf_clip: float = Field(0.2, gt=0, description="Clipping range for the value update.")
+    ent_coef: float = Field(0.001, ge=0, description="Weight of the entropy bonus.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount over completion tokens.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    init_kl_coef: float = Field(0.05, ge=0, description="Initial weight of the KL penalty to the reference.")
+    target_kl: float | None = Field(6.0, gt=0, description="Adaptive KL target per sequence (None: fixed coef).")
+    kl_horizon: int = Field(10000, ge=1, description="Horizon of the adaptive KL controller, in samples.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages per batch.")
+    advantage: Literal["gae", "group"] = Field(
+        "gae", description="gae (value head) or group (group-relative baseline, no critic)."
+    )
+    group_size: int = Field(4, ge=2, description="Samples per prompt when advantage=group.")
+
+
+class RunConfig(_Settings):
+    """One RL run: the cycle repeated `cycles` times. Also the rl_run flow's parameters."""
+
+    name: str = Field("sharpe-rl", description="Run name (MLflow parent run, checkpoints, buffer).")
+    cycles: int = Field(48, ge=1, description="Generate → execute → score → log → update, this many times.")
+    batch_size: int = Field(16, ge=1, description="Experiences per cycle.")
+    prompt_version: str = Field("v2_rules", description="Prompt template under prompts/.")
+    dataset: Path = Field(Path("data/sample_daily.parquet"), description="OHLCV panel (Parquet or CSV).")
+    seed: int = Field(0, description="Seed for generation, folds and models.")
+    runs_dir: Path = Field(Path("runs"), description="Where the buffer, checkpoints, cache and reports live.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite under runs_dir).")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)

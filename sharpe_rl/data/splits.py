@@ -1,0 +1,125 @@
+"""The evaluation protocol's timeline: reward window, final holdout and walk-forward folds.
+
+All boundaries are bar timestamps of the panel's union timeline and are inclusive. A training
+set ends `horizon + embargo` bars before its test set starts, so no training label (the return
+from bar t to bar t + horizon) reaches into a test bar. The final holdout is carved off the end
+of time; the sandbox never sees it during a reward run, and `reward_end` is the last bar it may
+see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from sharpe_rl.config import EvalConfig
+
+#: Fewest training bars a fold may have; fewer means the panel is too short for the protocol.
+MIN_TRAIN_BARS = 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Fold(BaseModel):
+    """One walk-forward fold; all four bounds are inclusive bar timestamps."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    train_start: datetime
+    train_end: datetime
+    test_start: datetime
+    test_end: datetime
+
+    def to_wire(self) -> dict[str, int]:
+        """The fold as nanosecond epoch integers, the form the sandbox harness reads."""
+        return {
+            "index": self.index,
+            **{name: _to_ns(getattr(self, name)) for name in ("train_start", "train_end", "test_start", "test_end")},
+        }
+
+
+class EvalPlan(BaseModel):
+    """Where the reward window ends, where the holdout starts, and the folds inside the window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reward_start: datetime
+    reward_end: datetime
+    holdout_start: datetime | None
+    holdout_end: datetime | None
+    folds: list[Fold]
+    holdout_fold: Fold | None
+    lookahead_cut: datetime
+
+    def lookahead_fold(self) -> Fold:
+        """The last fold with its test window cut at `lookahead_cut`, for the lookahead guard."""
+        last = self.folds[-1]
+        return last.model_copy(update={"test_end": self.lookahead_cut})
+
+
+class ProtocolError(ValueError):
+    """The panel is too short for the evaluation protocol asked for."""
+
+
+def timeline(panel: pl.DataFrame) -> list[datetime]:
+    """The sorted union of bar timestamps across all symbols."""
+    return panel.get_column("timestamp").unique().sort().to_list()
+
+
+def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan:
+    """Split a sorted timeline into the reward window with its folds, and the holdout."""
+    n = len(timestamps)
+    n_holdout = math.floor(n * cfg.holdout_fraction)
+    reward = timestamps[: n - n_holdout]
+    gap = cfg.horizon + cfg.embargo
+
+    first_test = math.ceil(len(reward) * cfg.min_train_fraction)
+    test_positions = np.arange(first_test, len(reward))
+    if len(test_positions) < cfg.n_folds * 2:
+        raise ProtocolError(
+            f"the reward window has {len(reward)} bars: too few for {cfg.n_folds} folds "
+            f"after a first training set of {first_test} bars; use fewer folds or a longer panel"
+        )
+    chunks = np.array_split(test_positions, cfg.n_folds)
+    folds = [_fold(i, reward, int(chunk[0]), int(chunk[-1]), gap) for i, chunk in enumerate(chunks)]
+    last_chunk = chunks[-1]
+    lookahead_cut = reward[int(last_chunk[len(last_chunk) // 2])]
+
+    holdout_fold = None
+    if n_holdout:
+        holdout_fold = _fold(len(folds), timestamps, len(reward), n - 1, gap)
+    return EvalPlan(
+        reward_start=reward[0],
+        reward_end=reward[-1],
+        holdout_start=timestamps[len(reward)] if n_holdout else None,
+        holdout_end=timestamps[-1] if n_holdout else None,
+        folds=folds,
+        holdout_fold=holdout_fold,
+        lookahead_cut=lookahead_cut,
+    )
+
+
+def _fold(index: int, bars: Sequence[datetime], test_start: int, test_end: int, gap: int) -> Fold:
+    """Fold with test bars [test_start, test_end] (positions in `bars`), training on all before the gap."""
+    train_end = test_start - gap - 1
+    if train_end + 1 < MIN_TRAIN_BARS:
+        raise ProtocolError(
+            f"fold {index} would train on {max(train_end + 1, 0)} bars (fewer than {MIN_TRAIN_BARS}); "
+            "lower the horizon/embargo or use a longer panel"
+        )
+    return Fold(
+        index=index,
+        train_start=bars[0],
+        train_end=bars[train_end],
+        test_start=bars[test_start],
+        test_end=bars[test_end],
+    )
+
+
+def _to_ns(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1) * 1000

@@ -1,0 +1,74 @@
+"""The evaluation timeline: folds never leak training labels into test bars; the holdout stays out."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sharpe_rl.config import EvalConfig
+from sharpe_rl.data.splits import ProtocolError, plan_evaluation
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def hourly(n: int) -> list[datetime]:
+    return [START + timedelta(hours=i) for i in range(n)]
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 12])
+@pytest.mark.parametrize("embargo", [0, 5])
+def test_no_training_label_reaches_a_test_bar(horizon, embargo):
+    bars = hourly(1000)
+    plan = plan_evaluation(bars, EvalConfig(horizon=horizon, embargo=embargo, n_folds=5))
+    for fold in [*plan.folds, plan.holdout_fold]:
+        last_train = bars.index(fold.train_end)
+        first_test = bars.index(fold.test_start)
+        # the label of the last training bar is the return up to bar last_train + horizon
+        assert last_train + horizon < first_test
+        assert first_test - last_train - 1 == horizon + embargo
+
+
+def test_folds_are_expanding_contiguous_and_cover_the_test_span():
+    bars = hourly(1000)
+    plan = plan_evaluation(bars, EvalConfig(n_folds=4, min_train_fraction=0.5, holdout_fraction=0.2))
+    assert all(f.train_start == bars[0] for f in plan.folds)
+    assert [f.train_end for f in plan.folds] == sorted(f.train_end for f in plan.folds)
+    for before, after in zip(plan.folds, plan.folds[1:], strict=False):
+        assert bars.index(after.test_start) == bars.index(before.test_end) + 1
+    assert plan.folds[0].test_start == bars[400]  # half of the 800-bar reward window
+    assert plan.folds[-1].test_end == plan.reward_end == bars[799]
+
+
+def test_holdout_is_the_last_fifth_and_no_fold_touches_it():
+    bars = hourly(1000)
+    plan = plan_evaluation(bars, EvalConfig())
+    assert plan.holdout_start == bars[800] and plan.holdout_end == bars[-1]
+    for fold in plan.folds:
+        assert fold.test_end < plan.holdout_start and fold.train_end < plan.holdout_start
+    assert plan.holdout_fold.test_start == plan.holdout_start
+    assert plan.holdout_fold.test_end == plan.holdout_end
+
+
+def test_lookahead_cut_is_inside_the_last_test_window():
+    plan = plan_evaluation(hourly(1000), EvalConfig())
+    last = plan.folds[-1]
+    assert last.test_start < plan.lookahead_cut < last.test_end
+    assert plan.lookahead_fold().test_end == plan.lookahead_cut
+
+
+def test_no_holdout_when_fraction_is_zero():
+    plan = plan_evaluation(hourly(200), EvalConfig(holdout_fraction=0))
+    assert plan.holdout_fold is None and plan.reward_end == hourly(200)[-1]
+
+
+def test_too_short_a_panel_says_what_to_change():
+    with pytest.raises(ProtocolError, match="fewer folds or a longer panel"):
+        plan_evaluation(hourly(10), EvalConfig())
+    with pytest.raises(ProtocolError, match="lower the horizon"):
+        plan_evaluation(hourly(100), EvalConfig(horizon=40, holdout_fraction=0))
+
+
+def test_wire_form_is_nanoseconds():
+    plan = plan_evaluation(hourly(1000), EvalConfig())
+    wire = plan.folds[0].to_wire()
+    assert wire["train_start"] == int(START.timestamp()) * 10**9
+    assert wire["index"] == 0
