@@ -130,7 +130,11 @@ class PPOConfig(_Settings):
 class RunConfig(_Settings):
     """One RL run: the cycle repeated `cycles` times. Also the rl_run flow's parameters."""
 
-    name: str = Field("sharpe-rl", description="Run name (MLflow parent run, checkpoints, buffer).")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="Run name; starting a run with an unfinished run's name resumes it (default: a new dated name).",
+    )
     cycles: int = Field(48, ge=1, description="Generate → execute → score → log → update, this many times.")
     batch_size: int = Field(16, ge=1, description="Experiences per cycle.")
     prompt_version: str = Field("v2_rules", description="Prompt template under prompts/.")

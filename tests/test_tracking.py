@@ -1,0 +1,106 @@
+"""MLflow logging: what a user finds in the UI, and that logging a cycle twice duplicates nothing."""
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.entities import RunStatus
+
+from sharpe_rl.config import RunConfig
+from sharpe_rl.experience import Experience
+from sharpe_rl.sandbox.contract import ErrorClass
+from sharpe_rl.tracking import Tracker, flatten
+
+SPEC = {"name": "rf", "features": "def make_features(df):\n    return df\n", "model": "def make_model(): ..."}
+
+
+def experience(cycle: int, index: int, sharpe: float | None, error: ErrorClass | None = None) -> Experience:
+    return Experience(
+        run="night-1",
+        cycle=cycle,
+        index=index,
+        prompt_version="v2_rules",
+        prompt="prompt",
+        completion=json.dumps(SPEC),
+        prompt_token_ids=[1, 2],
+        completion_token_ids=[3, 4],
+        logprobs=[-0.1, -0.2],
+        spec_json=None if error else json.dumps(SPEC),
+        name=None if error else "rf",
+        model_family=None if error else "sklearn",
+        error_class=error,
+        error_message="KeyError: 'vwap'" if error else None,
+        metrics={} if error else {"sharpe_net": sharpe, "dsr": 0.4},
+        reward=-1.25 if error else sharpe / 3,
+        code_hash=None if error else "abc",
+        timings={"execute": 1.5},
+    )
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    t = Tracker(tmp_path / "runs")
+    t.start(RunConfig(name="night-1"), "night-1")
+    return t
+
+
+def children(t: Tracker) -> list:
+    return t._search(f"tags.`mlflow.parentRunId` = '{t.parent_run_id}'")
+
+
+def test_parent_run_holds_the_config_as_params_and_artifact(tracker):
+    run = tracker.client.get_run(tracker.parent_run_id)
+    assert run.data.params["eval.horizon"] == "1"
+    assert run.data.params["sandbox.executor"] == "docker"
+    artifacts = [a.path for a in tracker.client.list_artifacts(tracker.parent_run_id)]
+    assert "config.json" in artifacts
+    assert run.info.artifact_uri.startswith("file://") and "mlartifacts" in run.info.artifact_uri
+
+
+def test_cycle_metrics_have_steps_and_experiments_are_sortable_child_runs(tracker):
+    tracker.log_cycle(
+        0, {"reward_mean": 0.1}, [experience(0, 0, 1.2), experience(0, 1, None, ErrorClass.missing_column)]
+    )
+    tracker.log_cycle(1, {"reward_mean": 0.3}, [experience(1, 0, 2.4), experience(1, 1, 0.3)])
+
+    history = tracker.client.get_metric_history(tracker.parent_run_id, "reward_mean")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.1), (1, 0.3)]
+
+    best = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'",
+        order_by=["metrics.sharpe_net DESC"],
+        max_results=1,
+    )[0]
+    assert best.data.metrics["sharpe_net"] == 2.4 and best.data.tags["sharpe_rl.cycle"] == "1"
+    failed = [c for c in children(tracker) if c.data.tags["status"] == "missing_column"]
+    assert len(failed) == 1 and "vwap" in failed[0].data.tags["error"]
+    code = tracker.client.download_artifacts(best.info.run_id, "model.py")
+    assert Path(code).read_text() == SPEC["model"]
+
+
+def test_logging_a_cycle_again_duplicates_nothing(tracker):
+    batch = [experience(0, 0, 1.2), experience(0, 1, 0.5)]
+    tracker.log_cycle(0, {"reward_mean": 0.1}, batch)
+    tracker.log_cycle(0, {"reward_mean": 0.1}, batch)
+    assert len(tracker.client.get_metric_history(tracker.parent_run_id, "reward_mean")) == 1
+    assert len(children(tracker)) == 2
+
+
+def test_a_half_written_child_is_replaced_on_resume(tracker, tmp_path):
+    batch = [experience(0, 0, 1.2), experience(0, 1, 0.5)]
+    tracker.log_cycle(0, {"reward_mean": 0.1}, batch)
+    # the process died while writing child 1: it exists but never finished
+    stale = next(c for c in children(tracker) if c.data.tags["sharpe_rl.index"] == "1")
+    tracker.client.update_run(stale.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    resumed = Tracker(tmp_path / "runs")
+    assert resumed.start(RunConfig(name="night-1"), "night-1") == tracker.parent_run_id
+    resumed.log_cycle(0, {"reward_mean": 0.1}, batch)
+    live = children(resumed)
+    assert sorted(c.data.tags["sharpe_rl.index"] for c in live) == ["0", "1"]
+    assert all(c.info.status == "FINISHED" for c in live)
+
+
+def test_flatten_nests_with_dots():
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {"a.b": "1", "a.c.d": "None", "e": "x"}
