@@ -2,10 +2,11 @@
 
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
 import pytest
 
 from sharpe_rl.config import EvalConfig
-from sharpe_rl.data.splits import ProtocolError, plan_evaluation
+from sharpe_rl.data.splits import ProtocolError, plan_evaluation, reward_panel, timeline
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -72,3 +73,22 @@ def test_wire_form_is_nanoseconds():
     wire = plan.folds[0].to_wire()
     assert wire["train_start"] == int(START.timestamp()) * 10**9
     assert wire["index"] == 0
+
+
+def test_lookahead_cut_truncates_something_even_in_the_shortest_window():
+    # 4 folds of 2 test bars each: the cut must fall before the last test bar, or nothing is removed
+    bars = hourly(60)
+    plan = plan_evaluation(bars, EvalConfig(n_folds=4, holdout_fraction=0, min_train_fraction=0.86))
+    last = plan.folds[-1]
+    assert bars.index(last.test_end) - bars.index(last.test_start) == 1
+    assert last.test_start <= plan.lookahead_cut < last.test_end
+
+
+def test_reward_panel_stops_at_the_reward_end():
+    bars = hourly(100)
+    panel = pl.DataFrame({"timestamp": bars * 2, "symbol": ["A"] * 100 + ["B"] * 100, "close": [1.0] * 200})
+    plan = plan_evaluation(timeline(panel), EvalConfig(n_folds=2))
+    cut = reward_panel(panel, plan)
+    assert cut.get_column("timestamp").max() == plan.reward_end
+    assert cut.filter(pl.col("timestamp") >= plan.holdout_start).is_empty()
+    assert cut.height == 2 * 80

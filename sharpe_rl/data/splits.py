@@ -71,6 +71,15 @@ def timeline(panel: pl.DataFrame) -> list[datetime]:
     return panel.get_column("timestamp").unique().sort().to_list()
 
 
+def reward_panel(panel: pl.DataFrame, plan: EvalPlan) -> pl.DataFrame:
+    """The panel cut at `plan.reward_end`: what a reward run may see and what its reward is scored on.
+
+    Scoring this cut (not the full panel) is what keeps the last test bar's next-bar return, which
+    would be the holdout's first close, out of every reward.
+    """
+    return panel.filter(pl.col("timestamp") <= plan.reward_end)
+
+
 def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan:
     """Split a sorted timeline into the reward window with its folds, and the holdout."""
     n = len(timestamps)
@@ -88,7 +97,8 @@ def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan
     chunks = np.array_split(test_positions, cfg.n_folds)
     folds = [_fold(i, reward, int(chunk[0]), int(chunk[-1]), gap) for i, chunk in enumerate(chunks)]
     last_chunk = chunks[-1]
-    lookahead_cut = reward[int(last_chunk[len(last_chunk) // 2])]
+    # the middle bar, rounded down: a cut at the window's last bar would truncate nothing
+    lookahead_cut = reward[int(last_chunk[(len(last_chunk) - 1) // 2])]
 
     holdout_fold = None
     if n_holdout:

@@ -1,0 +1,76 @@
+"""Reward shaping: clipped and monotone in the net Sharpe, a fixed ladder below −1 for every failure."""
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from sharpe_rl.config import RewardConfig
+from sharpe_rl.sandbox.contract import FORMAT_ERRORS, ErrorClass
+from sharpe_rl.scoring import PENALTY_RUNG, Degenerate, Metrics, shape_reward
+
+CFG = RewardConfig()
+
+
+def valid(sharpe_net: float) -> Metrics:
+    return Metrics(valid=True, n_bars=100, sharpe_net=sharpe_net)
+
+
+def test_every_error_class_has_a_rung_and_format_errors_are_format():
+    assert set(PENALTY_RUNG) == set(ErrorClass)
+    assert {cls for cls, rung in PENALTY_RUNG.items() if rung == "format"} == FORMAT_ERRORS
+    assert PENALTY_RUNG[ErrorClass.lookahead] == "lookahead"
+
+
+@pytest.mark.parametrize("error", list(ErrorClass))
+def test_each_error_class_gets_its_rung(error):
+    expected = {
+        "format": CFG.penalty_format,
+        "runtime": CFG.penalty_runtime,
+        "lookahead": CFG.penalty_lookahead,
+    }[PENALTY_RUNG[error]]
+    assert shape_reward(error, CFG) == expected
+
+
+def test_the_ladder_is_ordered_and_every_valid_model_beats_every_failure():
+    worst_valid = shape_reward(valid(-1e9), CFG)
+    assert worst_valid == -1.0
+    lookahead = shape_reward(ErrorClass.lookahead, CFG)
+    format_error = shape_reward(ErrorClass.syntax, CFG)
+    runtime_error = shape_reward(ErrorClass.missing_column, CFG)
+    assert lookahead <= format_error < runtime_error < worst_valid
+    assert max(shape_reward(error, CFG) for error in ErrorClass) < worst_valid
+
+
+def test_degenerate_metrics_earn_the_bad_predictions_penalty():
+    for reason in Degenerate:
+        invalid = Metrics(valid=False, reason=reason, message="degenerate")
+        assert shape_reward(invalid, CFG) == shape_reward(ErrorClass.bad_predictions, CFG) == CFG.penalty_runtime
+
+
+def test_valid_reward_is_the_clipped_sharpe_scaled_to_unit():
+    assert shape_reward(valid(0.0), CFG) == 0.0
+    assert shape_reward(valid(1.5), CFG) == pytest.approx(1.5 / CFG.sharpe_clip)
+    assert shape_reward(valid(CFG.sharpe_clip), CFG) == 1.0
+    assert shape_reward(valid(50.0), CFG) == 1.0
+    assert shape_reward(valid(-50.0), CFG) == -1.0
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [RewardConfig(), RewardConfig(sharpe_clip=0.5, penalty_runtime=-1.01, penalty_format=-3, penalty_lookahead=-3)],
+)
+def test_reward_is_monotone_bounded_and_finite_over_many_sharpes(cfg):
+    rng = np.random.default_rng(0)
+    sharpes = np.sort(
+        np.concatenate([rng.normal(0, 3, 2000), rng.uniform(-1e6, 1e6, 200), [0.0, cfg.sharpe_clip, -cfg.sharpe_clip]])
+    )
+    rewards = [shape_reward(valid(float(s)), cfg) for s in sharpes]
+    assert all(math.isfinite(r) and -1.0 <= r <= 1.0 for r in rewards)
+    assert all(a <= b for a, b in pairwise(rewards))
+    # strictly increasing inside the clip range: a better Sharpe is always worth more there
+    inside = [(s, r) for s, r in zip(sharpes, rewards, strict=True) if abs(s) < cfg.sharpe_clip]
+    assert len(inside) > 100
+    assert all(r_a < r_b for (s_a, r_a), (s_b, r_b) in pairwise(inside) if s_a < s_b)
+    assert all(cfg.penalty_runtime < -1.0 <= r for r in rewards)
