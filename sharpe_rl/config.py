@@ -99,9 +99,37 @@ class PolicyConfig(_Settings):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (1.0 keeps PPO on-policy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     constrained_json: bool = Field(False, description="Constrain decoding to the ExperimentSpec JSON schema.")
+    generation_batch_size: int = Field(16, ge=1, description="Prompts per forward pass (transformers backend).")
+    vllm_gpu_memory: float = Field(
+        0.5, gt=0, lt=1, description="Share of GPU memory vLLM may take (the rest is for the PPO update)."
+    )
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+
+
+class TinyPolicyConfig(_Settings):
+    """The tiny Mistral-architecture policy `sharpe-rl build-policy` trains on the CPU."""
+
+    seed: int = Field(0, description="Seed of the corpus, the initial weights and the data order.")
+    minutes: float = Field(
+        8.0, gt=0, le=10, description="Wall-clock cap on training; a build it cuts short is recorded as such."
+    )
+    steps: int = Field(1200, ge=1, description="Optimizer steps; the build is deterministic when it completes them.")
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer step.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (linear warmup, cosine decay).")
+    warmup_steps: int = Field(50, ge=0, description="Steps of linear learning-rate warmup.")
+    corpus_size: int = Field(4000, ge=1, description="(prompt -> spec) training examples generated.")
+    mistake_share: float = Field(
+        0.05, ge=0, lt=1, description="Share of corpus examples with one realistic mistake (see policy/corpus.py)."
+    )
+    vocab_size: int = Field(2048, ge=300, description="Byte-level BPE vocabulary size.")
+    hidden_size: int = Field(128, ge=16, description="Model width.")
+    intermediate_size: int = Field(384, ge=16, description="MLP width.")
+    num_layers: int = Field(2, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention, as in Mistral).")
+    context_length: int = Field(2048, ge=256, description="Longest prompt + completion the model is built for.")
 
 
 class PPOConfig(_Settings):
@@ -125,6 +153,9 @@ class PPOConfig(_Settings):
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."
     )
     group_size: int = Field(4, ge=2, description="Samples per prompt when advantage=group.")
+    logprob_tolerance: float = Field(
+        1e-3, gt=0, description="Warn when generation log-probs differ from a forward pass by more than this."
+    )
 
 
 class RunConfig(_Settings):

@@ -1,0 +1,462 @@
+"""PPO on the LoRA adapters, CleanRL-style: one scored batch in, one update, its stats out.
+
+The batch arrives already generated, executed and scored (those are separate pipeline steps),
+so this module never samples. `PPOTrainer.update` reads top to bottom, one function per phase:
+
+1. `collate`            experiences -> right-padded prompt+completion rows, completion masks
+2. `rollout_scores`     no-grad pass: old log-probs, reference log-probs (adapters off), old values
+3. `token_rewards`      -kl_coef * (old - ref) on every token, the terminal reward on the last one
+4. `gae` / `group_advantages`, then `whiten`
+5. `ppo_losses`         clipped surrogate, clipped value loss, entropy bonus (per minibatch, epochs)
+6. `AdaptiveKLController.update`  move kl_coef towards target_kl
+
+Written here rather than with TRL: its GRPO/RLOO trainers run their own generation, and its last
+PPO trainer wants separate reward and value models, while this pipeline hands over a batch that
+is already sampled, executed and scored.
+
+Decisions the algorithm leaves open:
+
+- **Old log-probs are recomputed**, not taken from generation. The ratio must be exactly 1 before
+  the first step, and the sampler's numbers come from another code path (KV cache, left padding,
+  vLLM kernels, bf16) that differs slightly even when the distribution is the same. The
+  generation log-probs are compared with the recomputed ones (`PPOStats.logprob_gap`) and a
+  warning names the usual causes when they diverge: then the samples were not drawn from the
+  policy being trained (temperature, top-p/top-k, constrained decoding) and PPO is off-policy.
+- **KL estimator**: k1, `logp_old - logp_ref` per token, as the reward penalty (its sum is an
+  unbiased estimate of the sequence KL, which is what the penalised return needs). The `kl`
+  stat and the controller use its sum per sequence, averaged over the batch.
+- **Group baseline** (`advantage: group`, RLOO): a sample's advantage is its KL-penalised reward
+  minus the mean of the *other* samples of the same prompt, so the baseline does not depend on
+  the sample itself and each prompt's advantages sum to zero. Whitening then only rescales (by
+  the batch std), never re-centres. No value head is trained in this mode.
+- Losses are means over all completion tokens of the minibatch (long completions weigh more).
+- The value head reads the adapted model's last hidden state, so the value loss trains the
+  adapters too (a shared trunk, weighed by vf_coef), as in CleanRL's shared-network agents.
+- Dropout stays off (the model is in eval mode throughout), as in TRL: the rollout log-probs
+  were computed without it, and dropout in the update would make the first ratio differ from 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sharpe_rl.config import PPOConfig
+from sharpe_rl.experience import Experience
+from sharpe_rl.policy.model import Policy
+
+log = logging.getLogger(__name__)
+
+_ADAM_EPS = 1e-5  # as in CleanRL's PPO
+
+
+@dataclass(frozen=True)
+class PPOStats:
+    """What one update did, averaged over its minibatch steps (KL terms measured before it)."""
+
+    policy_loss: float
+    value_loss: float | None  # None with advantage=group (no critic)
+    entropy: float  # mean per completion token, nats
+    kl: float  # to the reference, summed over a completion, mean over the batch (k1)
+    approx_kl: float  # new vs old policy per token, k3 estimator
+    clip_fraction: float  # share of tokens whose ratio left [1 - clip, 1 + clip]
+    grad_norm: float  # before clipping
+    kl_coef: float  # the coefficient used in this update's rewards
+    explained_variance: float | None  # of the returns by the old values; None with advantage=group
+    logprob_gap: float  # mean |generation log-prob - recomputed log-prob| per token
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Experiences as tensors: prompt+completion rows right-padded, completions left-aligned."""
+
+    input_ids: torch.Tensor  # [B, L] prompt + completion, then pad_token_id
+    attention_mask: torch.Tensor  # [B, L]
+    logit_positions: torch.Tensor  # [B, C] position whose hidden state predicts completion token t
+    completion_ids: torch.Tensor  # [B, C]
+    completion_mask: torch.Tensor  # [B, C] True on real completion tokens
+    generation_logprobs: torch.Tensor  # [B, C] what the sampler reported
+    rewards: torch.Tensor  # [B] terminal reward of each completion
+    lengths: torch.Tensor  # [B] prompt + completion tokens
+    completion_lengths: torch.Tensor  # [B]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> Batch:
+        """These rows, with padding trimmed to their own longest sequence."""
+        length, completion_length = int(self.lengths[rows].max()), int(self.completion_lengths[rows].max())
+        return Batch(
+            input_ids=self.input_ids[rows, :length],
+            attention_mask=self.attention_mask[rows, :length],
+            logit_positions=self.logit_positions[rows, :completion_length],
+            completion_ids=self.completion_ids[rows, :completion_length],
+            completion_mask=self.completion_mask[rows, :completion_length],
+            generation_logprobs=self.generation_logprobs[rows, :completion_length],
+            rewards=self.rewards[rows],
+            lengths=self.lengths[rows],
+            completion_lengths=self.completion_lengths[rows],
+        )
+
+
+@dataclass
+class AdaptiveKLController:
+    """Ziegler et al. (2019): nudge kl_coef so the per-sequence KL to the reference tracks `target`.
+
+    The step is proportional to the relative error (clipped to ±20%) and to the share of the
+    horizon the batch covers. With `target=None` the coefficient stays fixed.
+    """
+
+    value: float
+    target: float | None
+    horizon: int
+
+    def update(self, kl: float, n_samples: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_samples / self.horizon
+
+
+class PPOTrainer:
+    """The optimizer, KL controller and minibatch RNG around a policy; `update` runs one PPO step.
+
+    A new trainer has a fresh optimizer, the initial kl_coef and an RNG seeded with `seed`; it
+    leaves the policy's weights alone (`Checkpoints.load_latest` restores all of it on resume).
+    """
+
+    def __init__(self, policy: Policy, cfg: PPOConfig, seed: int = 0) -> None:
+        self.policy = policy
+        self.cfg = cfg
+        self.seed = seed
+        self._fresh_training_state()
+
+    def reset(self) -> None:
+        """Back to the base policy, as a new run would start it."""
+        self.policy.reset()
+        self._fresh_training_state()
+
+    def _fresh_training_state(self) -> None:
+        self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=self.cfg.learning_rate, eps=_ADAM_EPS)
+        self.kl_controller = AdaptiveKLController(self.cfg.init_kl_coef, self.cfg.target_kl, self.cfg.kl_horizon)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def state_dict(self) -> dict:
+        """Everything besides the weights that an exact resume needs."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "kl_coef": self.kl_controller.value,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_controller.value = float(state["kl_coef"])
+        self.generator.set_state(state["generator"])
+
+    def update(self, experiences: Sequence[Experience]) -> PPOStats:
+        """One PPO update (epochs x minibatches) on a scored batch; returns its stats."""
+        cfg, policy = self.cfg, self.policy
+        _validate(experiences, cfg)
+        policy.eval()
+        batch = collate(experiences, policy.pad_token_id, policy.device)
+        mask = batch.completion_mask
+
+        old_logprobs, ref_logprobs, old_values = rollout_scores(policy, batch, cfg.minibatch_size)
+        logprob_gap = masked_mean((batch.generation_logprobs - old_logprobs).abs(), mask).item()
+        if logprob_gap > cfg.logprob_tolerance:
+            log.warning(
+                "generation log-probs differ from a forward pass of the same policy by %.2e per token "
+                "(tolerance %.0e): the samples were not drawn from the policy being trained, so this "
+                "update is off-policy. Sample with temperature 1, top_p 1, top_k 0, no logits "
+                "processors and the training dtype, or raise ppo.logprob_tolerance to accept it.",
+                logprob_gap,
+                cfg.logprob_tolerance,
+            )
+        kl_per_token = torch.where(mask, old_logprobs - ref_logprobs, 0.0)
+        kl = kl_per_token.sum(1).mean().item()
+        kl_coef = self.kl_controller.value
+
+        if cfg.advantage == "gae":
+            rewards = token_rewards(kl_per_token, batch.rewards, mask, kl_coef)
+            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
+            if cfg.whiten_advantages:
+                advantages = whiten(advantages, mask, shift_mean=True)
+            critic_fit = explained_variance(old_values, returns, mask)
+        else:
+            sequence_rewards = batch.rewards - kl_coef * kl_per_token.sum(1)
+            sequence_advantages = group_advantages(sequence_rewards, group_ids(experiences).to(policy.device))
+            if cfg.whiten_advantages:
+                sequence_advantages = whiten(sequence_advantages, torch.ones_like(mask[:, 0]), shift_mean=False)
+            advantages = torch.where(mask, sequence_advantages[:, None], 0.0)
+            returns, critic_fit = None, None
+
+        step_stats: list[dict[str, float]] = []
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(batch), generator=self.generator).to(policy.device)
+            for rows in order.split(cfg.minibatch_size):
+                minibatch = batch.select(rows)
+                width = minibatch.completion_ids.shape[1]
+                step_stats.append(
+                    self._minibatch_step(
+                        minibatch,
+                        old_logprobs[rows, :width],
+                        old_values[rows, :width],
+                        advantages[rows, :width],
+                        None if returns is None else returns[rows, :width],
+                    )
+                )
+
+        self.kl_controller.update(kl, len(experiences))
+        mean = {key: sum(s[key] for s in step_stats) / len(step_stats) for key in step_stats[0]}
+        return PPOStats(
+            policy_loss=mean["policy_loss"],
+            value_loss=mean["value_loss"] if cfg.advantage == "gae" else None,
+            entropy=mean["entropy"],
+            kl=kl,
+            approx_kl=mean["approx_kl"],
+            clip_fraction=mean["clip_fraction"],
+            grad_norm=mean["grad_norm"],
+            kl_coef=kl_coef,
+            explained_variance=critic_fit,
+            logprob_gap=logprob_gap,
+        )
+
+    def _minibatch_step(
+        self,
+        minibatch: Batch,
+        old_logprobs: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor | None,
+    ) -> dict[str, float]:
+        cfg = self.cfg
+        logits, values = self.policy.completion_outputs(
+            minibatch.input_ids, minibatch.attention_mask, minibatch.logit_positions
+        )
+        losses = ppo_losses(
+            logits,
+            values,
+            minibatch.completion_ids,
+            minibatch.completion_mask,
+            old_logprobs,
+            old_values,
+            advantages,
+            returns,
+            cfg,
+        )
+        loss = losses["policy_loss"] - cfg.ent_coef * losses["entropy"] + cfg.vf_coef * losses["value_loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        return {key: value.item() for key, value in losses.items()} | {"grad_norm": grad_norm.item()}
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.device) -> Batch:
+    """Right-pad prompt+completion rows; completion-aligned tensors start at the first completion token."""
+    lengths = [len(e.prompt_token_ids) + len(e.completion_token_ids) for e in experiences]
+    completion_lengths = [len(e.completion_token_ids) for e in experiences]
+    size, length, completion_length = len(experiences), max(lengths), max(completion_lengths)
+    input_ids = torch.full((size, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((size, length), dtype=torch.long)
+    completion_ids = torch.full((size, completion_length), pad_token_id, dtype=torch.long)
+    generation_logprobs = torch.zeros((size, completion_length))
+    logit_positions = torch.zeros((size, completion_length), dtype=torch.long)
+    for row, e in enumerate(experiences):
+        prompt_length, n = len(e.prompt_token_ids), len(e.completion_token_ids)
+        input_ids[row, : lengths[row]] = torch.tensor(e.prompt_token_ids + e.completion_token_ids)
+        attention_mask[row, : lengths[row]] = 1
+        completion_ids[row, :n] = torch.tensor(e.completion_token_ids)
+        generation_logprobs[row, :n] = torch.tensor(e.logprobs)
+        # The hidden state at position p predicts token p + 1; padding rows point at the last real token.
+        logit_positions[row] = (prompt_length - 1 + torch.arange(completion_length)).clamp(max=lengths[row] - 1)
+    completion_lengths_t = torch.tensor(completion_lengths)
+    completion_mask = torch.arange(completion_length)[None, :] < completion_lengths_t[:, None]
+    return Batch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        logit_positions=logit_positions.to(device),
+        completion_ids=completion_ids.to(device),
+        completion_mask=completion_mask.to(device),
+        generation_logprobs=generation_logprobs.to(device),
+        rewards=torch.tensor([e.reward for e in experiences], dtype=torch.float32, device=device),
+        lengths=torch.tensor(lengths, device=device),
+        completion_lengths=completion_lengths_t.to(device),
+    )
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token under fp32 logits `[..., vocab]`."""
+    return logits.log_softmax(-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def rollout_scores(policy: Policy, batch: Batch, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Old log-probs and values from the policy, reference log-probs with its adapters off; `[B, C]` each."""
+    old_logprobs = torch.zeros_like(batch.generation_logprobs)
+    ref_logprobs = torch.zeros_like(batch.generation_logprobs)
+    old_values = torch.zeros_like(batch.generation_logprobs)
+    for rows in torch.arange(len(batch), device=policy.device).split(chunk_size):
+        chunk = batch.select(rows)
+        width = chunk.completion_ids.shape[1]
+        logits, values = policy.completion_outputs(chunk.input_ids, chunk.attention_mask, chunk.logit_positions)
+        old_logprobs[rows, :width] = token_logprobs(logits, chunk.completion_ids)
+        old_values[rows, :width] = values
+        with policy.reference():
+            ref_logits, _ = policy.completion_outputs(chunk.input_ids, chunk.attention_mask, chunk.logit_positions)
+        ref_logprobs[rows, :width] = token_logprobs(ref_logits, chunk.completion_ids)
+    mask = batch.completion_mask
+    return (
+        torch.where(mask, old_logprobs, 0.0),
+        torch.where(mask, ref_logprobs, 0.0),
+        torch.where(mask, old_values, 0.0),
+    )
+
+
+def token_rewards(
+    kl_per_token: torch.Tensor, terminal_rewards: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards: the KL penalty on every token plus the terminal reward on the last real one."""
+    rewards = torch.where(mask, -kl_coef * kl_per_token, 0.0)
+    last = mask.sum(1) - 1
+    rewards[torch.arange(len(rewards), device=rewards.device), last] += terminal_rewards
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, gae_lambda: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded completions; the state after the last token is terminal.
+
+    Returns `(advantages, returns)` with `returns = advantages + values`, both zero on padding.
+    """
+    values = torch.where(mask, values, 0.0)
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    width = rewards.shape[1]
+    for t in reversed(range(width)):
+        next_value = values[:, t + 1] if t + 1 < width else torch.zeros_like(next_advantage)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = torch.where(mask[:, t], delta + gamma * gae_lambda * next_advantage, 0.0)
+        advantages[:, t] = next_advantage
+    return advantages, torch.where(mask, advantages + values, 0.0)
+
+
+def group_ids(experiences: Sequence[Experience]) -> torch.Tensor:
+    """Index of each experience's prompt group (same prompt token ids = same group)."""
+    groups: dict[tuple[int, ...], int] = {}
+    return torch.tensor([groups.setdefault(tuple(e.prompt_token_ids), len(groups)) for e in experiences])
+
+
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out baseline: reward minus the mean reward of the other samples of the same prompt."""
+    sizes = torch.bincount(groups).to(rewards.dtype)
+    totals = torch.zeros_like(sizes).index_add(0, groups, rewards)
+    others_mean = (totals[groups] - rewards) / (sizes[groups] - 1)
+    return rewards - others_mean
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool) -> torch.Tensor:
+    """Scale to unit variance over the masked entries; re-centre to mean zero only if `shift_mean`."""
+    mean = masked_mean(values, mask)
+    scale = torch.rsqrt(masked_mean((values - mean) ** 2, mask) + 1e-8)
+    whitened = (values - mean) * scale if shift_mean else values * scale
+    return torch.where(mask, whitened, 0.0)
+
+
+def ppo_losses(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    completion_ids: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor | None,
+    cfg: PPOConfig,
+) -> dict[str, torch.Tensor]:
+    """Clipped surrogate, clipped value loss and entropy of one minibatch, with the stats computed beside them."""
+    log_probs = logits.log_softmax(-1)
+    new_logprobs = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    log_ratio = torch.where(mask, new_logprobs - old_logprobs, 0.0)
+    ratio = log_ratio.exp()
+    policy_loss = clipped_surrogate_loss(ratio, advantages, mask, cfg.clip_coef)
+    probs = log_probs.exp()
+    entropy = masked_mean(-torch.special.xlogy(probs, probs).sum(-1), mask)  # 0 log 0 = 0, not nan
+    if returns is None:
+        value_loss = torch.zeros((), device=logits.device)
+    else:
+        value_loss = clipped_value_loss(values, old_values, returns, mask, cfg.vf_clip)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+        clip_fraction = masked_mean(((ratio - 1).abs() > cfg.clip_coef).float(), mask)
+    return {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+def clipped_surrogate_loss(
+    ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_coef: float
+) -> torch.Tensor:
+    """PPO's pessimistic objective, negated: max(-A r, -A clip(r, 1 - c, 1 + c)) averaged over tokens."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    return masked_mean(torch.max(unclipped, clipped), mask)
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, vf_clip: float
+) -> torch.Tensor:
+    """Half the squared error, taking the worse of the new value and the value clipped near the old one."""
+    values_clipped = old_values + (values - old_values).clamp(-vf_clip, vf_clip)
+    squared_error = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
+    return 0.5 * masked_mean(squared_error, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic, 0 a constant one."""
+    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return math.nan if variance.item() == 0 else 1.0 - (residual_variance / variance).item()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the entries where `mask` is true (padding never counts, even if it holds inf)."""
+    return torch.where(mask, values, 0.0).sum() / mask.sum()
+
+
+def _validate(experiences: Sequence[Experience], cfg: PPOConfig) -> None:
+    if not experiences:
+        raise ValueError("PPO update needs at least one scored experience")
+    for e in experiences:
+        where = f"experience {e.run}/{e.cycle}/{e.index}"
+        if not e.prompt_token_ids or not e.completion_token_ids:
+            raise ValueError(f"{where}: empty prompt or completion token ids; nothing to train on")
+        if len(e.logprobs) != len(e.completion_token_ids):
+            raise ValueError(
+                f"{where}: {len(e.logprobs)} log-probs for {len(e.completion_token_ids)} completion tokens; "
+                "the generation backend must report one log-prob per completion token"
+            )
+        if not math.isfinite(e.reward):
+            raise ValueError(f"{where}: reward {e.reward} is not finite; fix reward shaping")
+    if cfg.advantage == "group":
+        sizes = torch.bincount(group_ids(experiences))
+        if int(sizes.min()) < 2:
+            raise ValueError(
+                "advantage=group needs at least 2 samples of every prompt in the batch "
+                f"(group sizes {sizes.tolist()}); generate ppo.group_size samples per prompt"
+            )
