@@ -1,0 +1,406 @@
+"""The post-mortem report: Markdown and HTML files with their PNG plots, the table data, a Rich view.
+
+`build_report` writes `report.md`, `report.html` and `plots/*.png` under `out_dir` and returns a
+`Report`: its `markdown` can be posted as a Prefect markdown artifact, its `tables` (rows as
+lists of dicts) as Prefect table artifacts, and its files logged as MLflow artifacts of the
+parent run. One list of sections feeds every output, so the Markdown, the HTML, the table data
+and the terminal always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import polars as pl
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from sharpe_rl.analysis.plots import write_plots
+from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
+
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a report table: the row key, its header and how to show a value."""
+
+    key: str
+    header: str
+    fmt: str = "text"  # text | int | pct | num
+
+    def format(self, value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return MISSING
+        if self.fmt == "pct":
+            return f"{value:.1f}%"
+        if self.fmt == "num":
+            return f"{value:.3f}"
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table: rows as dicts (the artifact form) and columns saying how to show them."""
+
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[dict[str, Any], ...]
+    terminal: bool = False  # one of the key tables `print_report` shows
+
+    @property
+    def cells(self) -> list[list[str]]:
+        return [[column.format(row.get(column.key)) for column in self.columns] for row in self.rows]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows with floats rounded to 4 decimals (what a table artifact should show)."""
+        return [
+            {c.key: round(v, 4) if isinstance(v, float) else v for c in self.columns for v in [row.get(c.key)]}
+            for row in self.rows
+        ]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A question the report answers: explanation, tables and plots (paths relative to the report)."""
+
+    title: str
+    text: str
+    tables: tuple[Table, ...] = ()
+    plots: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    """A written report and everything the pipeline needs to post it elsewhere."""
+
+    run: str
+    compare_run: str | None
+    sections: tuple[Section, ...]
+    markdown: str
+    html: str
+    markdown_path: Path
+    html_path: Path
+    plots: dict[str, Path]
+
+    @property
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        """Every table's rows by table name, for table artifacts."""
+        return {table.name: table.records() for section in self.sections for table in section.tables}
+
+
+def select_run(frame: pl.DataFrame, run: str | None = None) -> pl.DataFrame:
+    """The experiments of `run`, or of the latest run in `frame` (by `created_at`) when none is named."""
+    if frame.height == 0:
+        raise ValueError("there are no experiments to report on: the buffer is empty (start a run first)")
+    runs = sorted(frame["run"].unique().to_list())
+    if run is not None:
+        if run not in runs:
+            raise ValueError(f"run {run!r} has no experiments in the buffer; runs: {', '.join(runs)}")
+        return frame.filter(pl.col("run") == run)
+    if len(runs) == 1:
+        return frame
+    if "created_at" not in frame.columns:
+        raise ValueError(f"the frame holds several runs ({', '.join(runs)}) and no created_at: name the run")
+    latest = frame.sort("created_at").select(pl.col("run").last()).item()
+    return frame.filter(pl.col("run") == latest)
+
+
+def build_report(
+    frame: pl.DataFrame,
+    out_dir: Path,
+    run: str | None = None,
+    compare_frame: pl.DataFrame | None = None,
+    *,
+    compare_run: str | None = None,
+    top_n: int = 10,
+) -> Report:
+    """Write the post-mortem of one run (the latest in `frame` when `run` is None) under `out_dir`.
+
+    Comparing: pass `compare_frame` (the other run's experiments, or a frame it is the latest
+    of) and/or `compare_run` (looked up in `compare_frame`, else in `frame`); the report then
+    opens with both runs' headline numbers, model families, features and failures side by side.
+    """
+    out_dir = Path(out_dir)
+    analysis = analyse(select_run(frame, run), top_n)
+    compare = None
+    if compare_frame is not None or compare_run is not None:
+        other = compare_frame if compare_frame is not None else frame
+        compare = analyse(select_run(other, compare_run), top_n)
+    plots = write_plots(analysis, out_dir / "plots")
+    sections = _sections(
+        analysis, compare, {name: path.relative_to(out_dir).as_posix() for name, path in plots.items()}
+    )
+    context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
+    markdown = _environment().get_template("report.md.j2").render(context)
+    html = _environment().get_template("report.html.j2").render(context)
+    markdown_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    markdown_path.write_text(markdown, encoding="utf-8")
+    html_path.write_text(html, encoding="utf-8")
+    return Report(
+        run=analysis.run,
+        compare_run=compare.run if compare else None,
+        sections=tuple(sections),
+        markdown=markdown,
+        html=html,
+        markdown_path=markdown_path,
+        html_path=html_path,
+        plots=plots,
+    )
+
+
+def print_report(report: Report, console: Console | None = None) -> None:
+    """Print the key tables (headline, comparison, families, failures, top experiments) to a terminal."""
+    console = console or Console()
+    title = f"post-mortem of {report.run}" + (f" vs {report.compare_run}" if report.compare_run else "")
+    console.rule(f"[bold]{title}")
+    for section in report.sections:
+        for table in section.tables:
+            if not table.terminal:
+                continue
+            view = RichTable(title=table.title, title_justify="left", header_style="bold")
+            for column in table.columns:
+                view.add_column(column.header, justify="left" if column.fmt == "text" else "right")
+            for row in table.cells:
+                view.add_row(*row)
+            console.print(view)
+    console.print(f"Markdown: {report.markdown_path}\nHTML:     {report.html_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+_TOP_COLUMNS = (
+    Column("rank", "#", "int"),
+    Column("cycle", "cycle", "int"),
+    Column("index", "index", "int"),
+    Column("name", "name"),
+    Column("model_family", "model family"),
+    Column("copies", "copies", "int"),
+    Column("reward", "reward", "num"),
+    Column("sharpe", "in-sample Sharpe", "num"),
+    Column("dsr", "deflated Sharpe (prob.)", "num"),
+    Column("holdout_sharpe", "holdout Sharpe", "num"),
+)
+_CYCLE_COLUMNS = (
+    Column("cycle", "cycle", "int"),
+    Column("experiments", "experiments", "int"),
+    Column("parsed_pct", "parsed", "pct"),
+    Column("ok_pct", "ran ok", "pct"),
+    Column("reward_mean", "reward mean", "num"),
+    Column("reward_median", "reward median", "num"),
+    Column("reward_q25", "reward q25", "num"),
+    Column("reward_q75", "reward q75", "num"),
+    Column("reward_max", "reward max", "num"),
+    Column("sharpe_median", "Sharpe median", "num"),
+    Column("sharpe_q25", "Sharpe q25", "num"),
+    Column("sharpe_q75", "Sharpe q75", "num"),
+    Column("sharpe_max", "Sharpe max", "num"),
+    Column("top_family", "top family"),
+    Column("entropy_bits", "family entropy (bits)", "num"),
+    Column("custom_pct", "custom features", "pct"),
+    Column("duplicates", "duplicates", "int"),
+    Column("seen_before", "repeats of earlier cycles", "int"),
+)
+_NAME_LENGTH = 48  # experiment names are the policy's free text
+
+
+def _sections(analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[str, str]) -> list[Section]:
+    a = analysis
+    headline = Table(
+        "headline",
+        "Headline",
+        (Column("metric", "metric"), Column("value", "value")),
+        tuple(
+            {"metric": label, "value": Column(key, label, fmt).format(a.headline[key])}
+            for key, label, fmt in HEADLINE_FIELDS
+        ),
+        terminal=True,
+    )
+    top_rows = [row | {"name": _shorten(row["name"])} for row in a.top_experiments.to_dicts()]
+    sections = [Section("Headline", f"Run `{a.run}`.", (headline,))]
+    if compare is not None:
+        sections.append(_comparison(a, compare))
+    sections += [
+        Section(
+            "What models is it trying?",
+            "Model family of what `make_model()` returns, read from the code's syntax tree (aliases, "
+            "pipelines, wrappers and user classes followed), as a share of the experiments whose spec "
+            "parsed. `unknown`: no `make_model` could be read (syntax error or missing).",
+            (
+                _table(
+                    "family_usage",
+                    "Model families",
+                    _share_columns("model_family", "model family"),
+                    a.family_usage,
+                    True,
+                ),
+            ),
+            (plots["families"],),
+        ),
+        Section(
+            "What features does it build?",
+            "Share of the experiments whose `make_features` could be read. *custom*: uses a kind of "
+            "feature the prompt's worked example does not (the template is lagged returns, rolling "
+            "volatility and a moving-average ratio). The other rows are the building blocks used.",
+            (
+                _table(
+                    "feature_usage",
+                    "Features",
+                    _share_columns("feature", "feature"),
+                    a.feature_usage,
+                ),
+            ),
+        ),
+        Section(
+            "Why does it fail?",
+            "Outcome of every experiment as a share of all experiments: `ok` ran and was scored; every "
+            "other row is an error class of the taxonomy (found before running, or in the sandbox).",
+            (
+                _table(
+                    "failure_taxonomy",
+                    "Failure taxonomy",
+                    _share_columns("status", "outcome"),
+                    a.failure_taxonomy,
+                    True,
+                ),
+            ),
+            (plots["failures"],),
+        ),
+        Section(
+            "Is the reward improving?",
+            "Per cycle: reward and in-sample net Sharpe (experiments that ran) with their spread, the "
+            "most used model family, the Shannon entropy of the family distribution (0 = one family), "
+            "the share of custom features, and duplicate programs (identical code hash) within the "
+            "cycle and repeated from earlier cycles.",
+            (_table("cycles", "Cycles", _CYCLE_COLUMNS, a.cycles),),
+            (plots["reward"],),
+        ),
+        Section(
+            "Is the reward real?",
+            "The best distinct programs by in-sample Sharpe, with the deflated Sharpe ratio (the "
+            "probability the Sharpe beats the best of as many random trials) and the Sharpe on the "
+            "final holdout, which no reward ever saw. Picking the best of many trials inflates the "
+            "in-sample number: points below the y = x line are that selection bias. "
+            f"`{MISSING}`: not measured.",
+            (Table("top_experiments", "Top experiments", _TOP_COLUMNS, tuple(top_rows), terminal=True),),
+            (plots["holdout"],),
+        ),
+        Section(
+            "Per cycle",
+            "Model-family shares (of parsed experiments) and outcome shares (of all experiments), per cycle.",
+            (
+                _wide_table(
+                    "family_by_cycle",
+                    "Model family by cycle",
+                    a.family_share_by_cycle,
+                    "model_family",
+                    a.family_usage["model_family"].to_list(),
+                ),
+                _wide_table(
+                    "failures_by_cycle",
+                    "Outcome by cycle",
+                    a.failures_by_cycle,
+                    "status",
+                    [s for s in STATUSES if s in set(a.failures_by_cycle["status"])],
+                ),
+            ),
+        ),
+    ]
+    return sections
+
+
+def _comparison(a: RunAnalysis, b: RunAnalysis) -> Section:
+    """Both runs' headline numbers, families, features and failures side by side."""
+    columns = (Column("a", a.run), Column("b", b.run))
+    headline = tuple(
+        {
+            "metric": label,
+            "a": Column(key, label, fmt).format(a.headline[key]),
+            "b": Column(key, label, fmt).format(b.headline[key]),
+        }
+        for key, label, fmt in HEADLINE_FIELDS
+    )
+    pct_columns = (Column("a", a.run, "pct"), Column("b", b.run, "pct"))
+    families = _side_by_side(a.family_usage, b.family_usage, "model_family")
+    statuses = _side_by_side(a.failure_taxonomy, b.failure_taxonomy, "status")
+    features = _side_by_side(a.feature_usage, b.feature_usage, "feature")
+    return Section(
+        "Comparison",
+        f"`{a.run}` (this report) beside `{b.run}`.",
+        (
+            Table("compare_headline", "Headline", (Column("metric", "metric"), *columns), headline, terminal=True),
+            Table(
+                "compare_families",
+                "Model families (% of parsed)",
+                (Column("model_family", "model family"), *pct_columns),
+                families,
+                terminal=True,
+            ),
+            Table("compare_features", "Features (% read)", (Column("feature", "feature"), *pct_columns), features),
+            Table(
+                "compare_failures",
+                "Outcomes (% of all)",
+                (Column("status", "outcome"), *pct_columns),
+                tuple(r for r in statuses if r["a"] or r["b"]),
+                terminal=True,
+            ),
+        ),
+    )
+
+
+def _side_by_side(a: pl.DataFrame, b: pl.DataFrame, key: str) -> tuple[dict[str, Any], ...]:
+    """Rows keyed by `key` with run a's pct as "a" and run b's as "b" (0 when a run lacks the key)."""
+    joined = a.select(key, a="pct").join(
+        b.select(key, b="pct"), on=key, how="full", coalesce=True, maintain_order="left_right"
+    )
+    order: dict[str, int] = {}
+    for name in [*a[key], *b[key]]:  # run a's order first, then what only run b has
+        order.setdefault(name, len(order))
+    rows = joined.with_columns(pl.col("a", "b").fill_null(0.0)).to_dicts()
+    return tuple(sorted(rows, key=lambda row: order[row[key]]))
+
+
+def _share_columns(key: str, header: str) -> tuple[Column, ...]:
+    return (Column(key, header), Column("experiments", "experiments", "int"), Column("pct", "share", "pct"))
+
+
+def _table(name: str, title: str, columns: tuple[Column, ...], frame: pl.DataFrame, terminal: bool = False) -> Table:
+    return Table(name, title, columns, tuple(frame.to_dicts()), terminal)
+
+
+def _wide_table(name: str, title: str, long: pl.DataFrame, key: str, order: list[str]) -> Table:
+    """cycle × key shares from a long (cycle, key, pct) table."""
+    rows: dict[int, dict[str, Any]] = {}
+    for record in long.iter_rows(named=True):
+        rows.setdefault(record["cycle"], {"cycle": record["cycle"]})[record[key]] = record["pct"]
+    columns = (Column("cycle", "cycle", "int"), *(Column(k, k, "pct") for k in order))
+    return Table(name, title, columns, tuple(rows[c] for c in sorted(rows)))
+
+
+def _shorten(name: str | None) -> str | None:
+    if name is None or len(name) <= _NAME_LENGTH:
+        return name
+    return name[: _NAME_LENGTH - 1] + "…"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("sharpe_rl.analysis", "templates"),
+        # Experiment names are the policy's untrusted text; the match is on the template's name suffix.
+        autoescape=jinja2.select_autoescape(["html.j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    # A Markdown cell must not break the table: pipes escaped, newlines flattened.
+    env.filters["md_cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    return env

@@ -1,0 +1,384 @@
+"""The post-mortem tables, per run and per cycle, computed with polars from the replay buffer frame.
+
+Column contract — what this module reads from the buffer frame (`ReplayBuffer.frame()`), one row
+per experiment:
+
+| column                      | type              | meaning                                            |
+| --------------------------- | ----------------- | -------------------------------------------------- |
+| `run`                       | String            | run name                                           |
+| `cycle`                     | Int64             | cycle number                                       |
+| `index`                     | Int64             | position in the cycle's batch                      |
+| `spec_json`                 | String, nullable  | the parsed spec; null when it did not parse        |
+| `error_class`               | String, nullable  | an `ErrorClass` value; null when scored            |
+| `reward`                    | Float64           | the shaped reward                                  |
+| `code_hash`                 | String, nullable  | hash of the features + model source                |
+| `name`                      | String (optional) | the experiment's own name                          |
+| `prompt_version`            | String (optional) | the prompt template it was generated from          |
+| `created_at`                | Datetime (opt.)   | picks the latest run when none is named            |
+| `metric_sharpe_net`         | Float64 (opt.)    | net Sharpe on the reward window (in-sample)        |
+| `metric_dsr`                | Float64 (opt.)    | deflated Sharpe ratio, a probability               |
+| `metric_holdout_sharpe_net` | Float64 (opt.)    | net Sharpe on the final holdout (often missing)    |
+
+An optional column that is absent reads as all null. The buffer's stored `model_family` and
+`custom_features` are not read: they are recomputed from `spec_json` with the current classifier,
+so the report of an old run benefits from classifier fixes and never disagrees with the code.
+
+Percentages are 0-100. Model-family shares are of *parsed* experiments (those with a spec);
+feature shares are of experiments whose `make_features` could be read; failure shares are of
+*all* experiments. In-sample Sharpe statistics cover experiments that ran (`status == "ok"`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from sharpe_rl.analysis.classify import FEATURE_BLOCKS, classify_spec_json
+from sharpe_rl.sandbox.contract import ErrorClass
+
+REQUIRED_COLUMNS = ("run", "cycle", "index", "spec_json", "error_class", "reward", "code_hash")
+SHARPE = "metric_sharpe_net"
+DSR = "metric_dsr"
+HOLDOUT_SHARPE = "metric_holdout_sharpe_net"
+_OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "prompt_version": pl.String(),
+    SHARPE: pl.Float64(),
+    DSR: pl.Float64(),
+    HOLDOUT_SHARPE: pl.Float64(),
+}
+#: Outcome of an experiment: "ok" or an error class, in the taxonomy's order.
+STATUSES = ("ok", *(e.value for e in ErrorClass))
+UNKNOWN_FAMILY = "unknown"
+
+
+def annotate(frame: pl.DataFrame) -> pl.DataFrame:
+    """The buffer frame with its classification: `status`, `parsed`, `model_family`,
+    `custom_features` and `feature_blocks`, sorted by (cycle, index)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"the experiment frame lacks the columns {missing}; pass ReplayBuffer.frame() "
+            "(see the column contract in sharpe_rl/analysis/tables.py)"
+        )
+    absent = {name: dtype for name, dtype in _OPTIONAL_COLUMNS.items() if name not in frame.columns}
+    frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name) for name, dtype in absent.items())
+    # Classify each distinct spec once: a policy that repeats itself repeats its code verbatim.
+    cache: dict[str, tuple[str | None, bool | None, list[str]]] = {}
+    for spec_json in frame["spec_json"].drop_nulls().unique():
+        found = classify_spec_json(spec_json)
+        cache[spec_json] = (found.model_family, found.custom_features, list(found.features.blocks))
+    classified = [cache.get(spec_json, (None, None, [])) for spec_json in frame["spec_json"]]
+    families, customs, blocks = ([row[i] for row in classified] for i in range(3))
+    return frame.with_columns(
+        status=pl.col("error_class").fill_null("ok"),
+        parsed=pl.col("spec_json").is_not_null(),
+        model_family=pl.Series(families, dtype=pl.String),
+        custom_features=pl.Series(customs, dtype=pl.Boolean),
+        feature_blocks=pl.Series(blocks, dtype=pl.List(pl.String)),
+    ).sort("cycle", "index")
+
+
+def family_usage(annotated: pl.DataFrame) -> pl.DataFrame:
+    """model_family, experiments, pct (of parsed experiments), most used first."""
+    parsed = annotated.filter(pl.col("parsed"))
+    return (
+        parsed.group_by("model_family")
+        .agg(experiments=pl.len())
+        .with_columns(pct=100 * pl.col("experiments") / parsed.height)
+        .sort(["experiments", "model_family"], descending=[True, False])
+    )
+
+
+def family_share_by_cycle(annotated: pl.DataFrame) -> pl.DataFrame:
+    """cycle, model_family, experiments, pct (of the cycle's parsed experiments)."""
+    return (
+        annotated.filter(pl.col("parsed"))
+        .group_by("cycle", "model_family")
+        .agg(experiments=pl.len())
+        .with_columns(pct=100 * pl.col("experiments") / pl.col("experiments").sum().over("cycle"))
+        .sort("cycle", "model_family")
+    )
+
+
+def family_entropy_by_cycle(annotated: pl.DataFrame) -> pl.DataFrame:
+    """cycle, identified, families, entropy_bits: Shannon entropy of the model-family distribution.
+
+    Over experiments whose family was identified ("unknown" is no choice of model): 0 bits when
+    every experiment uses one family, log2(k) when k families are used equally often.
+    """
+    per_cycle = (
+        _identified(annotated)
+        .group_by("cycle", "model_family")
+        .agg(n=pl.len())
+        .sort("cycle", "model_family")  # a fixed summation order: the same run gives the same bits
+        .group_by("cycle")
+        .agg(identified=pl.col("n").sum(), families=pl.len(), entropy_bits=_entropy_bits(pl.col("n")))
+    )
+    return (
+        annotated.select(pl.col("cycle").unique())
+        .join(per_cycle, on="cycle", how="left")
+        .with_columns(
+            pl.col("identified", "families").fill_null(0).cast(pl.Int64),
+            pl.col("entropy_bits").fill_null(0.0),
+        )
+        .sort("cycle")
+    )
+
+
+def _identified(annotated: pl.DataFrame) -> pl.DataFrame:
+    return annotated.filter(pl.col("parsed") & (pl.col("model_family") != UNKNOWN_FAMILY))
+
+
+def _entropy_bits(counts: pl.Expr) -> pl.Expr:
+    p = counts / counts.sum()
+    return (p * (1 / p).log(2)).sum()
+
+
+def feature_usage(annotated: pl.DataFrame) -> pl.DataFrame:
+    """feature, experiments, pct: each building block and "custom (beyond the template)", as a
+    share of the experiments whose features could be read."""
+    read = annotated.filter(pl.col("custom_features").is_not_null())
+    counts = read.select(
+        pl.col("custom_features").sum().alias("custom"),
+        *(pl.col("feature_blocks").list.contains(block).sum().alias(block) for block in FEATURE_BLOCKS),
+    )
+    rows = [{"feature": name, "experiments": int(counts[name][0] or 0)} for name in ("custom", *FEATURE_BLOCKS)]
+    return pl.DataFrame(rows, schema={"feature": pl.String, "experiments": pl.Int64}).with_columns(
+        pct=100 * pl.col("experiments") / read.height if read.height else pl.lit(None, dtype=pl.Float64)
+    )
+
+
+def failure_taxonomy(annotated: pl.DataFrame) -> pl.DataFrame:
+    """status, experiments, pct (of all experiments): "ok" and every error class, zeros included."""
+    counts = annotated.group_by("status").agg(experiments=pl.len())
+    total = annotated.height
+    return (
+        pl.DataFrame({"status": list(STATUSES)})
+        .join(counts, on="status", how="left")
+        .with_columns(pl.col("experiments").fill_null(0).cast(pl.Int64))
+        .with_columns(pct=100 * pl.col("experiments") / total if total else pl.lit(None, dtype=pl.Float64))
+    )
+
+
+def failures_by_cycle(annotated: pl.DataFrame) -> pl.DataFrame:
+    """cycle, status, experiments, pct (of the cycle's experiments), for the statuses the run has."""
+    present = [s for s in STATUSES if s in set(annotated["status"])]
+    grid = annotated.select(pl.col("cycle").unique()).join(pl.DataFrame({"status": present}), how="cross")
+    counts = annotated.group_by("cycle", "status").agg(experiments=pl.len())
+    per_cycle = annotated.group_by("cycle").agg(total=pl.len())
+    return (
+        grid.join(counts, on=["cycle", "status"], how="left")
+        .join(per_cycle, on="cycle")
+        .with_columns(pl.col("experiments").fill_null(0).cast(pl.Int64))
+        .with_columns(pct=100 * pl.col("experiments") / pl.col("total"))
+        .drop("total")
+        .with_columns(order=pl.col("status").replace_strict(present, list(range(len(present)))))
+        .sort("cycle", "order")
+        .drop("order")
+    )
+
+
+def _spread(column: pl.Expr, prefix: str) -> list[pl.Expr]:
+    return [
+        column.mean().alias(f"{prefix}_mean"),
+        column.median().alias(f"{prefix}_median"),
+        column.quantile(0.25, interpolation="linear").alias(f"{prefix}_q25"),
+        column.quantile(0.75, interpolation="linear").alias(f"{prefix}_q75"),
+        column.max().alias(f"{prefix}_max"),
+        column.std().alias(f"{prefix}_std"),
+    ]
+
+
+def reward_by_cycle(annotated: pl.DataFrame) -> pl.DataFrame:
+    """Per cycle: experiments, ok_pct, reward mean/median/q25/q75/max/std, and the same for the
+    in-sample net Sharpe of the experiments that ran (`sharpe_n` of them)."""
+    sharpe = pl.col(SHARPE).filter((pl.col("status") == "ok") & pl.col(SHARPE).is_not_null())
+    return (
+        annotated.group_by("cycle")
+        .agg(
+            pl.len().alias("experiments"),
+            (100 * (pl.col("status") == "ok").mean()).alias("ok_pct"),
+            *_spread(pl.col("reward"), "reward"),
+            sharpe.len().alias("sharpe_n"),
+            *_spread(sharpe, "sharpe"),
+        )
+        .sort("cycle")
+    )
+
+
+def duplicates_by_cycle(annotated: pl.DataFrame) -> pl.DataFrame:
+    """Per cycle: hashed (experiments with a code hash), unique codes, duplicates (hashed − unique),
+    duplicate_pct, and seen_before: experiments whose exact code already appeared in an earlier cycle."""
+    hashed = annotated.filter(pl.col("code_hash").is_not_null())
+    first_cycle = hashed.group_by("code_hash").agg(first_cycle=pl.col("cycle").min())
+    per_cycle = (
+        hashed.join(first_cycle, on="code_hash")
+        .group_by("cycle")
+        .agg(
+            hashed=pl.len(),
+            unique=pl.col("code_hash").n_unique(),
+            seen_before=(pl.col("first_cycle") < pl.col("cycle")).sum(),
+        )
+    )
+    return (
+        annotated.select(pl.col("cycle").unique())
+        .join(per_cycle, on="cycle", how="left")
+        .with_columns(pl.col("hashed", "unique", "seen_before").fill_null(0).cast(pl.Int64))
+        .with_columns(duplicates=pl.col("hashed") - pl.col("unique"))
+        .with_columns(
+            duplicate_pct=pl.when(pl.col("hashed") > 0).then(100 * pl.col("duplicates") / pl.col("hashed")),
+        )
+        .select("cycle", "hashed", "unique", "duplicates", "duplicate_pct", "seen_before")
+        .sort("cycle")
+    )
+
+
+def top_experiments(annotated: pl.DataFrame, n: int = 10) -> pl.DataFrame:
+    """The n best distinct experiments by in-sample net Sharpe, with deflated and holdout Sharpe beside.
+
+    Identical code counts once (its first occurrence; `copies` says how often it ran), so a
+    policy repeating one lucky program does not fill the table. Holdout Sharpe may be null.
+    """
+    scored = annotated.filter((pl.col("status") == "ok") & pl.col(SHARPE).is_not_null())
+    hashed = (
+        scored.filter(pl.col("code_hash").is_not_null())
+        .with_columns(copies=pl.len().over("code_hash"))
+        .unique(subset="code_hash", keep="first", maintain_order=True)
+    )
+    unhashed = scored.filter(pl.col("code_hash").is_null()).with_columns(copies=pl.lit(1, dtype=pl.UInt32))
+    return (
+        pl.concat([hashed, unhashed])
+        .sort([SHARPE, "reward", "cycle", "index"], descending=[True, True, False, False])
+        .head(n)
+        .select(
+            pl.int_range(1, pl.len() + 1).alias("rank"),
+            "cycle",
+            "index",
+            "name",
+            "model_family",
+            pl.col("copies").cast(pl.Int64),
+            "reward",
+            pl.col(SHARPE).alias("sharpe"),
+            pl.col(DSR).alias("dsr"),
+            pl.col(HOLDOUT_SHARPE).alias("holdout_sharpe"),
+        )
+    )
+
+
+def cycle_summary(annotated: pl.DataFrame) -> pl.DataFrame:
+    """One row per cycle: outcome, reward and Sharpe spread, family diversity, custom features, duplicates."""
+    parsed = annotated.group_by("cycle").agg(
+        parsed_pct=100 * pl.col("parsed").mean(),
+        custom_pct=100 * pl.col("custom_features").drop_nulls().mean(),
+    )
+    top_family = (
+        family_share_by_cycle(annotated)
+        .sort(["cycle", "experiments", "model_family"], descending=[False, True, False])
+        .unique(subset="cycle", keep="first", maintain_order=True)
+        .select("cycle", top_family="model_family", top_family_pct="pct")
+    )
+    return (
+        reward_by_cycle(annotated)
+        .join(parsed, on="cycle")
+        .join(top_family, on="cycle", how="left")
+        .join(family_entropy_by_cycle(annotated).select("cycle", "entropy_bits"), on="cycle")
+        .join(duplicates_by_cycle(annotated).select("cycle", "duplicates", "seen_before"), on="cycle")
+        .sort("cycle")
+    )
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """Every table of one run, computed once; the report, the plots and the terminal read these."""
+
+    run: str
+    annotated: pl.DataFrame
+    family_usage: pl.DataFrame
+    family_share_by_cycle: pl.DataFrame
+    feature_usage: pl.DataFrame
+    failure_taxonomy: pl.DataFrame
+    failures_by_cycle: pl.DataFrame
+    cycles: pl.DataFrame
+    top_experiments: pl.DataFrame
+    headline: dict[str, Any]
+
+
+def analyse(frame: pl.DataFrame, top_n: int = 10) -> RunAnalysis:
+    """Every table for the experiments of one run."""
+    runs = frame["run"].unique().to_list() if "run" in frame.columns else []
+    if len(runs) != 1:
+        raise ValueError(f"analyse() takes the experiments of exactly one run, got runs {sorted(runs)}")
+    annotated = annotate(frame)
+    analysis = RunAnalysis(
+        run=runs[0],
+        annotated=annotated,
+        family_usage=family_usage(annotated),
+        family_share_by_cycle=family_share_by_cycle(annotated),
+        feature_usage=feature_usage(annotated),
+        failure_taxonomy=failure_taxonomy(annotated),
+        failures_by_cycle=failures_by_cycle(annotated),
+        cycles=cycle_summary(annotated),
+        top_experiments=top_experiments(annotated, top_n),
+        headline={},
+    )
+    analysis.headline.update(_headline(analysis))
+    return analysis
+
+
+#: The headline numbers, in display order: key, label, format.
+HEADLINE_FIELDS = (
+    ("prompt_versions", "prompt version", "text"),
+    ("cycles", "cycles", "int"),
+    ("experiments", "experiments", "int"),
+    ("parsed_pct", "parsed (a valid spec)", "pct"),
+    ("ok_pct", "ran and scored", "pct"),
+    ("top_failure", "most common failure", "text"),
+    ("top_family", "most used model family", "text"),
+    ("family_entropy_bits", "model-family entropy (bits)", "num"),
+    ("custom_pct", "custom feature engineering", "pct"),
+    ("reward_mean_first", "mean reward, first cycle", "num"),
+    ("reward_mean_last", "mean reward, last cycle", "num"),
+    ("best_sharpe", "best in-sample Sharpe", "num"),
+    ("top_sharpe_mean", "top experiments: mean in-sample Sharpe", "num"),
+    ("top_holdout_mean", "top experiments: mean holdout Sharpe", "num"),
+    ("duplicate_pct", "repeated code (seen earlier in the run)", "pct"),
+)
+
+
+def _headline(analysis: RunAnalysis) -> dict[str, Any]:
+    annotated, cycles, top = analysis.annotated, analysis.cycles, analysis.top_experiments
+    failures = analysis.failure_taxonomy.filter((pl.col("status") != "ok") & (pl.col("experiments") > 0))
+    worst = failures.sort("experiments", descending=True).head(1)
+    usage = analysis.family_usage.head(1)
+    hashed = annotated.filter(pl.col("code_hash").is_not_null())
+    repeated = hashed.height - hashed["code_hash"].n_unique()
+    versions = annotated["prompt_version"].drop_nulls().unique().sort().to_list()
+    return {
+        "prompt_versions": ", ".join(versions) or None,
+        "cycles": cycles.height,
+        "experiments": annotated.height,
+        "parsed_pct": _pct(annotated["parsed"].sum(), annotated.height),
+        "ok_pct": _pct((annotated["status"] == "ok").sum(), annotated.height),
+        "top_failure": f"{worst['status'][0]} ({worst['pct'][0]:.1f}%)" if worst.height else None,
+        "top_family": f"{usage['model_family'][0]} ({usage['pct'][0]:.1f}%)" if usage.height else None,
+        "family_entropy_bits": _identified(annotated)
+        .group_by("model_family")
+        .agg(n=pl.len())
+        .sort("model_family")
+        .select(_entropy_bits(pl.col("n")))
+        .item(),
+        "custom_pct": _pct(annotated["custom_features"].sum(), annotated["custom_features"].count()),
+        "reward_mean_first": cycles["reward_mean"][0] if cycles.height else None,
+        "reward_mean_last": cycles["reward_mean"][-1] if cycles.height else None,
+        "best_sharpe": top["sharpe"].max() if top.height else None,
+        "top_sharpe_mean": top["sharpe"].mean() if top.height else None,
+        "top_holdout_mean": top["holdout_sharpe"].mean() if top["holdout_sharpe"].count() else None,
+        "duplicate_pct": _pct(repeated, hashed.height),
+    }
+
+
+def _pct(part: float, whole: float) -> float | None:
+    return 100 * part / whole if whole else None

@@ -1,0 +1,397 @@
+"""The post-mortem tables and report, checked against numbers recomputed by hand from a known run.
+
+The synthetic run below is 3 cycles × 6 experiments whose true model family, features, outcome
+and metrics are written down per row. Every expected number is recomputed here in plain Python
+from those true labels (not from the classifier), then compared with the polars tables.
+"""
+
+import math
+import statistics
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from rich.console import Console
+
+from sharpe_rl.analysis.classify import FEATURE_BLOCKS
+from sharpe_rl.analysis.report import build_report, print_report, select_run
+from sharpe_rl.analysis.tables import STATUSES, analyse, annotate
+from sharpe_rl.buffer import ReplayBuffer
+from sharpe_rl.experience import Experience
+from sharpe_rl.sandbox.contract import ErrorClass
+from sharpe_rl.spec import ExperimentSpec
+
+MODELS = {
+    "lightgbm": "import lightgbm as lgb\n\ndef make_model():\n    return lgb.LGBMClassifier(verbose=-1)\n",
+    "xgboost": "from xgboost import XGBClassifier\n\ndef make_model():\n    return XGBClassifier(max_depth=3)\n",
+    "sklearn/trees": (
+        "from sklearn.ensemble import RandomForestClassifier\n\n"
+        "def make_model():\n    return RandomForestClassifier(n_estimators=100)\n"
+    ),
+    "sklearn/linear": (
+        "from sklearn.linear_model import LogisticRegression\nfrom sklearn.pipeline import make_pipeline\n"
+        "from sklearn.preprocessing import StandardScaler\n\n"
+        "def make_model():\n    return make_pipeline(StandardScaler(), LogisticRegression())\n"
+    ),
+    "torch": "import torch.nn as nn\n\ndef make_model():\n    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())\n",
+    "unknown": "import lightgbm as lgb\n\ndef make_model(:\n    return lgb.LGBMClassifier()\n",
+}
+FEATURES = {  # name -> (source, custom, building blocks)
+    "template": (
+        "def make_features(df):\n"
+        "    out = df[[]].copy()\n"
+        "    out['ret'] = df['close'].pct_change()\n"
+        "    out['vol'] = out['ret'].rolling(10).std()\n"
+        "    out['ma'] = df['close'] / df['close'].rolling(20).mean()\n"
+        "    return out\n",
+        False,
+        ("returns", "volatility", "trend"),
+    ),
+    "rsi": (
+        "def make_features(df):\n"
+        "    delta = df['close'].diff()\n"
+        "    up = delta.clip(lower=0).rolling(14).mean()\n"
+        "    down = (-delta.clip(upper=0)).rolling(14).mean()\n"
+        "    return (100 - 100 / (1 + up / down)).to_frame('rsi')\n",
+        True,
+        ("oscillators",),
+    ),
+    "missing_column": ("def make_features(df):\n    return df[['vwap']].pct_change()\n", False, ("returns",)),
+    "lookahead": (
+        "def make_features(df):\n    out = df[[]].copy()\n    out['fwd'] = df['close'].shift(-1) / df['close']\n"
+        "    return out\n",
+        False,
+        ("returns",),
+    ),
+}
+# cycle, index, family (None: no spec), features, error class, reward, sharpe, dsr, holdout sharpe
+ROWS = [
+    (0, 0, "lightgbm", "template", None, 0.2, 0.6, 0.4, 0.1),
+    (0, 1, "lightgbm", "template", None, 0.2, 0.6, 0.4, 0.1),  # same code as (0, 0)
+    (0, 2, "lightgbm", "missing_column", "missing_column", -1.25, None, None, None),
+    (0, 3, None, None, "json_parse", -1.5, None, None, None),
+    (0, 4, "xgboost", "rsi", None, 0.5, 1.5, 0.7, None),  # holdout not measured
+    (0, 5, "unknown", "template", "syntax", -1.5, None, None, None),
+    (1, 0, "lightgbm", "template", None, 0.2, 0.6, 0.4, 0.1),  # repeats cycle 0's code
+    (1, 1, "sklearn/trees", "rsi", None, 0.8, 2.4, 0.9, -0.3),
+    (1, 2, "sklearn/linear", "template", "type_error", -1.25, None, None, None),
+    (1, 3, "xgboost", "template", None, -0.1, -0.3, 0.1, -0.5),
+    (1, 4, None, None, "json_parse", -1.5, None, None, None),
+    (1, 5, None, None, "schema", -1.5, None, None, None),
+    (2, 0, "sklearn/trees", "rsi", None, 0.8, 2.4, 0.9, -0.3),  # repeats (1, 1)
+    (2, 1, "sklearn/linear", "rsi", None, 0.3, 0.9, 0.5, 0.8),
+    (2, 2, "torch", "template", "timeout", -1.25, None, None, None),
+    (2, 3, "lightgbm", "rsi", None, 0.6, 1.8, 0.8, 1.2),
+    (2, 4, "sklearn/linear", "lookahead", "lookahead", -2.0, None, None, None),
+    (2, 5, "torch", "rsi", None, 0.1, 0.3, 0.2, None),
+]
+ODD_NAME = "rsi <b>bold</b> | piped"  # untrusted text: must not break Markdown tables or HTML
+
+
+def _spec(family: str, features: str, name: str) -> ExperimentSpec:
+    return ExperimentSpec(name=name, features=FEATURES[features][0], model=MODELS[family])
+
+
+def make_frame(run: str = "r1", rows: list[tuple] = ROWS, start: datetime | None = None) -> pl.DataFrame:
+    """A buffer frame (the columns ReplayBuffer.frame() yields) for `rows`."""
+    start = start or datetime(2025, 1, 1, tzinfo=UTC)
+    records = []
+    for cycle, index, family, features, error, reward, sharpe, dsr, holdout in rows:
+        name = ODD_NAME if (cycle, index) == (2, 1) else f"exp-{cycle}-{index}"
+        spec = _spec(family, features, name) if family else None
+        records.append(
+            {
+                "run": run,
+                "cycle": cycle,
+                "index": index,
+                "prompt_version": "v1_example",
+                "spec_json": spec.model_dump_json() if spec else None,
+                "name": spec.name if spec else None,
+                "model_family": "stale value the report must not trust",
+                "error_class": error,
+                "reward": reward,
+                "code_hash": spec.code_hash if spec else None,
+                "metric_sharpe_net": sharpe,
+                "metric_dsr": dsr,
+                "metric_holdout_sharpe_net": holdout,
+                "created_at": start + timedelta(minutes=cycle * 10 + index),
+            }
+        )
+    return pl.DataFrame(records)
+
+
+def _by(frame: pl.DataFrame, key: str, value: str) -> dict:
+    return {row[key]: row[value] for row in frame.to_dicts()}
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return analyse(make_frame())
+
+
+def test_family_usage_is_share_of_parsed(analysis):
+    parsed = [r for r in ROWS if r[2] is not None]
+    expected = {family: 100 * n / len(parsed) for family, n in Counter(r[2] for r in parsed).items()}
+    assert _by(analysis.family_usage, "model_family", "pct") == pytest.approx(expected)
+    assert expected["lightgbm"] == pytest.approx(100 * 5 / 15)
+    assert analysis.family_usage["model_family"][0] == "lightgbm"  # most used first
+
+
+def test_family_share_per_cycle(analysis):
+    for cycle in range(3):
+        parsed = [r for r in ROWS if r[0] == cycle and r[2] is not None]
+        expected = {family: 100 * n / len(parsed) for family, n in Counter(r[2] for r in parsed).items()}
+        table = analysis.family_share_by_cycle.filter(pl.col("cycle") == cycle)
+        assert _by(table, "model_family", "pct") == pytest.approx(expected)
+
+
+def test_custom_feature_share_and_blocks(analysis):
+    parsed = [r for r in ROWS if r[2] is not None]
+    custom = sum(FEATURES[r[3]][1] for r in parsed)
+    usage = _by(analysis.feature_usage, "feature", "pct")
+    assert usage["custom"] == pytest.approx(100 * custom / len(parsed))
+    for block in FEATURE_BLOCKS:
+        using = sum(block in FEATURES[r[3]][2] for r in parsed)
+        assert usage[block] == pytest.approx(100 * using / len(parsed)), block
+    assert usage["oscillators"] == pytest.approx(100 * 6 / 15)
+    for cycle in range(3):
+        rows = [r for r in ROWS if r[0] == cycle and r[2] is not None]
+        row = analysis.cycles.filter(pl.col("cycle") == cycle).to_dicts()[0]
+        assert row["custom_pct"] == pytest.approx(100 * sum(FEATURES[r[3]][1] for r in rows) / len(rows))
+
+
+def test_failure_taxonomy_is_share_of_all_with_every_class(analysis):
+    counts = Counter(r[4] or "ok" for r in ROWS)
+    table = analysis.failure_taxonomy
+    assert table["status"].to_list() == list(STATUSES)
+    assert set(STATUSES) == {"ok", *(e.value for e in ErrorClass)}
+    assert _by(table, "status", "pct") == pytest.approx({s: 100 * counts[s] / len(ROWS) for s in STATUSES})
+    assert _by(table, "status", "experiments")["json_parse"] == 2
+    assert table["pct"].sum() == pytest.approx(100)
+
+
+def test_failures_per_cycle(analysis):
+    for cycle in range(3):
+        rows = [r for r in ROWS if r[0] == cycle]
+        counts = Counter(r[4] or "ok" for r in rows)
+        table = analysis.failures_by_cycle.filter(pl.col("cycle") == cycle)
+        expected = {s: 100 * counts[s] / len(rows) for s in set(table["status"])}
+        assert _by(table, "status", "pct") == pytest.approx(expected)
+        assert set(counts) <= set(table["status"])
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    return {
+        "mean": statistics.mean(values),
+        "median": statistics.median(values),
+        "q25": float(np.percentile(values, 25)),
+        "q75": float(np.percentile(values, 75)),
+        "max": max(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
+def test_reward_and_sharpe_over_cycles(analysis):
+    for cycle in range(3):
+        rows = [r for r in ROWS if r[0] == cycle]
+        row = analysis.cycles.filter(pl.col("cycle") == cycle).to_dicts()[0]
+        rewards = _spread([r[5] for r in rows])
+        sharpes = _spread([r[6] for r in rows if r[4] is None])
+        for stat in rewards:
+            assert row[f"reward_{stat}"] == pytest.approx(rewards[stat]), (cycle, stat)
+            assert row[f"sharpe_{stat}"] == pytest.approx(sharpes[stat]), (cycle, stat)
+        assert row["ok_pct"] == pytest.approx(100 * sum(r[4] is None for r in rows) / len(rows))
+        assert row["parsed_pct"] == pytest.approx(100 * sum(r[2] is not None for r in rows) / len(rows))
+
+
+def test_family_entropy_over_cycles(analysis):
+    for cycle in range(3):
+        counts = Counter(r[2] for r in ROWS if r[0] == cycle and r[2] not in (None, "unknown"))
+        total = sum(counts.values())
+        expected = sum(n / total * math.log2(total / n) for n in counts.values())
+        row = analysis.cycles.filter(pl.col("cycle") == cycle).to_dicts()[0]
+        assert row["entropy_bits"] == pytest.approx(expected)
+    first = analysis.cycles.filter(pl.col("cycle") == 0)["entropy_bits"].item()
+    assert first == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))  # 3 lightgbm, 1 xgboost
+
+
+def test_duplicates_per_cycle(analysis):
+    first_seen: dict[str, int] = {}
+    for cycle in range(3):
+        hashes = [
+            _spec(r[2], r[3], "any").code_hash for r in ROWS if r[0] == cycle and r[2] is not None
+        ]  # the name does not enter the code hash
+        seen_before = sum(first_seen.get(h, cycle) < cycle for h in hashes)
+        for h in hashes:
+            first_seen.setdefault(h, cycle)
+        row = analysis.cycles.filter(pl.col("cycle") == cycle).to_dicts()[0]
+        assert (row["duplicates"], row["seen_before"]) == (len(hashes) - len(set(hashes)), seen_before)
+    assert analysis.cycles["duplicates"].to_list() == [1, 0, 0]
+    assert analysis.cycles["seen_before"].to_list() == [0, 1, 1]
+
+
+def test_top_experiments_side_by_side_and_distinct(analysis):
+    scored, seen = [], set()
+    for r in ROWS:
+        code = _spec(r[2], r[3], "any").code_hash if r[2] else None
+        if r[4] is None and code not in seen:
+            seen.add(code)
+            copies = sum(1 for s in ROWS if s[4] is None and s[2] == r[2] and s[3] == r[3])
+            scored.append((r, copies))
+    scored.sort(key=lambda item: (-item[0][6], -item[0][5], item[0][0], item[0][1]))
+    table = analysis.top_experiments.to_dicts()
+    assert [(t["cycle"], t["index"]) for t in table] == [(r[0], r[1]) for r, _ in scored]
+    assert [(t["sharpe"], t["dsr"], t["holdout_sharpe"]) for t in table] == [(r[6], r[7], r[8]) for r, _ in scored]
+    assert [t["copies"] for t in table] == [c for _, c in scored]
+    assert table[0]["model_family"] == "sklearn/trees" and table[0]["copies"] == 2
+    assert analyse(make_frame(), top_n=2).top_experiments.height == 2
+
+
+def test_headline(analysis):
+    h = analysis.headline
+    assert (h["cycles"], h["experiments"]) == (3, 18)
+    assert h["ok_pct"] == pytest.approx(100 * 10 / 18)
+    assert h["parsed_pct"] == pytest.approx(100 * 15 / 18)
+    assert h["top_family"] == "lightgbm (33.3%)"
+    assert h["top_failure"] == "json_parse (11.1%)"
+    assert h["reward_mean_first"] == pytest.approx(statistics.mean(r[5] for r in ROWS if r[0] == 0))
+    assert h["best_sharpe"] == 2.4
+    holdouts = [0.1, -0.3, 0.8, 1.2, -0.5]  # of the top experiments that have one
+    assert h["top_holdout_mean"] == pytest.approx(statistics.mean(holdouts))
+    assert h["duplicate_pct"] == pytest.approx(100 * 3 / 15)  # (0,1), (1,0) and (2,0) repeat earlier code
+
+
+def test_report_files_tables_and_missing_holdout(tmp_path):
+    report = build_report(make_frame(), tmp_path)
+    assert report.markdown_path.read_text() == report.markdown
+    assert report.html_path.read_text() == report.html
+    for name in ("reward", "families", "failures", "holdout"):
+        assert report.plots[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{name}.png" in report.markdown
+    top = report.tables["top_experiments"]
+    xgb = next(row for row in top if (row["cycle"], row["index"]) == (0, 4))
+    assert xgb["holdout_sharpe"] is None
+    assert "| 1.500 | 0.700 | — |" in report.markdown
+    assert {"headline", "family_usage", "feature_usage", "failure_taxonomy", "cycles"} <= report.tables.keys()
+    assert "rsi <b>bold</b> \\| piped" in report.markdown
+    assert "<b>bold</b>" not in report.html and "&lt;b&gt;bold&lt;/b&gt;" in report.html
+
+
+def test_report_compares_two_runs(tmp_path):
+    v2_rows = [
+        (0, 0, "sklearn/trees", "rsi", None, 0.4, 1.2, 0.6, 0.2),
+        (0, 1, "torch", "rsi", None, 0.1, 0.3, 0.3, None),
+        (1, 0, "xgboost", "rsi", "value_error", -1.25, None, None, None),
+    ]
+    report = build_report(make_frame("v1"), tmp_path, compare_frame=make_frame("v2", v2_rows))
+    assert report.compare_run == "v2"
+    assert "## Comparison" in report.markdown
+    headline = {row["metric"]: (row["a"], row["b"]) for row in report.tables["compare_headline"]}
+    assert headline["experiments"] == ("18", "3")
+    families = {row["model_family"]: (row["a"], row["b"]) for row in report.tables["compare_families"]}
+    rounded = {"abs": 1e-4}  # table artifact rows carry 4 decimals
+    assert families["lightgbm"] == (pytest.approx(100 * 5 / 15, **rounded), 0.0)
+    assert families["torch"] == (pytest.approx(100 * 2 / 15, **rounded), pytest.approx(100 / 3, **rounded))
+    outcomes = {row["status"] for row in report.tables["compare_failures"]}
+    assert "value_error" in outcomes and "out_of_memory" not in outcomes
+
+
+def test_select_run_picks_the_latest_or_the_named_run():
+    both = pl.concat(
+        [make_frame("old"), make_frame("new", start=datetime(2025, 2, 1, tzinfo=UTC))], how="vertical_relaxed"
+    )
+    assert select_run(both)["run"].unique().to_list() == ["new"]
+    assert select_run(both, "old")["run"].unique().to_list() == ["old"]
+    with pytest.raises(ValueError, match="runs: new, old"):
+        select_run(both, "missing")
+    with pytest.raises(ValueError, match="empty"):
+        select_run(both.clear())
+
+
+def test_print_report_shows_the_key_tables(tmp_path):
+    report = build_report(make_frame(), tmp_path)
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    for expected in ("Headline", "Model families", "Failure taxonomy", "Top experiments", "lightgbm", "33.3%"):
+        assert expected in text
+
+
+def test_a_run_where_nothing_parsed_still_reports(tmp_path):
+    rows = [(c, i, None, None, "json_parse", -1.5, None, None, None) for c in range(2) for i in range(3)]
+    report = build_report(make_frame("broken", rows), tmp_path)
+    assert report.tables["family_usage"] == []
+    assert report.tables["top_experiments"] == []
+    failures = {row["status"]: row["pct"] for row in report.tables["failure_taxonomy"]}
+    assert failures["json_parse"] == 100.0
+
+
+def test_missing_required_column_says_what_to_pass():
+    with pytest.raises(ValueError, match=r"\['code_hash'\].*ReplayBuffer.frame"):
+        annotate(make_frame().drop("code_hash"))
+
+
+def write_run(buffer: ReplayBuffer, run: str, rows: list[tuple], day: int) -> None:
+    """Store `rows` as Experiences, the way the pipeline does (holdout metrics are not in the buffer)."""
+    cycles: dict[int, list[Experience]] = {}
+    for cycle, index, family, features, error, reward, sharpe, dsr, _ in rows:
+        spec = (
+            _spec(family, features, ODD_NAME if (cycle, index) == (2, 1) else f"exp-{cycle}-{index}")
+            if family
+            else None
+        )
+        cycles.setdefault(cycle, []).append(
+            Experience(
+                run=run,
+                cycle=cycle,
+                index=index,
+                prompt_version="v1_example",
+                prompt="prompt",
+                completion=spec.model_dump_json() if spec else "not json",
+                prompt_token_ids=[1],
+                completion_token_ids=[2],
+                logprobs=[-0.1],
+                spec_json=spec.model_dump_json() if spec else None,
+                name=spec.name if spec else None,
+                error_class=error,
+                metrics={"sharpe_net": sharpe, "dsr": dsr} if sharpe is not None else {},
+                reward=reward,
+                code_hash=spec.code_hash if spec else None,
+                created_at=datetime(2025, 1, day, tzinfo=UTC) + timedelta(minutes=cycle * 10 + index),
+            )
+        )
+    for cycle, experiences in cycles.items():
+        buffer.write(run, cycle, experiences)
+
+
+def test_reads_the_replay_buffer_frame(tmp_path, analysis):
+    """The column contract holds for the real buffer: the same run stored there gives the same tables."""
+    buffer = ReplayBuffer(tmp_path)
+    write_run(buffer, "r1", ROWS, day=1)
+    stored = analyse(buffer.frame("r1"))
+    for table in ("family_usage", "feature_usage", "failure_taxonomy", "failures_by_cycle", "cycles"):
+        assert_frame_equal(getattr(stored, table), getattr(analysis, table))
+    expected = analysis.top_experiments.with_columns(pl.lit(None, dtype=pl.Float64).alias("holdout_sharpe"))
+    assert_frame_equal(stored.top_experiments, expected)  # holdout metrics live outside the buffer
+
+
+@pytest.mark.slow  # the command loads the run session's modules (transformers)
+def test_report_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from sharpe_rl.cli import app
+
+    buffer = ReplayBuffer(tmp_path)
+    write_run(buffer, "first", ROWS, day=1)
+    write_run(buffer, "second", ROWS[:9], day=2)
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "--runs-dir", str(tmp_path), "--compare", "first"])
+    assert result.exit_code == 0, result.output
+    assert "post-mortem of second vs first" in result.output
+    assert (tmp_path / "reports" / "second-vs-first" / "report.html").is_file()
+    result = runner.invoke(app, ["report", "missing", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "runs: first, second" in result.output
