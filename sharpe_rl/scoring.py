@@ -424,6 +424,25 @@ def deflated_sharpe_ratio(
     return probabilistic_sharpe_ratio(sharpe, n_obs, skewness, kurtosis, benchmark)
 
 
+def deflate(metrics: Metrics, n_trials: int, trials_sharpe_variance: float) -> Metrics:
+    """`metrics` with its DSR recomputed for a selection among `n_trials` (annualised Sharpe variance).
+
+    The pipeline scores a batch first and knows how many trials the run has made only afterwards.
+    """
+    if not metrics.valid or metrics.skewness is None or metrics.kurtosis is None:
+        return metrics
+    ppy = metrics.periods_per_year
+    dsr = deflated_sharpe_ratio(
+        metrics.sharpe_net / math.sqrt(ppy),
+        metrics.n_bars,
+        metrics.skewness,
+        metrics.kurtosis,
+        n_trials,
+        trials_sharpe_variance / ppy,
+    )
+    return metrics.model_copy(update={"dsr": dsr})
+
+
 #: The rung of the penalty ladder each error class lands on — every class listed, on purpose:
 #: a new class must be placed here, not fall through to a default.
 PENALTY_RUNG: dict[ErrorClass, Literal["format", "runtime", "lookahead"]] = {

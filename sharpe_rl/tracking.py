@@ -97,15 +97,20 @@ class Tracker:
 
     def log_cycle(self, cycle: int, metrics: Mapping[str, float], experiences: list[Experience]) -> None:
         """Log a cycle: its metrics at step=cycle, one child run per experience, and a table artifact."""
-        parent = self._parent()
-        if not self._has_step(parent, cycle, next(iter(metrics), None)):
-            now = int(time.time() * 1000)
-            batch = [Metric(key, float(value), now, cycle) for key, value in metrics.items() if value is not None]
-            for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
-                self.client.log_batch(parent, metrics=batch[start : start + 900])
+        self.log_metrics(cycle, metrics)
         self._log_children(cycle, experiences)
         table = [_table_row(e) for e in experiences]
-        self.client.log_text(parent, json.dumps(table, indent=1), f"cycles/cycle-{cycle:03d}.json")
+        self.client.log_text(self._parent(), json.dumps(table, indent=1), f"cycles/cycle-{cycle:03d}.json")
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log metrics on the parent run at `step`, unless this set was already logged at that step."""
+        parent = self._parent()
+        if self._has_step(parent, step, next(iter(metrics), None)):
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if value is not None]
+        for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(parent, metrics=batch[start : start + 900])
 
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
         """Attach a directory (the policy adapter of a cycle, the report) to the parent run."""

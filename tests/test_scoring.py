@@ -15,6 +15,7 @@ from sharpe_rl.scoring import (
     DegeneratePredictions,
     Metrics,
     backtest,
+    deflate,
     deflated_sharpe_ratio,
     expected_max_sharpe,
     max_drawdown,
@@ -384,3 +385,32 @@ def test_reward_scoring_on_the_reward_panel_cannot_see_the_holdout():
         score_predictions(pl.concat([predictions, leaked]), reward_panel(panel, plan), EvalConfig()).reason
         == Degenerate.unknown_bars
     )
+
+
+def test_deflate_recomputes_dsr_from_the_trials_and_agrees_with_scoring_them_directly():
+    panel = _deflate_panel()
+    predictions = panel.select(
+        "timestamp", "symbol", pl.lit(0).alias("fold"), (pl.col("close").rank() / 1e4).alias("p_up")
+    )
+    cfg = EvalConfig(scheme="per_asset")
+    alone = score_predictions(predictions, panel, cfg)
+    direct = score_predictions(predictions, panel, cfg, n_trials=50, trials_sharpe_variance=0.8)
+    assert deflate(alone, 50, 0.8) == direct
+    assert deflate(alone, 1, 0.0).dsr == alone.psr
+
+
+def _deflate_panel() -> pl.DataFrame:
+    rng = np.random.default_rng(7)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    close = 100 * np.exp(np.cumsum(rng.normal(0.001, 0.02, 200)))
+    return pl.DataFrame(
+        {
+            "timestamp": [start + timedelta(days=i) for i in range(200)],
+            "symbol": ["BTCUSDT"] * 200,
+            "open": close,
+            "high": close,
+            "low": close,
+            "close": close,
+            "volume": np.ones(200),
+        }
+    ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
