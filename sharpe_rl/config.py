@@ -31,9 +31,11 @@ class EvalConfig(_Settings):
         0.2, ge=0, lt=1, description="Last share of time carved off and never used in any reward."
     )
     fee_bps: float = Field(10.0, ge=0, description="Trading cost in basis points per unit of turnover.")
+    # Market-neutral by default: under per_asset, a model that always says "up" earns the market's
+    # drift (buy-and-hold), and the RL loop would learn beta instead of forecasting skill.
     scheme: Literal["per_asset", "cross_sectional"] = Field(
-        "per_asset",
-        description="Positions: per asset 2p-1, or cross-sectional market-neutral demeaned ranks.",
+        "cross_sectional",
+        description="Positions: cross-sectional market-neutral demeaned ranks, or per asset 2p-1.",
     )
     rebalance_every: int | None = Field(
         None, ge=1, description="Rebalance every this many bars (default: the horizon)."
@@ -147,7 +149,8 @@ class PPOConfig(_Settings):
     gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     init_kl_coef: float = Field(0.05, ge=0, description="Initial weight of the KL penalty to the reference.")
     target_kl: float | None = Field(6.0, gt=0, description="Adaptive KL target per sequence (None: fixed coef).")
-    kl_horizon: int = Field(10000, ge=1, description="Horizon of the adaptive KL controller, in samples.")
+    # Ziegler et al. use 10,000 samples; an overnight run is 48 × 16 = 768, so the controller would never move.
+    kl_horizon: int = Field(256, ge=1, description="Horizon of the adaptive KL controller, in samples.")
     whiten_advantages: bool = Field(True, description="Normalise advantages per batch.")
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."

@@ -27,7 +27,7 @@ from sharpe_rl.scoring import (
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
-NO_FEES = EvalConfig(fee_bps=0)
+NO_FEES = EvalConfig(scheme="per_asset", fee_bps=0)
 
 
 def make_panel(closes: dict[str, list[float | None]], step: timedelta = DAY) -> pl.DataFrame:
@@ -149,7 +149,7 @@ TWO_ASSET_PREDICTIONS = make_predictions({"A": [0.9, 0.9, 0.2], "B": [0.5, 0.1, 
 
 
 def test_turnover_and_costs_on_two_assets_by_hand():
-    book = backtest(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(fee_bps=10))
+    book = backtest(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(scheme="per_asset", fee_bps=10))
     # per asset (2p − 1) / 2: A 0.4, 0.4, −0.3; B 0.0, −0.4, −0.4
     weights = book.weights.sort("timestamp", "symbol").get_column("weight").to_list()
     assert weights == pytest.approx([0.4, 0.0, 0.4, -0.4, -0.3, -0.4])
@@ -160,14 +160,16 @@ def test_turnover_and_costs_on_two_assets_by_hand():
     # cost = 10 bps × turnover
     assert book.returns.get_column("cost").to_list() == pytest.approx([0.0004, 0.0004, 0.0007])
     assert book.returns.get_column("net_return").to_list() == pytest.approx([0.0396, -0.0804, 0.0793])
-    metrics = score_predictions(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(fee_bps=10))
+    metrics = score_predictions(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(scheme="per_asset", fee_bps=10))
     assert metrics.turnover == pytest.approx(1.5 / 3)
     net = np.array([0.0396, -0.0804, 0.0793])
     assert metrics.sharpe_net == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(365))
     assert metrics.sharpe_gross > metrics.sharpe_net
 
 
-@pytest.mark.parametrize("cfg", [EvalConfig(rebalance_every=2), EvalConfig(horizon=2)])
+@pytest.mark.parametrize(
+    "cfg", [EvalConfig(scheme="per_asset", rebalance_every=2), EvalConfig(scheme="per_asset", horizon=2)]
+)
 def test_positions_are_held_between_rebalances(cfg):
     book = backtest(TWO_ASSET_PREDICTIONS, TWO_ASSETS, cfg)
     # set at bar 0 (A 0.4, B 0), held through bar 1 whatever bar 1 predicts, reset at bar 2
@@ -363,18 +365,21 @@ def test_metrics_reject_nan():
 
 def test_reward_scoring_on_the_reward_panel_cannot_see_the_holdout():
     panel = random_walk_panel(300, ("A", "B"), seed=11)
-    plan = plan_evaluation(timeline(panel), EvalConfig(n_folds=2))
+    plan = plan_evaluation(timeline(panel), EvalConfig(scheme="per_asset", n_folds=2))
     rng = np.random.default_rng(0)
     in_tests = reward_panel(panel, plan).filter(pl.col("timestamp") >= plan.folds[0].test_start)
     predictions = in_tests.select("timestamp", "symbol", fold=pl.lit(0), p_up=pl.Series(rng.random(in_tests.height)))
 
-    reward = score_predictions(predictions, reward_panel(panel, plan), EvalConfig())
+    reward = score_predictions(predictions, reward_panel(panel, plan), EvalConfig(scheme="per_asset"))
     # a wild holdout (its first close would be the last test bar's next-bar return) changes nothing
     wild = panel.with_columns(
         close=pl.when(pl.col("timestamp") >= plan.holdout_start).then(pl.col("close") * 10).otherwise(pl.col("close"))
     )
-    assert reward.valid and score_predictions(predictions, reward_panel(wild, plan), EvalConfig()) == reward
-    assert score_predictions(predictions, wild, EvalConfig()) != reward  # why the cut matters
+    assert (
+        reward.valid
+        and score_predictions(predictions, reward_panel(wild, plan), EvalConfig(scheme="per_asset")) == reward
+    )
+    assert score_predictions(predictions, wild, EvalConfig(scheme="per_asset")) != reward  # why the cut matters
     # the last test bar has no next bar inside the reward window: it is not scored
     assert reward.n_bars == predictions.get_column("timestamp").n_unique() - 1
     # a prediction inside the holdout is refused by the reward scoring
@@ -382,7 +387,9 @@ def test_reward_scoring_on_the_reward_panel_cannot_see_the_holdout():
         "timestamp", "symbol", fold=pl.lit(0), p_up=pl.lit(0.9)
     )
     assert (
-        score_predictions(pl.concat([predictions, leaked]), reward_panel(panel, plan), EvalConfig()).reason
+        score_predictions(
+            pl.concat([predictions, leaked]), reward_panel(panel, plan), EvalConfig(scheme="per_asset")
+        ).reason
         == Degenerate.unknown_bars
     )
 
