@@ -6,6 +6,8 @@ library only. Static checks, the sandbox, the reward and the report all speak th
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -69,8 +71,51 @@ def classify_exception(exc: BaseException) -> ErrorClass:
         return ErrorClass.syntax
     if isinstance(exc, ImportError):
         return ErrorClass.forbidden_import
-    if isinstance(exc, TypeError):
-        return ErrorClass.type_error
+    # ValueError first: scikit-learn's InvalidParameterError (a bad parameter value) is both
     if isinstance(exc, ValueError):
         return ErrorClass.value_error
+    if isinstance(exc, TypeError):
+        return ErrorClass.type_error
     return ErrorClass.runtime_error
+
+
+#: Where the sandbox finds its inputs (the Docker executor mounts them here, read-only).
+TASK_PATH = "/task/task.json"
+DATA_PATH = "/data/panel.npz"
+
+#: The environment every executor gives the harness. Hash seed and single-threaded math libraries
+#: make a rerun give bit-identical predictions (thread counts must be set before numpy loads).
+#: LOKY_MAX_CPU_COUNT matters: LightGBM's scikit-learn API ignores OMP_NUM_THREADS and asks joblib
+#: for the core count, and two spinning OpenMP threads on a busy machine fit ten times slower.
+SANDBOX_ENV = {
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "LOKY_MAX_CPU_COUNT": "1",
+    "MPLBACKEND": "Agg",
+}
+
+
+def bad_predictions_reason(p_up: Iterable[float], folds: Iterable[int]) -> str | None:
+    """Why these out-of-sample probabilities are unusable, or None when they are usable.
+
+    NaN marks a row the model could not predict (the host trades it flat); values must lie in
+    [0, 1]; at least one value must be a number; and a model whose output is the same number for
+    every row of every fold carries no signal, only a fixed position, so it is rejected too.
+    """
+    values_by_fold: dict[int, set[float]] = {}
+    for value, fold in zip(p_up, folds, strict=True):
+        if math.isnan(value):
+            continue
+        if not 0.0 <= value <= 1.0:
+            return f"p_up must lie in [0, 1]; got {value!r}"
+        values_by_fold.setdefault(int(fold), set()).add(float(value))
+    if not values_by_fold:
+        return "every prediction is NaN"
+    if all(len(values) == 1 for values in values_by_fold.values()):
+        return "p_up is constant within every fold: a fixed position, not a prediction"
+    return None

@@ -1,0 +1,151 @@
+"""The Docker executor: each experiment in a fresh, locked-down container. This is the boundary.
+
+Guarantees (each one has a test in tests/test_sandbox_docker.py):
+- No network: `network_mode=none`, the container has only a loopback interface.
+- The host's files are invisible: nothing is mounted but the task JSON and the one data view,
+  both read-only. The data view ends at the last bar the run may see (never the holdout during a
+  reward run). The root filesystem is read-only; the only writable place is a size-capped,
+  noexec tmpfs at /tmp that dies with the container.
+- Not root, and cannot become root: a non-root user, every capability dropped, no-new-privileges.
+- Bounded resources: memory limit equal to memory+swap (no swap; exceeding it is an OOM kill,
+  classed `out_of_memory`), a CPU quota, a pids limit (a fork bomb hits it), a wall-clock limit
+  enforced from the host (kill, then remove) on top of the harness's own SIGALRM, stdout/stderr
+  kept only up to `output_limit_kb` by the engine's log driver (a flood costs the host nothing
+  beyond that).
+- Nothing survives a run: every container is removed in a `finally`; containers carry the labels
+  `sharpe-rl.run` and `sharpe-rl.created`, and `reap_containers` removes those a crashed run left.
+- Runs are independent: a fresh container and tmpfs each time, nothing shared between two runs
+  (the lookahead re-run included).
+
+Not guaranteed:
+- Protection from kernel or container-runtime exploits: containers share the host kernel. This
+  engine reports no seccomp or AppArmor profile, so the syscall surface is the kernel's whole one.
+  Use a VM or gVisor (`runtime=runsc`) as the boundary when that matters.
+- CPU and disk-bandwidth fairness beyond the CPU quota; the engine's own CPU spent storing output.
+- Anything about what the experiment reports: the host validates and scores it, never trusting it.
+- Remote engines (DOCKER_HOST on another machine): the inputs are bind mounts of host files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+from docker.types import LogConfig, Ulimit
+
+from sharpe_rl.config import SandboxConfig
+from sharpe_rl.sandbox import InfrastructureError
+from sharpe_rl.sandbox.contract import DATA_PATH, SANDBOX_ENV, TASK_PATH
+from sharpe_rl.sandbox.executor import RawOutcome, decode_tail, host_time_limit
+from sharpe_rl.sandbox.image import docker_client, image_exists, image_tag
+
+log = logging.getLogger(__name__)
+
+RUN_LABEL = "sharpe-rl.run"
+CREATED_LABEL = "sharpe-rl.created"
+SANDBOX_USER = "10001:10001"
+
+
+class DockerExecutor:
+    """Runs the harness in a container of the sandbox image; see the module docstring."""
+
+    name = "docker"
+
+    def __init__(self, config: SandboxConfig, run_id: str, client: docker.DockerClient | None = None) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.client = client or docker_client()
+        self.image = config.image or image_tag()
+        if not image_exists(self.client, self.image):
+            raise InfrastructureError(
+                f"the sandbox image {self.image} is missing: build it with `make image` "
+                "(or `.venv/bin/python sandbox_image/build.py`)"
+            )
+
+    def execute(self, task_path: Path, data_path: Path) -> RawOutcome:
+        cfg = self.config
+        started = time.perf_counter()
+        try:
+            container = self.client.containers.create(
+                self.image,
+                user=SANDBOX_USER,
+                environment=SANDBOX_ENV,
+                working_dir="/tmp",
+                network_mode="none",
+                read_only=True,
+                tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={cfg.tmpfs_mb}m,mode=1777"},
+                volumes={
+                    str(task_path.resolve()): {"bind": TASK_PATH, "mode": "ro"},
+                    str(data_path.resolve()): {"bind": DATA_PATH, "mode": "ro"},
+                },
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                init=True,  # an init as PID 1: signals reach the harness, zombies are reaped
+                ipc_mode="private",
+                pids_limit=cfg.pids_limit,
+                mem_limit=f"{cfg.memory_mb}m",
+                memswap_limit=f"{cfg.memory_mb}m",
+                nano_cpus=int(cfg.cpus * 1e9),
+                ulimits=[Ulimit(name="core", soft=0, hard=0)],
+                log_config=LogConfig(
+                    type=LogConfig.types.JSON, config={"max-size": f"{cfg.output_limit_kb}k", "max-file": "1"}
+                ),
+                labels={RUN_LABEL: self.run_id, CREATED_LABEL: str(int(time.time()))},
+            )
+        except docker.errors.DockerException as exc:
+            raise InfrastructureError(f"the Docker engine could not create the sandbox container: {exc}") from exc
+        try:
+            container.start()
+            timed_out = False
+            try:
+                exit_code: int | None = container.wait(timeout=host_time_limit(cfg))["StatusCode"]
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out, exit_code = True, None
+                container.kill()
+            state = self.client.api.inspect_container(container.id)["State"]
+            stdout = container.logs(stdout=True, stderr=False)
+            stderr = container.logs(stdout=False, stderr=True, tail=50)
+            return RawOutcome(
+                stdout=stdout,
+                stderr_tail=decode_tail(stderr),
+                exit_code=exit_code,
+                timed_out=timed_out,
+                oom_killed=bool(state.get("OOMKilled")),
+                wall_seconds=time.perf_counter() - started,
+            )
+        except docker.errors.DockerException as exc:
+            raise InfrastructureError(f"the Docker engine failed while running the sandbox: {exc}") from exc
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException as exc:
+                # never hide the outcome: the reaper removes what is left (labels name the run)
+                log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
+
+
+def reap_containers(
+    client: docker.DockerClient | None = None, *, run_id: str | None = None, older_than: float | None = None
+) -> int:
+    """Remove sharpe-rl sandbox containers left behind (by `run_id`, and/or older than `older_than` seconds).
+
+    With neither argument it removes every sandbox container, so call it with one when another run
+    may be live. Returns how many were removed.
+    """
+    client = client or docker_client()
+    label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
+    removed = 0
+    now = time.time()
+    for summary in client.api.containers(all=True, filters={"label": label}):
+        created = float(summary.get("Labels", {}).get(CREATED_LABEL, summary.get("Created", now)))
+        if older_than is not None and now - created < older_than:
+            continue
+        try:
+            client.api.remove_container(summary["Id"], force=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass  # it finished and was removed meanwhile
+    return removed

@@ -1,0 +1,166 @@
+"""Static checks catch the original failure modes before anything runs, and never reject honest code."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
+
+from sharpe_rl.checks import check_completion
+from sharpe_rl.policy.corpus import MODEL_FAMILIES, OHLCV_COLUMNS, inject_mistake, make_spec
+from sharpe_rl.spec import SpecError
+
+COLUMNS = list(OHLCV_COLUMNS)
+
+
+def completion(features: str = HONEST_FEATURES, model: str = LOGISTIC, prose: str = "") -> str:
+    body = json.dumps({"name": "x", "features": features, "model": model}, indent=2)
+    return f"{prose}\n```json\n{body}\n```\nHope this helps!" if prose else body
+
+
+def error_of(text: str) -> SpecError:
+    with pytest.raises(SpecError) as caught:
+        check_completion(text, COLUMNS)
+    return caught.value
+
+
+def features_reading(*lines: str) -> str:
+    body = "\n".join(f"    {line}" for line in lines)
+    return f"import pandas as pd\n\ndef make_features(df):\n{body}\n    return out\n"
+
+
+# ---- the original failure modes ----
+
+
+def test_prose_around_the_json_is_fine():
+    spec = check_completion(completion(prose="Here is my experiment: it uses {momentum} features."), COLUMNS)
+    assert spec.name == "x"
+
+
+@pytest.mark.parametrize(
+    ("text", "error_class"),
+    [
+        ("I would use LightGBM with momentum features.", "json_parse"),
+        ('{"name": "x", "features": "def make_features(df): ...", "model": ', "json_parse"),
+        ('{"name": "x", "features": "def make_features(df): return df"}', "schema"),
+    ],
+)
+def test_unparseable_or_incomplete_json(text, error_class):
+    assert error_of(text).error_class == error_class
+
+
+def test_broken_syntax_names_the_source_and_line():
+    error = error_of(completion(model="from sklearn.linear_model import LogisticRegression\ndef make_model(:\n  pass"))
+    assert error.error_class == "syntax" and "model" in str(error) and "line 2" in str(error)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os",
+        "import os.path",
+        "from subprocess import run",
+        "import socket as s",
+        "import importlib",
+        "from . import sibling",
+        "x = __import__('socket')",
+        "x = __builtins__['__import__']('os')",
+        "exec('import os')",
+        "eval(compile('1', 'f', 'eval'))",
+        "x = ().__class__.__base__.__subclasses__()",
+        "x = make_features.__globals__",
+    ],
+)
+def test_forbidden_imports_and_ways_around_them(source):
+    error = error_of(completion(features=HONEST_FEATURES + "\n" + source + "\n"))
+    assert error.error_class == "forbidden_import"
+
+
+def test_allowed_imports_pass():
+    imports = "import math\nfrom collections import deque\nimport scipy.stats as st\nfrom sklearn import ensemble\n"
+    check_completion(completion(features=imports + HONEST_FEATURES), COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("features", "model", "missing"),
+    [
+        (HONEST_FEATURES.replace("make_features", "features"), LOGISTIC, "make_features"),
+        (HONEST_FEATURES, LOGISTIC.replace("make_model", "build_model"), "make_model"),
+    ],
+)
+def test_missing_interface(features, model, missing):
+    error = error_of(completion(features, model))
+    assert error.error_class == "bad_interface" and missing in str(error)
+
+
+@pytest.mark.parametrize(
+    ("lines", "missing"),
+    [
+        (["out = pd.DataFrame({'v': df['vwap']})"], ["vwap"]),
+        (["out = df[['close', 'Close', 'volume']]"], ["Close"]),
+        (["out = pd.DataFrame({'r': df.returns})"], ["returns"]),
+        (["out = df.loc[:, 'adj_close'].to_frame()"], ["adj_close"]),
+        (["out = df.loc[:, ['open', 'price']]"], ["price"]),
+        (["df = df.copy()", "out = df[['quote_volume']]"], ["quote_volume"]),
+        (["frame = df.sort_index().ffill()", "out = frame[['vwap', 'price']]"], ["price", "vwap"]),
+    ],
+)
+def test_columns_the_dataset_does_not_have(lines, missing):
+    error = error_of(completion(features_reading(*lines)))
+    assert error.error_class == "missing_column"
+    assert all(repr(name) in str(error) for name in missing)
+    assert "open, high, low, close, volume" in str(error)
+
+
+# ---- no false positives ----
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["df['ret'] = df['close'].pct_change()", "out = df[['ret']].rolling(3).mean()"],
+        ["df = df.assign(ret=df.close.pct_change())", "out = df[['ret', 'volume']]"],
+        ["df.insert(0, 'hl', df.high - df.low)", "out = df.loc[:, ['hl']]"],
+        ["out = pd.DataFrame(index=df.index)", "out['x'] = df['close'].diff()", "out['y'] = out['x'].abs()"],
+        ["out = df[['close']].copy()", "out['vwap'] = out['close']", "out = out[['vwap']]"],
+        ["for w in (5, 10):", "    df[f'ma{w}'] = df['close'].rolling(w).mean()", "out = df[['ma5', 'ma10']]"],
+        ["df.columns = [c.upper() for c in df.columns]", "out = df[['CLOSE']]"],
+        ["df.rename(columns={'close': 'c'}, inplace=True)", "out = df[['c']]"],
+        ["out = df.copy()", "if 'vwap' in df.columns:", "    out['v'] = df['vwap']"],
+        ["try:", "    v = df['vwap']", "except KeyError:", "    v = df['close']", "out = v.to_frame()"],
+        ["out = df.groupby(df.index.month).apply(lambda df: df['anything'].sum()).to_frame()"],
+        ["out = df.resample('W').last()", "out = out[['weekly']] if 'weekly' in out else out"],
+        ["out = pd.DataFrame({'s': df.close.rolling(5).std(), 'n': df.shape[0], 'i': df.index.dayofweek})"],
+        ["d = df if len(df) else None", "out = d[['whatever']]"],
+    ],
+)
+def test_legitimate_column_use_is_not_flagged(lines):
+    check_completion(completion(features_reading(*lines)), COLUMNS)
+
+
+def test_columns_added_by_a_helper_are_known():
+    features = (
+        "import pandas as pd\n\n"
+        "def add_returns(frame):\n    frame['ret'] = frame['close'].pct_change()\n\n"
+        "def make_features(df):\n    add_returns(df)\n    return df[['ret']]\n"
+    )
+    check_completion(completion(features), COLUMNS)
+
+
+@pytest.mark.parametrize("family", list(HONEST_MODELS))
+def test_the_sandbox_test_specs_pass(family):
+    check_completion(completion(HONEST_FEATURES, HONEST_MODELS[family]), COLUMNS)
+
+
+def test_no_false_positive_and_every_missing_column_caught_on_the_policy_corpus():
+    rng = random.Random(7)
+    families = list(MODEL_FAMILIES)
+    for i in range(270):
+        spec = make_spec(rng, families[i % len(families)])
+        check_completion(spec.model_dump_json(), COLUMNS)  # honest: never flagged
+        mistaken = inject_mistake(spec, families[i % len(families)], "missing_column", rng)
+        with pytest.raises(SpecError) as caught:
+            check_completion(mistaken.model_dump_json(), COLUMNS)
+        assert caught.value.error_class == "missing_column"

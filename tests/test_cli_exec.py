@@ -1,0 +1,71 @@
+"""`sharpe-rl exec`: exit 0 whenever the experiment was run, whatever its outcome; non-zero only
+when the sandbox itself cannot run, with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sandbox_fixtures import features_doing, spec
+from typer.testing import CliRunner
+
+from sharpe_rl.cli import app
+
+cli = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, sandbox_panel):
+    """A working directory holding the panel and a spec file; results go to its runs/cache."""
+    monkeypatch.chdir(tmp_path)
+    sandbox_panel.write_parquet(tmp_path / "panel.parquet")
+    return tmp_path
+
+
+def write_spec(workdir, text: str) -> str:
+    (workdir / "spec.json").write_text(text)
+    return "spec.json"
+
+
+def exec_(*args: str):
+    return cli.invoke(app, ["exec", *args, "--data", "panel.parquet"])
+
+
+@pytest.mark.filterwarnings("ignore:the process executor is NOT a security boundary")
+def test_an_ok_run_prints_the_result_as_json(workdir):
+    result = exec_(write_spec(workdir, spec("honest").model_dump_json()), "--executor", "process", "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output[result.output.index("{") :])
+    assert printed["status"] == "ok" and printed["executor"] == "process"
+    assert (workdir / "runs" / "cache" / "results" / f"{printed['cache_key']}.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:the process executor is NOT a security boundary")
+def test_a_failing_experiment_still_exits_zero(workdir):
+    failing = spec("boom", features_doing("", "1 / 0")).model_dump_json()
+    result = exec_(write_spec(workdir, failing), "--executor", "process")
+    assert result.exit_code == 0, result.output
+    assert "runtime_error" in result.output and "ZeroDivisionError" in result.output
+
+
+def test_a_static_failure_runs_nothing_and_exits_zero(workdir):
+    text = "Sure! " + json.dumps({"name": "x", "features": "import os\ndef make_features(df): ...", "model": "..."})
+    result = exec_(write_spec(workdir, text), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "forbidden_import"
+    assert not (workdir / "runs").exists()
+
+
+def test_no_engine_exits_non_zero_and_says_how_to_start_one(workdir, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{workdir}/no-such.sock")
+    result = exec_(write_spec(workdir, spec("honest").model_dump_json()), "--executor", "docker")
+    assert result.exit_code == 2
+    assert "no Docker engine" in result.output and "dockerd" in result.output
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("sandbox_image")
+def test_a_docker_run_prints_a_table(workdir):
+    result = exec_(write_spec(workdir, spec("honest").model_dump_json()))
+    assert result.exit_code == 0, result.output
+    assert "status" in result.output and "ok" in result.output and "docker" in result.output

@@ -1,0 +1,546 @@
+"""The Docker sandbox against the real engine: isolation, limits, classification, lookahead guard, cache.
+
+No mocks: every attack runs in a real container of the sandbox image. Each must be contained,
+classified, and leave the host and the next experiment unaffected. Attacks run in batches on two
+workers (run_many), which also shows that one experiment's misbehaviour does not reach its neighbour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+import time
+from pathlib import Path
+
+import docker
+import polars as pl
+import pytest
+from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC, features_doing, spec
+
+from sharpe_rl.config import EvalConfig, SandboxConfig
+from sharpe_rl.sandbox import InfrastructureError
+from sharpe_rl.sandbox.docker_executor import CREATED_LABEL, RUN_LABEL, reap_containers
+from sharpe_rl.sandbox.result import ExecutionResult
+from sharpe_rl.sandbox.runner import SandboxRunner
+from sharpe_rl.sandbox.views import write_view
+from sharpe_rl.spec import ExperimentSpec
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image")]
+
+#: Small limits so that the attacks hit them fast; generous time for honest code on a busy machine.
+LIMITS = {"timeout_seconds": 60, "memory_mb": 512, "pids_limit": 64, "tmpfs_mb": 16, "output_limit_kb": 1024}
+
+
+def make_runner(panel: pl.DataFrame, cache_dir: Path, *, lookahead: bool = False, **limits) -> SandboxRunner:
+    sandbox = SandboxConfig(**{"executor": "docker", "workers": 2, **LIMITS, **limits})
+    return SandboxRunner(panel, EvalConfig(lookahead_check=lookahead), sandbox, cache_dir)
+
+
+def run_batch(runner: SandboxRunner, specs: dict[str, ExperimentSpec]) -> dict[str, ExecutionResult]:
+    return dict(zip(specs, runner.run_many(list(specs.values())), strict=True))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- isolation and limits ----
+
+FORGE = """
+import base64, json, os, stat
+import numpy as np
+
+
+def forge(report):
+    # write a result line to every pipe the process holds: one of them is the harness's stdout
+    line = ("@@SHARPE_RL_RESULT@@" + json.dumps(report) + "\\n").encode()
+    for fd in range(1, 64):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, line)
+        except OSError:
+            pass
+
+
+def encode(values, dtype):
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+def forged_ok(extra=None):
+    predictions = {"symbols": ["BTCUSDT"], "timestamp": encode([0], "<i8"), "symbol": encode([0], "<i4"),
+                   "fold": encode([0], "<i4"), "p_up": encode([0.987654], "<f8")}
+    return {"status": "ok", "error_class": None, "message": "", "traceback": "", "timings": {},
+            "peak_memory_mb": 1.0, "predictions": predictions, **(extra or {})}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_canary(tmp_path_factory) -> Path:
+    canary = tmp_path_factory.mktemp("host") / "canary.txt"
+    canary.write_text("a host file the sandbox must not see")
+    return canary
+
+
+def attack_specs(
+    host_canary: Path, holdout_view: Path, reward_end_ns: int
+) -> dict[str, tuple[ExperimentSpec, str, str]]:
+    """name -> (spec, expected status, fragment of the expected message)."""
+    attacks = {
+        "network_connect": (
+            features_doing("import socket", 'socket.create_connection(("1.1.1.1", 443), timeout=3)'),
+            "runtime_error",
+            "Network is unreachable",
+        ),
+        "network_dns": (
+            features_doing("import socket", 'socket.getaddrinfo("pypi.org", 443)'),
+            "runtime_error",
+            "gaierror",
+        ),
+        "only_loopback": (
+            features_doing(
+                "import os", 'if sorted(os.listdir("/sys/class/net")) != ["lo"]: raise RuntimeError("ESCAPED")'
+            ),
+            "ok",
+            "",
+        ),
+        "read_host_file": (features_doing("", f"open({str(host_canary)!r}).read()"), "runtime_error", "No such file"),
+        "read_holdout_view": (
+            features_doing("", f"open({str(holdout_view)!r}, 'rb').read()"),
+            "runtime_error",
+            "No such file",
+        ),
+        "holdout_not_in_data": (
+            features_doing(
+                "import os",
+                f"""
+                seen = np.load("/data/panel.npz")["timestamp"].max()
+                if seen > {reward_end_ns} or os.listdir("/data") != ["panel.npz"]:
+                    raise RuntimeError("ESCAPED: the sandbox sees past the reward window")
+                """,
+            ),
+            "ok",
+            "",
+        ),
+        "read_shadow": (features_doing("", 'open("/etc/shadow").read()'), "runtime_error", "Permission denied"),
+        "write_harness": (
+            features_doing("", 'open("/opt/harness/harness.py", "w").write("x")'),
+            "runtime_error",
+            "Read-only",
+        ),
+        "write_data": (
+            features_doing("", 'open("/data/panel.npz", "r+b").write(b"x")'),
+            "runtime_error",
+            "Permission denied",
+        ),
+        "fill_tmp": (
+            features_doing("", 'f = open("/tmp/fill", "wb")\nfor _ in range(64): f.write(b"x" * 2**20); f.flush()'),
+            "runtime_error",
+            "No space left",
+        ),
+        "exec_from_tmp": (
+            features_doing(
+                "import os, subprocess",
+                'open("/tmp/run.sh", "w").write("#!/bin/sh\\necho hi\\n")\nos.chmod("/tmp/run.sh", 0o755)\n'
+                'subprocess.run(["/tmp/run.sh"])',
+            ),
+            "runtime_error",
+            "Permission denied",
+        ),
+        "become_root": (features_doing("import os", "os.setuid(0)"), "runtime_error", "Operation not permitted"),
+        "fork_bomb": (
+            features_doing("import os", "while True: os.fork()"),
+            "runtime_error",
+            "Resource temporarily unavailable",
+        ),
+        "memory_bomb": (features_doing("", "hog = bytearray(2 * 1024**3)"), "out_of_memory", "memory limit"),
+        "memory_error": (features_doing("", "hog = np.ones(10**13)"), "out_of_memory", "MemoryError"),
+        "stdout_flood": (
+            features_doing("import sys", 'chunk = "x" * 2**20\nfor _ in range(1024): sys.stdout.write(chunk + "\\n")'),
+            "ok",
+            "",
+        ),
+        "kill_harness": (
+            features_doing("import os, signal", "os.kill(os.getpid(), signal.SIGKILL)"),
+            "bad_predictions",
+            "no result",
+        ),
+        "exit_silently": (features_doing("import os", "os._exit(0)"), "bad_predictions", "no result"),
+        "sys_exit": (features_doing("import sys", "sys.exit(0)"), "runtime_error", "SystemExit"),
+        "forge_bogus_rows": (
+            features_doing(FORGE, "forge(forged_ok())\nos._exit(0)"),
+            "bad_predictions",
+            "do not cover exactly the test rows",
+        ),
+        "forge_extra_score": (
+            features_doing(FORGE, 'forge(forged_ok({"sharpe": 9.9}))\nos._exit(0)'),
+            "bad_predictions",
+            "invalid",
+        ),
+        "forge_at_exit": (features_doing(FORGE + "\nimport atexit", "atexit.register(forge, forged_ok())"), "ok", ""),
+    }
+    return {name: (spec(name, features), status, fragment) for name, (features, status, fragment) in attacks.items()}
+
+
+@pytest.fixture(scope="module")
+def attack_results(sandbox_panel, tmp_path_factory, host_canary):
+    cache = tmp_path_factory.mktemp("attacks")
+    runner = make_runner(sandbox_panel, cache)
+    holdout_view = write_view(sandbox_panel, None, cache / "views").path  # on the host, beside the reward view
+    reward_view_hash = sha256(runner.reward_view.path)
+    reward_end_ns = int(pl.Series([runner.plan.reward_end]).dt.epoch("ns")[0])
+    specs = attack_specs(host_canary, holdout_view, reward_end_ns)
+    results = run_batch(runner, {name: s for name, (s, _, _) in specs.items()})
+    return {"runner": runner, "specs": specs, "results": results, "reward_view_hash": reward_view_hash}
+
+
+ATTACKS = [
+    "network_connect", "network_dns", "only_loopback", "read_host_file", "read_holdout_view", "holdout_not_in_data",
+    "read_shadow", "write_harness", "write_data", "fill_tmp", "exec_from_tmp", "become_root", "fork_bomb",
+    "memory_bomb", "memory_error", "stdout_flood", "kill_harness", "exit_silently", "sys_exit", "forge_bogus_rows",
+    "forge_extra_score", "forge_at_exit",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_is_contained_and_classified(attack_results, name):
+    _, status, fragment = attack_results["specs"][name]
+    result = attack_results["results"][name]
+    assert "ESCAPED" not in result.message
+    assert result.status == status, f"{name}: {result.status}: {result.message}\n{result.stderr_tail[-500:]}"
+    assert fragment in result.message
+    assert (result.predictions_path is not None) == (status == "ok")
+
+
+def test_output_is_capped_on_the_host(attack_results):
+    flood = attack_results["results"]["stdout_flood"]
+    assert flood.ok and len(flood.stderr_tail) <= 4000
+
+
+def test_a_forged_result_never_replaces_the_harness_result(attack_results):
+    result = attack_results["results"]["forge_at_exit"]
+    predictions = attack_results["runner"].predictions(result)
+    assert 0.987654 not in predictions.get_column("p_up").to_list()
+    assert (
+        predictions.height == attack_results["runner"].reward_view.test_rows(attack_results["runner"].plan.folds).height
+    )
+
+
+def test_killed_sandboxes_report_their_exit(attack_results):
+    assert attack_results["results"]["kill_harness"].exit_code == 137
+    assert attack_results["results"]["memory_bomb"].exit_code == 137
+
+
+# ---- time limits ----
+
+
+@pytest.fixture(scope="module")
+def timeout_results(sandbox_panel, tmp_path_factory):
+    runner = make_runner(sandbox_panel, tmp_path_factory.mktemp("timeouts"), timeout_seconds=3)
+    specs = {
+        "infinite_loop": spec("loop", features_doing("", "while True: pass")),
+        "sleep": spec("sleep", features_doing("import time", "time.sleep(600)")),
+        "ignore_the_alarm": spec(
+            "stubborn",
+            features_doing("import signal, time", "signal.signal(signal.SIGALRM, signal.SIG_IGN)\ntime.sleep(600)"),
+        ),
+        "swallow_the_alarm": spec(
+            "swallow",
+            features_doing(
+                "import time", "while True:\n    try:\n        time.sleep(600)\n    except Exception:\n        pass"
+            ),
+        ),
+    }
+    started = time.perf_counter()
+    results = run_batch(runner, specs)
+    return results, time.perf_counter() - started
+
+
+def test_the_harness_stops_code_at_the_time_limit(timeout_results):
+    results, _ = timeout_results
+    for name in ("infinite_loop", "sleep", "swallow_the_alarm"):
+        assert results[name].status == "timeout", name
+        assert "time limit of 3 s" in results[name].message
+
+
+def test_the_host_kills_code_that_ignores_the_alarm(timeout_results):
+    results, elapsed = timeout_results
+    stubborn = results["ignore_the_alarm"]
+    assert stubborn.status == "timeout" and stubborn.exit_code is None
+    assert "killed after 8 s" in stubborn.message
+    assert elapsed < 30
+
+
+# ---- lookahead guard ----
+
+LOOKAHEAD = {
+    "shift_minus_1": """
+        import pandas as pd
+
+        def make_features(df):
+            out = pd.DataFrame(index=df.index)
+            out["ret_1"] = df["close"].pct_change()
+            out["next_ret"] = df["close"].pct_change().shift(-1)
+            return out
+    """,
+    "centred_window": """
+        import pandas as pd
+
+        def make_features(df):
+            out = pd.DataFrame(index=df.index)
+            out["ret_1"] = df["close"].pct_change()
+            out["smooth"] = df["close"].rolling(5, center=True).mean() / df["close"]
+            return out
+    """,
+    "full_sample_normalisation": """
+        import pandas as pd
+
+        def make_features(df):
+            out = pd.DataFrame(index=df.index)
+            out["ret_1"] = df["close"].pct_change()
+            out["level"] = (df["close"] - df["close"].mean()) / df["close"].std()
+            return out
+    """,
+}
+
+STASH_FEATURES = """
+    import numpy as np
+    import pandas as pd
+
+    FUTURE = {}
+
+    def make_features(df):
+        out = pd.DataFrame(index=df.index)
+        out["ret_1"] = df["close"].pct_change()
+        out["ret_5"] = df["close"].pct_change(5)
+        nxt = df["close"].shift(-1)
+        up = np.where(nxt.isna(), 0.5, (nxt > df["close"]).astype(float))
+        FUTURE.update(zip(out["ret_1"].round(12), up))
+        return out
+"""
+STASH_MODEL = """
+    import numpy as np
+
+    class Oracle:
+        def fit(self, X, y):
+            return self
+
+        def predict_proba(self, X):
+            p = np.array([FUTURE.get(round(x, 12), 0.5) for x in X[:, 0]])
+            return np.column_stack([1 - p, p])
+
+    def make_model():
+        return Oracle()
+"""
+PERFECT_FORESIGHT = """
+    def make_features(df):
+        task = json.load(open("/task/task.json"))
+        data = np.load("/data/panel.npz")
+        symbols = sorted(set(data["symbol"].tolist()))
+        rows = {"timestamp": [], "symbol": [], "fold": [], "p_up": []}
+        for fold in task["folds"]:
+            for code, name in enumerate(symbols):
+                mine = data["symbol"] == name
+                t, close = data["timestamp"][mine], data["close"][mine]
+                for i in np.flatnonzero((t >= fold["test_start"]) & (t <= fold["test_end"])):
+                    rows["timestamp"].append(t[i])
+                    rows["symbol"].append(code)
+                    rows["fold"].append(fold["index"])
+                    rows["p_up"].append(float(close[i + 1] > close[i]) if i + 1 < len(close) else 0.5)
+        predictions = {"symbols": symbols, "timestamp": encode(rows["timestamp"], "<i8"),
+                       "symbol": encode(rows["symbol"], "<i4"), "fold": encode(rows["fold"], "<i4"),
+                       "p_up": encode(rows["p_up"], "<f8")}
+        forge({**forged_ok(), "predictions": predictions})
+        os._exit(0)
+"""
+
+
+@pytest.fixture(scope="module")
+def lookahead_results(sandbox_panel, tmp_path_factory):
+    runner = make_runner(sandbox_panel, tmp_path_factory.mktemp("lookahead"), lookahead=True)
+    specs = {name: spec(name, features) for name, features in LOOKAHEAD.items()}
+    specs["stashed_global"] = spec("stash", STASH_FEATURES, STASH_MODEL)
+    specs["forged_perfect_foresight"] = spec("oracle", FORGE + textwrap.dedent(PERFECT_FORESIGHT))
+    specs |= {f"honest_{family}": spec(family, HONEST_FEATURES, model) for family, model in HONEST_MODELS.items()}
+    return runner, run_batch(runner, specs)
+
+
+@pytest.mark.parametrize("name", [*LOOKAHEAD, "stashed_global", "forged_perfect_foresight"])
+def test_reading_the_future_is_caught(lookahead_results, name):
+    result = lookahead_results[1][name]
+    assert result.status == "lookahead", f"{result.status}: {result.message}"
+    assert result.error_class == "lookahead" and result.predictions_path is None
+
+
+@pytest.mark.parametrize("family", list(HONEST_MODELS))
+def test_honest_models_of_every_family_run_and_are_not_flagged(lookahead_results, family):
+    runner, results = lookahead_results
+    result = results[f"honest_{family}"]
+    assert result.ok, f"{result.status}: {result.message}\n{result.traceback}"
+    assert result.lookahead_max_diff == 0.0
+    predictions = runner.predictions(result)
+    assert predictions.select("timestamp", "symbol", "fold").equals(runner.reward_view.test_rows(runner.plan.folds))
+    p_up = predictions.get_column("p_up").drop_nans()
+    assert p_up.len() > 0.9 * predictions.height and p_up.min() >= 0 and p_up.max() <= 1
+
+
+# ---- the error taxonomy at run time (the static checks are bypassed here on purpose) ----
+
+TAXONOMY = {
+    "missing_column": (features_doing("", 'df["vwap"]'), LOGISTIC, "KeyError: 'vwap'"),
+    "type_error": (features_doing("", 'df["close"].rolling(10, min_period=1).mean()'), LOGISTIC, "min_period"),
+    "value_error": (
+        HONEST_FEATURES,
+        "from sklearn.linear_model import LogisticRegression\ndef make_model():\n    return LogisticRegression(C=-1.0)",
+        "'C' parameter",
+    ),
+    "runtime_error": (features_doing("", "1 / 0"), LOGISTIC, "ZeroDivisionError"),
+    "syntax": ("def make_features(df) return df", LOGISTIC, "SyntaxError"),
+    "forbidden_import": (features_doing("import definitely_not_installed"), LOGISTIC, "definitely_not_installed"),
+    "bad_interface/no_predict_proba": (
+        HONEST_FEATURES,
+        "from sklearn.linear_model import LinearRegression\ndef make_model():\n    return LinearRegression()",
+        "without predict_proba",
+    ),
+    "bad_interface/no_make_model": (HONEST_FEATURES, "def make_modle():\n    return None", "make_model"),
+    "bad_interface/features_not_a_frame": ("def make_features(df):\n    return df.values", LOGISTIC, "DataFrame"),
+    "bad_predictions/all_nan": (HONEST_FEATURES, "PREDICT = 'np.full((len(X), 2), np.nan)'", "every prediction is NaN"),
+    "bad_predictions/out_of_range": (HONEST_FEATURES, "PREDICT = 'np.full((len(X), 2), 2.0)'", "[0, 1]"),
+    "bad_predictions/wrong_shape": (HONEST_FEATURES, "PREDICT = 'np.full(len(X), 0.5)'", "shape"),
+    "bad_predictions/constant": (
+        HONEST_FEATURES,
+        "from sklearn.dummy import DummyClassifier\ndef make_model():\n    return DummyClassifier(strategy='prior')",
+        "constant",
+    ),
+}
+FIXED_OUTPUT_MODEL = """
+import numpy as np
+
+class Fixed:
+    def fit(self, X, y):
+        return self
+
+    def predict_proba(self, X):
+        return eval(PREDICT)
+
+def make_model():
+    return Fixed()
+"""
+
+
+@pytest.fixture(scope="module")
+def taxonomy_results(sandbox_panel, tmp_path_factory):
+    runner = make_runner(sandbox_panel, tmp_path_factory.mktemp("taxonomy"))
+    specs = {}
+    for name, (features, model, _) in TAXONOMY.items():
+        source = model + "\n" + FIXED_OUTPUT_MODEL if model.startswith("PREDICT") else model
+        specs[name] = spec(name, features, source)
+    return run_batch(runner, specs)
+
+
+@pytest.mark.parametrize("name", list(TAXONOMY))
+def test_runtime_failures_get_their_error_class(taxonomy_results, name):
+    result = taxonomy_results[name]
+    expected = name.split("/")[0]
+    assert result.status == expected == result.error_class, f"{result.status}: {result.message}"
+    assert TAXONOMY[name][2] in result.message + result.traceback
+    assert result.predictions_path is None
+
+
+def test_a_traceback_shows_the_generated_line(taxonomy_results):
+    assert 'File "<features>"' in taxonomy_results["missing_column"].traceback
+    assert 'df["vwap"]' in taxonomy_results["missing_column"].traceback
+
+
+# ---- the host and the next experiment, after all of the above ----
+
+
+def test_host_and_next_experiment_are_unaffected(attack_results, timeout_results, lookahead_results, taxonomy_results):
+    runner = attack_results["runner"]
+    assert sha256(runner.reward_view.path) == attack_results["reward_view_hash"]
+    assert runner.run(spec("next", HONEST_FEATURES, LOGISTIC + "\n# next")).ok
+    client = docker.from_env()
+    assert client.api.containers(all=True, filters={"label": RUN_LABEL}) == []
+
+
+# ---- parallel, determinism, cache, holdout, reaper, infrastructure faults ----
+
+SAME_TWICE = {family: spec(family, HONEST_FEATURES, HONEST_MODELS[family]) for family in ("lightgbm", "torch_mlp")}
+SAME_TWICE["logistic"] = spec("logistic")
+
+
+def test_parallel_runs_equal_serial_runs_bit_for_bit(sandbox_panel, tmp_path):
+    serial = make_runner(sandbox_panel, tmp_path / "serial", workers=1)
+    parallel = make_runner(sandbox_panel, tmp_path / "parallel", workers=2)
+    one_by_one = [serial.run(s) for s in SAME_TWICE.values()]
+    done: list[int] = []
+    together = parallel.run_many(list(SAME_TWICE.values()), on_done=lambda index, result: done.append(index))
+    assert sorted(done) == [0, 1, 2]
+    for a, b in zip(one_by_one, together, strict=True):
+        assert a.ok and b.ok and not a.cached and not b.cached
+        assert serial.predictions(a).equals(parallel.predictions(b))
+
+
+def _containers_created(client: docker.DockerClient, run_id: str, since: float) -> int:
+    events = client.events(
+        since=since,
+        until=time.time() + 1,
+        filters={"type": "container", "event": "create", "label": f"{RUN_LABEL}={run_id}"},
+        decode=True,
+    )
+    return sum(1 for _ in events)
+
+
+def test_an_identical_experiment_never_runs_twice(sandbox_panel, tmp_path):
+    client = docker.from_env()
+    runner = make_runner(sandbox_panel, tmp_path, lookahead=True)
+    started = time.time() - 1
+    first = runner.run(spec("first"))
+    assert first.ok and not first.cached
+    assert _containers_created(client, runner.run_id, started) == 2  # the run and its lookahead re-run
+
+    again = time.time()
+    renamed = runner.run(spec("same code, another name"))
+    other_process = make_runner(sandbox_panel, tmp_path, lookahead=True)  # a fresh runner reads the same cache
+    from_disk = other_process.run(spec("first"))
+    assert renamed.cached and from_disk.cached
+    assert renamed.cache_key == from_disk.cache_key == first.cache_key
+    assert other_process.cached(first.cache_key).cached and other_process.cached("0" * 24) is None
+    assert runner.predictions(from_disk).equals(runner.predictions(first))
+    assert _containers_created(client, runner.run_id, again) == 0
+    assert _containers_created(client, other_process.run_id, again) == 0
+
+    changed = runner.run(spec("changed", HONEST_FEATURES, LOGISTIC.replace("500", "400")))
+    assert not changed.cached and changed.cache_key != first.cache_key
+
+
+def test_the_holdout_run_predicts_only_the_holdout(sandbox_panel, tmp_path):
+    runner = make_runner(sandbox_panel, tmp_path)
+    result = runner.run_holdout(spec("holdout"))
+    assert result.ok, result.message
+    times = runner.predictions(result).get_column("timestamp")
+    assert times.min() == runner.plan.holdout_start and times.max() == runner.plan.holdout_end
+    assert runner.reward_view.panel.get_column("timestamp").max() == runner.plan.reward_end < runner.plan.holdout_start
+    assert result.data_hash != runner.reward_view.data_hash
+
+
+def test_the_reaper_removes_containers_a_crashed_run_left(sandbox_image):
+    client = docker.from_env()
+    run_id = f"crashed-{time.time_ns()}"
+    hour_ago = str(int(time.time()) - 3600)
+    for created in (hour_ago, str(int(time.time()))):
+        client.containers.run(
+            sandbox_image,
+            entrypoint=["sleep", "600"],
+            detach=True,
+            network_mode="none",
+            labels={RUN_LABEL: run_id, CREATED_LABEL: created},
+        )
+    assert reap_containers(client, run_id=run_id, older_than=1800) == 1
+    assert len(client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})) == 1
+    assert reap_containers(client, run_id=run_id) == 1
+    assert client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
+
+
+def test_a_missing_image_is_an_infrastructure_error_that_says_what_to_do(sandbox_panel, tmp_path):
+    with pytest.raises(InfrastructureError, match="make image"):
+        SandboxRunner(sandbox_panel, EvalConfig(), SandboxConfig(image="sharpe-rl-sandbox:missing"), tmp_path)
