@@ -115,17 +115,17 @@ class TinyPolicyConfig(_Settings):
 
     seed: int = Field(0, description="Seed of the corpus, the initial weights and the data order.")
     minutes: float = Field(
-        8.0, gt=0, le=10, description="Wall-clock cap on training; a build it cuts short is recorded as such."
+        8.0, gt=0, le=10, description="Wall-clock cap on the build; a build it cuts short is recorded as such."
     )
-    steps: int = Field(1200, ge=1, description="Optimizer steps; the build is deterministic when it completes them.")
-    batch_size: int = Field(16, ge=1, description="Examples per optimizer step.")
+    steps: int = Field(2000, ge=1, description="Optimizer steps; the build is deterministic when it completes them.")
+    batch_size: int = Field(32, ge=1, description="Examples per optimizer step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (linear warmup, cosine decay).")
     warmup_steps: int = Field(50, ge=0, description="Steps of linear learning-rate warmup.")
     corpus_size: int = Field(4000, ge=1, description="(prompt -> spec) training examples generated.")
     mistake_share: float = Field(
         0.05, ge=0, lt=1, description="Share of corpus examples with one realistic mistake (see policy/corpus.py)."
     )
-    vocab_size: int = Field(2048, ge=300, description="Byte-level BPE vocabulary size.")
+    vocab_size: int = Field(4096, ge=300, description="Byte-level BPE vocabulary size.")
     hidden_size: int = Field(128, ge=16, description="Model width.")
     intermediate_size: int = Field(384, ge=16, description="MLP width.")
     num_layers: int = Field(2, ge=1, description="Transformer blocks.")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sharpe_rl.sandbox.contract import ErrorClass
 
+MAX_NAME_CHARS = 200
 MAX_SOURCE_CHARS = 20_000
 _SPEC_KEYS = {"name", "features", "model"}
 
@@ -23,7 +24,7 @@ class ExperimentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     features: str = Field(
         min_length=1, max_length=MAX_SOURCE_CHARS, description="Defines make_features(df) -> DataFrame."
     )

@@ -1,0 +1,436 @@
+"""The tiny policy's training corpus: (rendered prompt -> experiment JSON) pairs.
+
+Each example is a real prompt (both prompt versions, varied bar intervals, horizons and symbols)
+followed by the JSON object of one experiment, so the tiny policy learns to answer the prompts
+the RL loop will actually show it. An experiment joins 2-6 feature snippets (returns,
+volatility, RSI, z-scores, volume ratios, moving-average ratios, ranges, ...) with one of nine
+model families (LightGBM, XGBoost, random forest, extra trees, histogram gradient boosting,
+logistic regression, k-NN, MLP, a small torch network), all with varied parameters. Families
+are assigned round-robin, so each is about one ninth of the corpus.
+
+Intermediate variables have fixed names (`delta`, `rolling_mean`, `true_range`, ...), so a
+snippet's lines agree with each other whatever its window. Every feature is causal: the value
+at bar t uses bars up to t only (trailing rolling windows,
+`pct_change`, `diff`, `shift(1)`, `ewm`), never `shift(-k)`, centred windows or whole-sample
+statistics. Models that cannot take NaN (the first bars of rolling features) impute inside a
+pipeline, which is fitted on the training fold only.
+
+A share of the examples (`mistake_share`, 5% by default in `TinyPolicyConfig`) carries exactly
+one realistic mistake, so that the RL loop has failures to learn away:
+- `missing_column`: one column reference is replaced by one the dataset lacks (`df['Close']`,
+  `df['vwap']`, ...) and fails with KeyError;
+- `wrong_argument`: one keyword argument is misspelled (`n_estimator=`, `rolling(20,
+  min_period=1)`, ...) and fails with TypeError.
+Mistaken examples are still valid ExperimentSpecs whose code parses: they fail only when run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
+from sharpe_rl.spec import ExperimentSpec
+
+#: The columns of a panel's bars (see docs/ARCHITECTURE.md, Data); `df` has exactly these.
+#: Corpus prompts are rendered in both versions, alternately.
+CORPUS_PROMPT_VERSIONS = ("v1_example", "v2_rules")
+MISTAKE_KINDS = ("missing_column", "wrong_argument")
+
+_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT", "LINKUSDT")
+_INTERVALS = (timedelta(days=1), timedelta(hours=4), timedelta(hours=1), timedelta(minutes=15))
+_HORIZONS = (1, 1, 1, 2, 3, 5, 6, 12, 24)
+_WRONG_COLUMNS = ("vwap", "adj_close", "price", "returns", "quote_volume")
+
+
+@dataclass(frozen=True)
+class CorpusExample:
+    """One training pair for the tiny policy."""
+
+    prompt_version: str
+    prompt: str
+    completion: str  # the experiment as one JSON object, exactly what the policy should write
+    family: str
+    mistake: str | None  # None, or one of MISTAKE_KINDS
+
+
+# --- feature snippets: (rng) -> (short label, lines inside make_features) -------------------
+
+Snippet = Callable[[random.Random], tuple[str, list[str]]]
+
+
+def _returns(rng: random.Random) -> tuple[str, list[str]]:
+    k = rng.choice([1, 2, 3, 5, 10, 20])
+    return f"ret{k}", [f"out['ret_{k}'] = df['close'].pct_change({k})"]
+
+
+def _log_returns(rng: random.Random) -> tuple[str, list[str]]:
+    k = rng.choice([1, 3, 7, 14])
+    return f"logret{k}", [f"out['logret_{k}'] = np.log(df['close']).diff({k})"]
+
+
+def _volatility(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([5, 10, 20, 30, 60])
+    return f"vol{w}", [f"out['vol_{w}'] = df['close'].pct_change().rolling({w}).std()"]
+
+
+def _rsi(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([7, 14, 21])
+    return f"rsi{w}", [
+        "delta = df['close'].diff()",
+        f"gain = delta.clip(lower=0).rolling({w}).mean()",
+        f"loss = (-delta.clip(upper=0)).rolling({w}).mean()",
+        f"out['rsi_{w}'] = 100 - 100 / (1 + gain / (loss + 1e-12))",
+    ]
+
+
+def _zscore(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([10, 20, 50])
+    return f"z{w}", [
+        f"rolling_mean = df['close'].rolling({w}).mean()",
+        f"rolling_std = df['close'].rolling({w}).std()",
+        f"out['zscore_{w}'] = (df['close'] - rolling_mean) / (rolling_std + 1e-12)",
+    ]
+
+
+def _volume_ratio(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([5, 10, 20, 50])
+    return f"volratio{w}", [f"out['volume_ratio_{w}'] = df['volume'] / (df['volume'].rolling({w}).mean() + 1e-12)"]
+
+
+def _volume_zscore(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([10, 20, 50])
+    return f"volz{w}", [
+        "log_volume = np.log1p(df['volume'])",
+        f"out['volume_z_{w}'] = (log_volume - log_volume.rolling({w}).mean()) "
+        f"/ (log_volume.rolling({w}).std() + 1e-12)",
+    ]
+
+
+def _ma_ratio(rng: random.Random) -> tuple[str, list[str]]:
+    fast, slow = rng.choice([(3, 10), (5, 20), (10, 50), (20, 100)])
+    return f"ma{fast}_{slow}", [
+        f"out['ma_ratio_{fast}_{slow}'] = df['close'].rolling({fast}).mean() / df['close'].rolling({slow}).mean() - 1"
+    ]
+
+
+def _ema_gap(rng: random.Random) -> tuple[str, list[str]]:
+    span = rng.choice([8, 12, 26, 50])
+    ema = f"df['close'].ewm(span={span}, adjust=False).mean()"
+    return f"ema{span}", [f"out['ema_gap_{span}'] = df['close'] / {ema} - 1"]
+
+
+def _range(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([1, 5, 10])
+    if w == 1:
+        return "range", ["out['range'] = (df['high'] - df['low']) / df['close']"]
+    return f"range{w}", [f"out['range_{w}'] = ((df['high'] - df['low']) / df['close']).rolling({w}).mean()"]
+
+
+def _close_location(rng: random.Random) -> tuple[str, list[str]]:
+    return "closeloc", ["out['close_location'] = (df['close'] - df['low']) / (df['high'] - df['low'] + 1e-12)"]
+
+
+def _gap(rng: random.Random) -> tuple[str, list[str]]:
+    return "gap", ["out['gap'] = df['open'] / df['close'].shift(1) - 1"]
+
+
+def _drawdown(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([20, 50, 100])
+    return f"dd{w}", [f"out['drawdown_{w}'] = df['close'] / df['close'].rolling({w}).max() - 1"]
+
+
+def _atr(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([7, 14, 28])
+    return f"atr{w}", [
+        "prev_close = df['close'].shift(1)",
+        "true_range = pd.concat([df['high'] - df['low'], (df['high'] - prev_close).abs(), "
+        "(df['low'] - prev_close).abs()], axis=1).max(axis=1)",
+        f"out['atr_{w}'] = true_range.rolling({w}).mean() / df['close']",
+    ]
+
+
+def _stochastic(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([9, 14, 30])
+    return f"stoch{w}", [
+        f"lowest = df['low'].rolling({w}).min()",
+        f"highest = df['high'].rolling({w}).max()",
+        f"out['stoch_{w}'] = (df['close'] - lowest) / (highest - lowest + 1e-12)",
+    ]
+
+
+def _skew(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([20, 30, 60])
+    return f"skew{w}", [f"out['skew_{w}'] = df['close'].pct_change().rolling({w}).skew()"]
+
+
+def _parkinson(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([10, 20, 30])
+    return f"park{w}", [
+        f"out['parkinson_{w}'] = np.sqrt((np.log(df['high'] / df['low']) ** 2).rolling({w}).mean() / (4 * np.log(2)))"
+    ]
+
+
+def _up_share(rng: random.Random) -> tuple[str, list[str]]:
+    w = rng.choice([5, 10, 20])
+    return f"up{w}", [f"out['up_share_{w}'] = (df['close'].diff() > 0).astype(float).rolling({w}).mean()"]
+
+
+#: Each snippet with the columns it reads; a spec only uses snippets its dataset can feed.
+FEATURE_SNIPPETS: dict[str, tuple[frozenset[str], Snippet]] = {
+    "returns": (frozenset({"close"}), _returns),
+    "log_returns": (frozenset({"close"}), _log_returns),
+    "volatility": (frozenset({"close"}), _volatility),
+    "rsi": (frozenset({"close"}), _rsi),
+    "zscore": (frozenset({"close"}), _zscore),
+    "volume_ratio": (frozenset({"volume"}), _volume_ratio),
+    "volume_zscore": (frozenset({"volume"}), _volume_zscore),
+    "ma_ratio": (frozenset({"close"}), _ma_ratio),
+    "ema_gap": (frozenset({"close"}), _ema_gap),
+    "range": (frozenset({"high", "low", "close"}), _range),
+    "close_location": (frozenset({"high", "low", "close"}), _close_location),
+    "gap": (frozenset({"open", "close"}), _gap),
+    "drawdown": (frozenset({"close"}), _drawdown),
+    "atr": (frozenset({"high", "low", "close"}), _atr),
+    "stochastic": (frozenset({"high", "low", "close"}), _stochastic),
+    "skew": (frozenset({"close"}), _skew),
+    "parkinson": (frozenset({"high", "low"}), _parkinson),
+    "up_share": (frozenset({"close"}), _up_share),
+}
+
+
+def features_source(lines: list[str]) -> str:
+    """The source of a `make_features(df)` whose body is `lines`.
+
+    numpy is always imported, used or not: for a tiny model, an import that depends on a line
+    written much later is a long-range dependency it gets wrong (NameError) for no benefit.
+    """
+    body = "\n".join(f"    {line}" for line in lines)
+    return (
+        "import numpy as np\nimport pandas as pd\n\n\n"
+        f"def make_features(df):\n    out = pd.DataFrame(index=df.index)\n{body}\n    return out\n"
+    )
+
+
+# --- model families: (rng) -> model source ---------------------------------------------------
+
+
+def _lightgbm(rng: random.Random) -> str:
+    extra = rng.choice(["", ", subsample=0.8, subsample_freq=1", ", colsample_bytree=0.8", ", min_child_samples=50"])
+    return (
+        "import lightgbm as lgb\n\n\ndef make_model():\n"
+        f"    return lgb.LGBMClassifier(n_estimators={rng.choice([100, 200, 300, 500])}, "
+        f"learning_rate={rng.choice([0.01, 0.03, 0.05, 0.1])}, num_leaves={rng.choice([7, 15, 31, 63])}{extra}, "
+        "verbose=-1)\n"
+    )
+
+
+def _xgboost(rng: random.Random) -> str:
+    return (
+        "import xgboost as xgb\n\n\ndef make_model():\n"
+        f"    return xgb.XGBClassifier(n_estimators={rng.choice([100, 200, 400])}, "
+        f"max_depth={rng.choice([2, 3, 4, 6])}, "
+        f"learning_rate={rng.choice([0.02, 0.05, 0.1])}, subsample={rng.choice([0.7, 0.8, 1.0])}, "
+        f"colsample_bytree={rng.choice([0.7, 0.8, 1.0])}, eval_metric='logloss')\n"
+    )
+
+
+def _forest(class_name: str) -> Callable[[random.Random], str]:
+    def make(rng: random.Random) -> str:
+        return (
+            f"from sklearn.ensemble import {class_name}\n\n\ndef make_model():\n"
+            f"    return {class_name}(n_estimators={rng.choice([100, 200, 300])}, "
+            f"max_depth={rng.choice([3, 5, 8, None])}, min_samples_leaf={rng.choice([5, 10, 20, 50])}, "
+            "random_state=0)\n"
+        )
+
+    return make
+
+
+def _hist_gradient_boosting(rng: random.Random) -> str:
+    return (
+        "from sklearn.ensemble import HistGradientBoostingClassifier\n\n\ndef make_model():\n"
+        f"    return HistGradientBoostingClassifier(max_iter={rng.choice([100, 200, 300])}, "
+        f"learning_rate={rng.choice([0.03, 0.05, 0.1])}, max_depth={rng.choice([3, 5, None])}, "
+        f"l2_regularization={rng.choice([0.0, 0.1, 1.0])}, random_state=0)\n"
+    )
+
+
+def _scaled_pipeline(import_line: str, estimator: str) -> str:
+    return (
+        "from sklearn.impute import SimpleImputer\n"
+        f"{import_line}\n"
+        "from sklearn.pipeline import make_pipeline\n"
+        "from sklearn.preprocessing import StandardScaler\n\n\n"
+        "def make_model():\n"
+        f"    return make_pipeline(SimpleImputer(), StandardScaler(), {estimator})\n"
+    )
+
+
+def _logistic_regression(rng: random.Random) -> str:
+    return _scaled_pipeline(
+        "from sklearn.linear_model import LogisticRegression",
+        f"LogisticRegression(C={rng.choice([0.01, 0.1, 1.0, 10.0])}, max_iter=1000)",
+    )
+
+
+def _knn(rng: random.Random) -> str:
+    return _scaled_pipeline(
+        "from sklearn.neighbors import KNeighborsClassifier",
+        f"KNeighborsClassifier(n_neighbors={rng.choice([5, 15, 25, 50])}, "
+        f"weights='{rng.choice(['uniform', 'distance'])}')",
+    )
+
+
+def _mlp(rng: random.Random) -> str:
+    return _scaled_pipeline(
+        "from sklearn.neural_network import MLPClassifier",
+        f"MLPClassifier(hidden_layer_sizes={rng.choice(['(16,)', '(32,)', '(64,)', '(32, 16)'])}, "
+        f"alpha={rng.choice([0.0001, 0.001, 0.01])}, max_iter={rng.choice([200, 300, 500])}, random_state=0)",
+    )
+
+
+def _torch(rng: random.Random) -> str:
+    return f"""import numpy as np
+import torch
+from torch import nn
+
+
+class TorchClassifier:
+    def __init__(self, hidden=32, epochs=100, lr=0.01):
+        self.hidden = hidden
+        self.epochs = epochs
+        self.lr = lr
+
+    def _inputs(self, X):
+        X = np.nan_to_num(np.asarray(X, dtype=np.float32))
+        return torch.tensor((X - self.mean_) / self.std_)
+
+    def fit(self, X, y):
+        X = np.nan_to_num(np.asarray(X, dtype=np.float32))
+        self.mean_ = X.mean(axis=0)
+        self.std_ = X.std(axis=0) + 1e-6
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(X.shape[1], self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        loss_fn = nn.BCEWithLogitsLoss()
+        inputs = self._inputs(X)
+        targets = torch.tensor(np.asarray(y, dtype=np.float32)).reshape(-1, 1)
+        for _ in range(self.epochs):
+            optimizer.zero_grad()
+            loss = loss_fn(self.net(inputs), targets)
+            loss.backward()
+            optimizer.step()
+        return self
+
+    def predict_proba(self, X):
+        with torch.no_grad():
+            p = torch.sigmoid(self.net(self._inputs(X))).numpy().ravel()
+        return np.column_stack([1 - p, p])
+
+
+def make_model():
+    return TorchClassifier(hidden={rng.choice([16, 32, 64])}, epochs={rng.choice([50, 100, 200])}, \
+lr={rng.choice([0.003, 0.01, 0.03])})
+"""
+
+
+#: family -> (short name used in experiment names, model source generator)
+MODEL_FAMILIES: dict[str, tuple[str, Callable[[random.Random], str]]] = {
+    "lightgbm": ("lgbm", _lightgbm),
+    "xgboost": ("xgb", _xgboost),
+    "random_forest": ("rf", _forest("RandomForestClassifier")),
+    "extra_trees": ("extratrees", _forest("ExtraTreesClassifier")),
+    "hist_gradient_boosting": ("hgb", _hist_gradient_boosting),
+    "logistic_regression": ("logreg", _logistic_regression),
+    "knn": ("knn", _knn),
+    "mlp": ("mlp", _mlp),
+    "torch": ("torchnet", _torch),
+}
+
+#: A misspelled keyword per family that the estimator rejects with TypeError. LightGBM and
+#: XGBoost accept unknown keywords with a warning, so their mistake goes into the features.
+_WRONG_KEYWORDS = {
+    "random_forest": ("n_estimators=", "n_estimator="),
+    "extra_trees": ("min_samples_leaf=", "min_sample_leaf="),
+    "hist_gradient_boosting": ("max_iter=", "n_estimators="),
+    "logistic_regression": ("max_iter=", "max_iters="),
+    "knn": ("n_neighbors=", "n_neighbours="),
+    "mlp": ("hidden_layer_sizes=", "hidden_layers="),
+    "torch": ("hidden=", "hidden_size="),
+}
+
+
+def make_spec(rng: random.Random, family: str, columns: Sequence[str] = OHLCV_COLUMNS) -> ExperimentSpec:
+    """A valid, causal experiment of `family` whose features read only `columns`."""
+    usable = [name for name, (needs, _) in FEATURE_SNIPPETS.items() if needs <= set(columns)]
+    if not usable:
+        raise ValueError(f"no feature snippet can be built from columns {list(columns)}")
+    chosen = rng.sample(usable, min(len(usable), rng.randint(2, 6)))
+    labels, lines = [], []
+    for name in chosen:
+        label, snippet_lines = FEATURE_SNIPPETS[name][1](rng)
+        labels.append(label)
+        lines.extend(snippet_lines)
+    short, make_model_source = MODEL_FAMILIES[family]
+    # A short name (family and first feature): names are free text the tiny policy has to invent
+    # first, and every extra rare token there is a chance to derail before the code starts.
+    return ExperimentSpec(name=f"{short}_{labels[0]}", features=features_source(lines), model=make_model_source(rng))
+
+
+def inject_mistake(spec: ExperimentSpec, family: str, kind: str, rng: random.Random) -> ExperimentSpec:
+    """The same experiment with one realistic mistake of `kind` (see the module docstring)."""
+    features, model = spec.features, spec.model
+    if kind == "missing_column":
+        match = rng.choice(list(re.finditer(r"df\['(\w+)'\]", features)))
+        wrong = rng.choice([match.group(1).capitalize(), *_WRONG_COLUMNS])
+        features = features[: match.start()] + f"df['{wrong}']" + features[match.end() :]
+    elif kind == "wrong_argument" and family in _WRONG_KEYWORDS:
+        right, wrong = _WRONG_KEYWORDS[family]
+        model = model.replace(right, wrong, 1)
+    elif kind == "wrong_argument":
+        features, count = re.subn(r"\.rolling\((\d+)\)", r".rolling(\1, min_period=1)", features, count=1)
+        if not count:  # every make_features builds its frame with this call
+            features = features.replace("pd.DataFrame(index=", "pd.DataFrame(idx=", 1)
+    else:
+        raise ValueError(f"unknown mistake kind {kind!r}; expected one of {MISTAKE_KINDS}")
+    return spec.model_copy(update={"features": features, "model": model})
+
+
+def build_corpus(
+    size: int, seed: int, mistake_share: float, columns: Sequence[str] = OHLCV_COLUMNS
+) -> list[CorpusExample]:
+    """`size` examples, deterministic in `seed`; exactly round(size * mistake_share) carry a mistake."""
+    rng = random.Random(seed)
+    mistaken = set(rng.sample(range(size), round(size * mistake_share)))
+    families = list(MODEL_FAMILIES)
+    examples = []
+    for i in range(size):
+        version = CORPUS_PROMPT_VERSIONS[i % len(CORPUS_PROMPT_VERSIONS)]
+        family = families[(i // len(CORPUS_PROMPT_VERSIONS)) % len(families)]
+        prompt = render_prompt(
+            version,
+            columns=columns,
+            interval=rng.choice(_INTERVALS),
+            horizon=rng.choice(_HORIZONS),
+            symbols=sorted(rng.sample(_SYMBOLS, rng.randint(2, 6))),
+        )
+        spec = make_spec(rng, family, columns)
+        mistake = rng.choice(MISTAKE_KINDS) if i in mistaken else None
+        if mistake is not None:
+            spec = inject_mistake(spec, family, mistake, rng)
+        examples.append(
+            CorpusExample(
+                prompt_version=version,
+                prompt=prompt,
+                completion=json.dumps(spec.model_dump()),  # the layout the prompts show
+                family=family,
+                mistake=mistake,
+            )
+        )
+    return examples

@@ -1,0 +1,89 @@
+"""Render the versioned prompt templates under `prompts/` for one dataset.
+
+A prompt version is a Jinja2 file `prompts/<version>.j2`. Everything that depends on the data
+(the columns `make_features(df)` receives, the bar interval, the label horizon, the symbols) is
+passed in by the caller from the loaded dataset, never written into a template, so a dataset
+with other columns gets a prompt that lists those columns. The allowed imports are rendered from
+`ALLOWED_PACKAGES`, the same list the static checks enforce.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+import sharpe_rl
+from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES
+
+PROMPTS_DIR = Path(sharpe_rl.__file__).parents[1] / "prompts"
+
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PROMPTS_DIR),
+        undefined=jinja2.StrictUndefined,  # a template asking for a value we do not pass is a bug
+        keep_trailing_newline=True,
+        autoescape=False,  # plain text for a language model, not HTML
+    )
+    # Worked examples are written as readable code in the template and embedded as exact JSON
+    # strings, so the example shows precisely the output format the parser expects.
+    env.filters["json_string"] = json.dumps
+    return env
+
+
+def prompt_versions() -> list[str]:
+    """The prompt versions available under `prompts/`, sorted."""
+    return sorted(path.stem for path in PROMPTS_DIR.glob("*.j2"))
+
+
+def describe_interval(interval: timedelta | str) -> str:
+    """A bar interval as an adjective: `timedelta(hours=4)` -> "4-hour"; strings pass through."""
+    if isinstance(interval, str):
+        return interval
+    seconds = int(interval.total_seconds())
+    if seconds <= 0:
+        raise ValueError(f"bar interval must be positive, got {interval}")
+    for unit, size in _UNITS:
+        if seconds % size == 0:
+            return f"{seconds // size}-{unit}"
+    raise AssertionError("unreachable: every whole number of seconds divides by 1")
+
+
+def render_prompt(
+    version: str,
+    columns: Sequence[str],
+    interval: timedelta | str,
+    horizon: int,
+    symbols: Sequence[str],
+) -> str:
+    """Render prompt `version` for a dataset.
+
+    `columns` are exactly the columns the `df` passed to `make_features` has (the panel's
+    columns without `timestamp`, which is the index, and `symbol`, which is fixed per call).
+    """
+    if version not in prompt_versions():
+        raise ValueError(f"unknown prompt version {version!r}; available: {', '.join(prompt_versions())}")
+    if not columns:
+        raise ValueError("a prompt needs the dataset's columns")
+    if horizon < 1:
+        raise ValueError(f"label horizon must be at least one bar, got {horizon}")
+    stdlib = sorted(name for name in ALLOWED_PACKAGES if name in sys.stdlib_module_names)
+    packages = sorted(ALLOWED_PACKAGES - set(stdlib))
+    template = _environment().get_template(f"{version}.j2")
+    return template.render(
+        columns=list(columns),
+        interval=describe_interval(interval),
+        horizon=horizon,
+        symbols=list(symbols),
+        packages=packages,
+        stdlib=stdlib,
+    )
