@@ -9,7 +9,8 @@ import pytest
 from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
 
 from sharpe_rl.checks import check_completion
-from sharpe_rl.policy.corpus import MODEL_FAMILIES, OHLCV_COLUMNS, inject_mistake, make_spec
+from sharpe_rl.policy.corpus import MODEL_FAMILIES, inject_mistake, make_spec
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import SpecError
 
 COLUMNS = list(OHLCV_COLUMNS)

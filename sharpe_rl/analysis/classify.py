@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import ExperimentSpec
 
 #: Model families, in the order the report lists them.
@@ -55,7 +56,7 @@ FEATURE_KIND_BLOCK = {
 #: ratio. Features that use any other kind (except raw columns) are custom feature engineering.
 TEMPLATE_FEATURE_KINDS = frozenset({"return", "std", "sma"})
 
-_OHLCV = frozenset({"open", "high", "low", "close", "volume"})
+_OHLCV = frozenset(OHLCV_COLUMNS)
 _CALENDAR_ATTRIBUTES = frozenset(
     {"hour", "minute", "dayofweek", "day_of_week", "weekday", "dayofyear", "day_of_year", "month", "quarter"}
 )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from sharpe_rl.data.atomic import atomic_path, sha256_file
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 if TYPE_CHECKING:
     from sharpe_rl.data.card import DataCard
@@ -43,7 +44,6 @@ PANEL_SCHEMA: dict[str, pl.DataType] = {
 }
 PANEL_COLUMNS: tuple[str, ...] = tuple(PANEL_SCHEMA)
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
-VALUE_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 
 # The original (1-based, file-order) row number, carried through validation for error messages.
 _ROW = "__row"
@@ -99,7 +99,7 @@ def validate_panel(
         raise PanelError(f"{source}: no rows; a panel needs at least one bar")
     _reject_empty_values(rows, source)
     rows = rows.with_columns(_utc_timestamps(rows, source, assume_utc=assume_utc), _symbols(rows, source))
-    rows = rows.with_columns(*(_numbers(rows, column, source) for column in VALUE_COLUMNS))
+    rows = rows.with_columns(*(_numbers(rows, column, source) for column in OHLCV_COLUMNS))
     _check_values(rows, source)
     rows = rows.sort("timestamp", "symbol", _ROW)
     _reject_duplicates(rows, source)
@@ -273,7 +273,7 @@ def _numbers(rows: pl.DataFrame, column: str, source: str) -> pl.Series:
 def _check_values(rows: pl.DataFrame, source: str) -> None:
     # (column, offending rows, message template filled from the offending bar)
     checks: list[tuple[str, pl.Expr, str]] = [
-        *((c, ~pl.col(c).is_finite(), f"{c} {{{c}!r}} is not a finite number") for c in VALUE_COLUMNS),
+        *((c, ~pl.col(c).is_finite(), f"{c} {{{c}!r}} is not a finite number") for c in OHLCV_COLUMNS),
         *((c, pl.col(c) <= 0, f"{c} {{{c}!r}} is not positive; prices must be > 0") for c in PRICE_COLUMNS),
         ("low", pl.col("low") > pl.col("body_low"), "low {low!r} is above min(open, close) {body_low!r}"),
         ("high", pl.col("high") < pl.col("body_high"), "high {high!r} is below max(open, close) {body_high!r}"),

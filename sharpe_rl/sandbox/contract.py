@@ -55,6 +55,9 @@ ALLOWED_PACKAGES = frozenset(
     }
 )
 
+#: The columns of every panel, and exactly what `make_features(df)` receives for one symbol.
+OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
+
 #: The harness prints exactly one line starting with this marker; the host parses the last one.
 RESULT_MARKER = "@@SHARPE_RL_RESULT@@"
 

@@ -46,9 +46,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from contract import DATA_PATH, RESULT_MARKER, TASK_PATH, ErrorClass, bad_predictions_reason, classify_exception
+from contract import (
+    DATA_PATH,
+    OHLCV_COLUMNS,
+    RESULT_MARKER,
+    TASK_PATH,
+    ErrorClass,
+    bad_predictions_reason,
+    classify_exception,
+)
 
-OHLCV = ("open", "high", "low", "close", "volume")
 MAX_MESSAGE_CHARS = 500
 MAX_TRACEBACK_CHARS = 4000
 TRACEBACK_FRAMES = 8
@@ -140,7 +147,7 @@ def load_bars(path: str) -> dict[str, pd.DataFrame]:
     with np.load(path, allow_pickle=False) as data:
         timestamps = data["timestamp"].astype("<i8")
         symbols = data["symbol"].astype(str)
-        columns = {name: data[name].astype(np.float64) for name in OHLCV}
+        columns = {name: data[name].astype(np.float64) for name in OHLCV_COLUMNS}
     index = pd.DatetimeIndex(pd.to_datetime(timestamps, unit="ns", utc=True), name="timestamp")
     frame = pd.DataFrame(columns, index=index)
     return {symbol: frame[symbols == symbol] for symbol in sorted(set(symbols))}

@@ -18,8 +18,7 @@ import polars as pl
 
 from sharpe_rl.data.atomic import atomic_path
 from sharpe_rl.data.splits import Fold
-
-OHLCV = ("open", "high", "low", "close", "volume")
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,11 @@ class DataView:
 def write_view(panel: pl.DataFrame, end: datetime | None, directory: Path) -> DataView:
     """The view of `panel` up to and including `end` (all of it when None), written once."""
     rows = panel if end is None else panel.filter(pl.col("timestamp") <= end)
-    rows = rows.select("timestamp", "symbol", *OHLCV).sort("timestamp", "symbol")
+    rows = rows.select("timestamp", "symbol", *OHLCV_COLUMNS).sort("timestamp", "symbol")
     arrays = {
         "timestamp": rows.get_column("timestamp").dt.epoch("ns").to_numpy().astype("<i8"),
         "symbol": np.array(rows.get_column("symbol").to_list(), dtype=str),
-        **{name: rows.get_column(name).to_numpy().astype("<f8") for name in OHLCV},
+        **{name: rows.get_column(name).to_numpy().astype("<f8") for name in OHLCV_COLUMNS},
     }
     digest = hashlib.sha256()
     for name, array in arrays.items():

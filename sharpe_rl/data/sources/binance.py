@@ -30,8 +30,9 @@ import polars as pl
 
 from sharpe_rl.data.atomic import sha256_file, write_bytes_atomic
 from sharpe_rl.data.card import DataCard, Provenance
-from sharpe_rl.data.panel import VALUE_COLUMNS, format_interval, validate_panel, write_panel
+from sharpe_rl.data.panel import format_interval, validate_panel, write_panel
 from sharpe_rl.data.sources.base import FetchedPanel, ProgressFn, SourceError, no_progress
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 BASE_URL = "https://data.binance.vision/data/spot/monthly/klines"
 KLINE_COLUMNS = (
@@ -157,7 +158,7 @@ def read_klines(zip_path: Path, symbol: str) -> tuple[str, pl.DataFrame]:
         frame = raw.select(
             pl.from_epoch(microseconds, time_unit="us").dt.replace_time_zone("UTC").alias("timestamp"),
             pl.lit(symbol).alias("symbol"),
-            *VALUE_COLUMNS,
+            *OHLCV_COLUMNS,
         )
     except pl.exceptions.InvalidOperationError as exc:
         raise SourceError(f"{source}: column 'open_time': {exc}") from exc

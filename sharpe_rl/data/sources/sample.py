@@ -36,8 +36,9 @@ import polars as pl
 
 from sharpe_rl.data.atomic import sha256_file
 from sharpe_rl.data.card import DataCard, Provenance, verified_card
-from sharpe_rl.data.panel import VALUE_COLUMNS, format_time, validate_panel, write_panel
+from sharpe_rl.data.panel import format_time, validate_panel, write_panel
 from sharpe_rl.data.sources.base import FetchedPanel, ProgressFn, SourceError, no_progress
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def _bitstamp_daily(archive: Path, sdist: Sdist) -> tuple[pl.DataFrame, DataCard
     raw = pl.read_csv(io.BytesIO(_read_member(archive, DAILY_MEMBER)), infer_schema=False)
     date_column = raw.columns[0]  # unnamed in the file
     prefixes = list(dict.fromkeys(column.split(":")[0] for column in raw.columns[1:]))
-    expected = {f"{prefix}:{field}" for prefix in prefixes for field in VALUE_COLUMNS}
+    expected = {f"{prefix}:{field}" for prefix in prefixes for field in OHLCV_COLUMNS}
     if set(raw.columns[1:]) != expected:
         raise SourceError(f"{source}: expected columns SYMBOL:open..SYMBOL:volume, found {raw.columns}")
     try:
@@ -209,14 +210,14 @@ def _bitstamp_daily(archive: Path, sdist: Sdist) -> tuple[pl.DataFrame, DataCard
             raw.select(
                 days.alias("timestamp"),
                 pl.lit(f"{prefix}USD").alias("symbol"),
-                *(pl.col(f"{prefix}:{field}").alias(field) for field in VALUE_COLUMNS),
+                *(pl.col(f"{prefix}:{field}").alias(field) for field in OHLCV_COLUMNS),
             )
             for prefix in prefixes
         ]
     except pl.exceptions.InvalidOperationError as exc:
         raise SourceError(f"{source}: column {date_column!r}: {exc}") from exc
     long = pl.concat(per_symbol)
-    unlisted = pl.all_horizontal(pl.col(VALUE_COLUMNS).is_null())
+    unlisted = pl.all_horizontal(pl.col(OHLCV_COLUMNS).is_null())
     dropped = long.filter(unlisted).group_by("symbol", maintain_order=True).len()
     # Dates are UTC days (the CryptoDataDownload convention), so a bar opens at 00:00 UTC.
     panel = validate_panel(long.filter(~unlisted), source=source, assume_utc=True)
