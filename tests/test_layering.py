@@ -1,0 +1,22 @@
+"""The library never imports Prefect: every piece can be used and tested without an orchestrator."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import sharpe_rl
+
+LIBRARY = Path(sharpe_rl.__file__).parent
+
+
+def test_no_library_module_imports_prefect():
+    modules = sorted(
+        "sharpe_rl." + ".".join(path.relative_to(LIBRARY).with_suffix("").parts)
+        for path in LIBRARY.rglob("*.py")
+        if path.name != "__init__.py" and path.name != "harness.py"  # the harness runs as a script in the sandbox
+    )
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    code += "print('prefect' in sys.modules or any(name.startswith('prefect.') for name in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
