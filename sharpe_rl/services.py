@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from sharpe_rl.tracking import default_tracking_uri
@@ -79,13 +78,6 @@ def use_orchestration_environment(runs_dir: Path) -> str | None:
     return os.environ.get("PREFECT_API_URL")
 
 
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen
-    url: str | None = None
-
-
 def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
     """Start the Prefect server, deployments + worker and the MLflow UI; stop them all on Ctrl-C."""
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -94,16 +86,18 @@ def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
     env = os.environ | orchestration_environment(runs_dir, use_running_server=False)
     env["PREFECT_API_URL"] = prefect_api_url()
     bin_dir = Path(sys.executable).parent
-    services: list[Service] = []
+    services: dict[str, subprocess.Popen] = {}
 
-    def start(name: str, command: list[str], url: str | None = None) -> Service:
+    def start(name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
         log = (logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        services[name] = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env | (extra_env or {}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        service = Service(name, process, url)
-        services.append(service)
-        return service
 
     def run(command: list[str]) -> None:
         done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
@@ -111,13 +105,15 @@ def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
             raise RuntimeError(f"{' '.join(command[:3])} failed:\n{done.stdout}\n{done.stderr}")
 
     prefect, mlflow = str(bin_dir / "prefect"), str(bin_dir / "mlflow")
+    # Stop cleanly on `kill` as on Ctrl-C (and on Ctrl-C even when started in the background).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if is_up(f"{prefect_api_url()}/health"):
             raise RuntimeError(f"a Prefect server already answers on port {PREFECT_PORT}; stop it first")
         start(
             "prefect-server",
             [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(PREFECT_PORT)],
-            f"http://127.0.0.1:{PREFECT_PORT}",
         )
         _wait_until(f"{prefect_api_url()}/health", services, "the Prefect server")
         run([prefect, "--no-prompt", "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"])
@@ -126,28 +122,40 @@ def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
         tracking = default_tracking_uri(runs_dir)
         start(
             "mlflow-ui",
-            [mlflow, "server", "--backend-store-uri", tracking, "--host", "127.0.0.1", "--port", str(MLFLOW_PORT)],
-            f"http://127.0.0.1:{MLFLOW_PORT}",
+            [
+                mlflow,
+                "server",
+                "--backend-store-uri",
+                tracking,
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(MLFLOW_PORT),
+            ],
+            # a UI to browse runs needs no background job runners (eight processes, ~2 GB of memory)
+            extra_env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         _wait_until(f"http://127.0.0.1:{MLFLOW_PORT}/health", services, "the MLflow UI")
         say(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (deployments: nightly run, reset, rerun, report)")
         say(f"MLflow UI:  http://127.0.0.1:{MLFLOW_PORT}  (experiment 'sharpe-rl')")
         say(f"logs in {logs}/; Ctrl-C stops everything")
-        while all(s.process.poll() is None for s in services):
+        while all(process.poll() is None for process in services.values()):
             time.sleep(1)
-        failed = next(s for s in services if s.process.poll() is not None)
-        raise RuntimeError(f"{failed.name} stopped (exit {failed.process.returncode}); see {logs}/{failed.name}.log")
+        name, failed = next((n, p) for n, p in services.items() if p.poll() is not None)
+        raise RuntimeError(f"{name} stopped (exit {failed.returncode}); see {logs}/{name}.log")
     except KeyboardInterrupt:
         say("stopping")
     finally:
-        for service in reversed(services):
-            _stop(service.process)
+        for process in reversed(services.values()):
+            _stop(process)
 
 
-def _wait_until(url: str, services: list[Service], what: str, timeout: float = 120.0) -> None:
+def _wait_until(url: str, services: dict[str, subprocess.Popen], what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not is_up(url):
-        if any(s.process.poll() is not None for s in services):
+        if any(process.poll() is not None for process in services.values()):
             raise RuntimeError(f"{what} did not start; see runs/logs/")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not answer on {url} within {timeout:.0f} s; see runs/logs/")
