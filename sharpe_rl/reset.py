@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sharpe_rl.buffer import ReplayBuffer
@@ -9,7 +11,7 @@ from sharpe_rl.policy.checkpoint import Checkpoints
 
 
 def reset_runs(runs_dir: Path) -> dict[str, str | None]:
-    """Archive every run's checkpoints (adapter, value head, optimizer) and the replay buffer; say where."""
+    """Archive every run's checkpoints (adapter, value head, optimizer), the replay buffer and holdout scores."""
     archived: dict[str, str | None] = {}
     checkpoints = runs_dir / "checkpoints"
     runs = sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) if checkpoints.exists() else []
@@ -19,4 +21,12 @@ def reset_runs(runs_dir: Path) -> dict[str, str | None]:
     buffer = ReplayBuffer(runs_dir)
     had_experiences = not buffer.frame().is_empty()
     archived["replay buffer"] = str(buffer.clear()) if had_experiences else None
+    # holdout scores are keyed by (run, cycle, index): they belong to the experiences just archived
+    holdout = runs_dir / "holdout"
+    archived["holdout scores"] = None
+    if holdout.is_dir():
+        target = runs_dir / "holdout-archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(holdout, target)
+        archived["holdout scores"] = str(target)
     return archived

@@ -150,7 +150,7 @@ class RunSession:
         self.config = config
         self.name: str = config.name or ""
         runs = config.runs_dir
-        self._remember_config(run_config_path(runs, self.name))
+        fresh = self._remember_config(run_config_path(runs, self.name))
         if config.sandbox.executor == "docker":
             reap_containers(run_id=self.name)  # a crashed earlier attempt of this run may have left some
         self.evaluation = Evaluation(config, run_id=self.name)
@@ -172,6 +172,7 @@ class RunSession:
         self.tracker.start(
             config,
             self.name,
+            fresh=fresh,
             artifacts={"prompts": PROMPTS_DIR / f"{config.prompt_version}.j2", "data": card_path(config.dataset)},
         )
         self._phase_started: dict[int, float] = {}
@@ -328,8 +329,8 @@ class RunSession:
             timings=dict(result.timings) if result else {},
         )
 
-    def _remember_config(self, path: Path) -> None:
-        """Refuse to resume a run under other settings (only `cycles` may grow)."""
+    def _remember_config(self, path: Path) -> bool:
+        """Refuse to resume a run under other settings (only `cycles` may grow); True for a run starting afresh."""
         current = self.config.model_dump(mode="json", exclude={"cycles"})
         if path.exists():
             saved = json.loads(path.read_text())
@@ -339,9 +340,10 @@ class RunSession:
                     f"run {self.name} was started with other settings ({', '.join(changed)} differ); "
                     "resume it with the same settings, or start a new run with another --name"
                 )
-            return
+            return False
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(current, indent=2))
+        return True
 
 
 def outcome_error(outcome: Outcome, metrics: Metrics | None) -> tuple[ErrorClass | None, str | None]:

@@ -68,19 +68,26 @@ class Tracker:
 
     # -- the parent run ---------------------------------------------------------------------
 
-    def start(self, config: RunConfig, run: str, artifacts: Mapping[str, Path] = {}) -> str:
-        """Find or create the parent run of `run`; log its config, and files such as prompts and the data card."""
+    def start(self, config: RunConfig, run: str, *, fresh: bool, artifacts: Mapping[str, Path] | None = None) -> str:
+        """Find (to resume) or create the parent run of `run`; log its config and files such as the data card.
+
+        `fresh` says the run starts from scratch (a new name, or a name whose state was reset): an
+        MLflow parent run left under that name by the earlier incarnation is then marked archived,
+        kept for history, and a new parent is created, so old cycles never mask new ones.
+        """
         existing = self._search(f"tags.`{_TAG_RUN}` = '{run}' and tags.`{_TAG_KIND}` = 'parent'")
-        if existing:
+        if existing and not fresh:
             self.parent_run_id = existing[0].info.run_id
             self.client.update_run(self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return self.parent_run_id
+        for old in existing:
+            self.client.set_tag(old.info.run_id, _TAG_KIND, "archived-parent")
         parent = self.client.create_run(self.experiment_id, run_name=run, tags={_TAG_RUN: run, _TAG_KIND: "parent"})
         self.parent_run_id = parent.info.run_id
         params = flatten(config.model_dump(mode="json") | {"name": run})
         self.client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in params.items()])
         self.client.log_text(self.parent_run_id, config.model_dump_json(indent=2), "config.json")
-        for folder, path in artifacts.items():
+        for folder, path in (artifacts or {}).items():
             if path.exists():
                 self.client.log_artifact(self.parent_run_id, str(path), folder)
         return self.parent_run_id
@@ -117,17 +124,13 @@ class Tracker:
         self.client.log_artifacts(self._parent(), str(local_dir), artifact_path)
 
     def _log_children(self, cycle: int, experiences: list[Experience]) -> None:
-        run = experiences[0].run if experiences else None
         done: set[int] = set()
-        if run is not None:
-            query = (
-                f"tags.`{_TAG_RUN}` = '{run}' and tags.`{_TAG_CYCLE}` = '{cycle}' and tags.`{_TAG_KIND}` = 'experiment'"
-            )
-            for child in self._search(query):
-                if child.info.status == RunStatus.to_string(RunStatus.FINISHED):
-                    done.add(int(child.data.tags["sharpe_rl.index"]))
-                else:
-                    self.client.delete_run(child.info.run_id)
+        query = f"tags.`mlflow.parentRunId` = '{self._parent()}' and tags.`{_TAG_CYCLE}` = '{cycle}'"
+        for child in self._search(query):
+            if child.info.status == RunStatus.to_string(RunStatus.FINISHED):
+                done.add(int(child.data.tags["sharpe_rl.index"]))
+            else:
+                self.client.delete_run(child.info.run_id)
         for experience in experiences:
             if experience.index not in done:
                 self._log_child(experience)

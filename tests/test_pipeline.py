@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,22 +58,38 @@ def fresh_sessions():
     session_module.close_sessions()
 
 
+def make_config(runs_dir: Path, dataset: Path, policy: Path, name: str, **updates) -> RunConfig:
+    config = RunConfig(
+        name=name,
+        cycles=2,
+        batch_size=4,
+        dataset=dataset,
+        runs_dir=runs_dir,
+        eval=EvalConfig(n_folds=2, lookahead_check=False),
+        sandbox=SandboxConfig(executor="docker", workers=2, timeout_seconds=90, memory_mb=1024),
+        policy=PolicyConfig(model=str(policy), max_new_tokens=700),
+    )
+    return config.model_copy(update=updates)
+
+
 @pytest.fixture
 def run_config(tmp_path: Path, pipeline_dataset: Path, pipeline_policy: Path):
     def make(name: str, **updates) -> RunConfig:
-        config = RunConfig(
-            name=name,
-            cycles=2,
-            batch_size=4,
-            dataset=pipeline_dataset,
-            runs_dir=tmp_path / "runs",
-            eval=EvalConfig(n_folds=2, lookahead_check=False),
-            sandbox=SandboxConfig(executor="docker", workers=2, timeout_seconds=90, memory_mb=1024),
-            policy=PolicyConfig(model=str(pipeline_policy), max_new_tokens=700),
-        )
-        return config.model_copy(update=updates)
+        return make_config(tmp_path / "runs", pipeline_dataset, pipeline_policy, name, **updates)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, pipeline_dataset: Path, pipeline_policy: Path) -> RunConfig:
+    """A run of two cycles of the tiny policy with the Docker executor, through the rl_run flow."""
+    from flows.rl_run import rl_run
+
+    session_module.close_sessions()
+    config = make_config(tmp_path_factory.mktemp("e2e") / "runs", pipeline_dataset, pipeline_policy, "e2e")
+    assert rl_run(config) == "e2e"
+    session_module.close_sessions()
+    return config
 
 
 def spec_completion(name: str, features: str, model: str) -> str:
@@ -121,13 +138,8 @@ def children(runs_dir: Path, run: str) -> list:
 # ---- two cycles end to end ----
 
 
-def test_two_cycles_fill_the_buffer_mlflow_and_the_checkpoint(run_config):
-    from flows.rl_run import rl_run
-
-    config = run_config("e2e")
-    assert rl_run(config) == "e2e"
-
-    runs = config.runs_dir
+def test_two_cycles_fill_the_buffer_mlflow_and_the_checkpoint(finished_run):
+    runs = finished_run.runs_dir
     frame = ReplayBuffer(runs).frame(run="e2e")
     assert frame.height == 8 and sorted(Counter(frame["cycle"].to_list()).items()) == [(0, 4), (1, 4)]
     assert frame["reward"].is_finite().all()
@@ -159,6 +171,34 @@ def test_two_cycles_fill_the_buffer_mlflow_and_the_checkpoint(run_config):
 
     assert Checkpoints(runs, "e2e").latest_cycle() == 1
     assert (runs / "reports" / "e2e" / "report.html").is_file()
+
+
+def test_a_past_cycle_reruns_and_reproduces(finished_run):
+    from flows.rerun import rerun
+
+    rows = rerun("e2e", 1, runs_dir=finished_run.runs_dir)
+    before = {e.index: e for e in ReplayBuffer(finished_run.runs_dir).experiences("e2e", 1)}
+    assert [row["index"] for row in rows] == sorted(before)
+    for row in rows:
+        assert row["original_status"] == (before[row["index"]].error_class or "ok")
+        assert row["reproduces"], row
+        if row["original_status"] == "ok":
+            assert row["max_prediction_diff"] == 0.0 and row["rerun_sharpe"] == row["original_sharpe"]
+
+
+def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_base(finished_run, tmp_path):
+    from flows.reset import reset
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_run.runs_dir, runs)
+    archived = reset(runs)
+    assert archived["checkpoints of e2e"] and Path(archived["checkpoints of e2e"]).is_dir()
+    assert Path(archived["replay buffer"], "e2e").is_dir()
+    assert Path(archived["holdout scores"], "e2e.parquet").is_file()  # the end of the run scored the holdout
+    assert ReplayBuffer(runs).frame().is_empty() and Checkpoints(runs, "e2e").latest_cycle() is None
+    session = session_module.open_session(finished_run.model_copy(update={"runs_dir": runs}))
+    assert session.pending_cycles() == [0, 1]
+    assert all((p == 0).all() for n, p in session.policy.named_parameters() if "lora_B" in n)
 
 
 # ---- retries: infrastructure faults only ----

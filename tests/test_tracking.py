@@ -40,7 +40,7 @@ def experience(cycle: int, index: int, sharpe: float | None, error: ErrorClass |
 @pytest.fixture
 def tracker(tmp_path):
     t = Tracker(tmp_path / "runs")
-    t.start(RunConfig(name="night-1"), "night-1")
+    t.start(RunConfig(name="night-1"), "night-1", fresh=True)
     return t
 
 
@@ -95,7 +95,7 @@ def test_a_half_written_child_is_replaced_on_resume(tracker, tmp_path):
     tracker.client.update_run(stale.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     resumed = Tracker(tmp_path / "runs")
-    assert resumed.start(RunConfig(name="night-1"), "night-1") == tracker.parent_run_id
+    assert resumed.start(RunConfig(name="night-1"), "night-1", fresh=False) == tracker.parent_run_id
     resumed.log_cycle(0, {"reward_mean": 0.1}, batch)
     live = children(resumed)
     assert sorted(c.data.tags["sharpe_rl.index"] for c in live) == ["0", "1"]
@@ -104,3 +104,17 @@ def test_a_half_written_child_is_replaced_on_resume(tracker, tmp_path):
 
 def test_flatten_nests_with_dots():
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {"a.b": "1", "a.c.d": "None", "e": "x"}
+
+
+def test_a_run_started_afresh_under_an_old_name_gets_a_new_parent(tracker, tmp_path):
+    tracker.log_cycle(0, {"reward_mean": 0.1}, [experience(0, 0, 1.2)])
+    old_parent = tracker.parent_run_id
+
+    again = Tracker(tmp_path / "runs")
+    new_parent = again.start(RunConfig(name="night-1"), "night-1", fresh=True)  # e.g. after a reset
+    again.log_cycle(0, {"reward_mean": 0.7}, [experience(0, 0, 2.0)])
+
+    assert new_parent != old_parent
+    assert again.client.get_run(old_parent).data.tags["sharpe_rl.kind"] == "archived-parent"
+    assert [m.value for m in again.client.get_metric_history(new_parent, "reward_mean")] == [0.7]
+    assert len(children(again)) == 1 and len(children(tracker)) == 1
