@@ -204,7 +204,8 @@ def build_dataset(bars: dict[str, pd.DataFrame], make_features: Callable[..., An
                 ErrorClass.value_error,
                 f"make_features returned columns {list(out.columns)} for {symbol} but {columns} for {first_symbol}",
             )
-        values = out.to_numpy(dtype=np.float64, na_value=np.nan)
+        # copy=True: under pandas' copy-on-write a single float column comes back as a read-only view
+        values = out.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
         values[~np.isfinite(values)] = np.nan
         features.append(values)
         labels.append(forward_labels(_ns(df.index), df["close"].to_numpy(np.float64), timeline, horizon))

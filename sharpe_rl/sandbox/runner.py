@@ -55,9 +55,10 @@ from sharpe_rl.sandbox.result import ExecutionResult, ReportError, decode_predic
 from sharpe_rl.sandbox.views import DataView, write_view
 from sharpe_rl.spec import ExperimentSpec
 
-#: Largest change of a probability that still counts as "the same" in the lookahead guard. Runs are
-#: bit-identical by construction (same seeds, one thread); this only forgives float noise.
-LOOKAHEAD_TOLERANCE = 1e-9
+#: Largest change of a probability that still counts as "the same" in the lookahead guard. Runs use the
+#: same seeds and one thread, but a float32 model (torch) predicting fewer rows takes other BLAS code
+#: paths and may move p_up by an ulp (6e-8 near 0.5); reading the future moves it by orders more.
+LOOKAHEAD_TOLERANCE = 1e-6
 
 
 def make_executor(config: SandboxConfig, run_id: str) -> Executor:
