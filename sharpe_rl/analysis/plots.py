@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sharpe_rl.analysis.tables import STATUSES, RunAnalysis
 
@@ -140,6 +141,8 @@ def _label(axes: Axes, title: str, xlabel: str) -> None:
     axes.set_title(title, fontsize=10)
     axes.set_xlabel(xlabel)
     axes.grid(alpha=0.3)
+    if xlabel == "cycle":
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no cycle 1.5
 
 
 def _save(figure: Figure, path: Path) -> Path:

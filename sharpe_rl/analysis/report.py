@@ -40,7 +40,7 @@ class Column:
         if self.fmt == "pct":
             return f"{value:.1f}%"
         if self.fmt == "num":
-            return f"{value:.3f}"
+            return f"{value:.3f}" if round(value, 3) else "0.000"  # never "-0.000"
         return str(value)
 
 
