@@ -6,11 +6,16 @@ consumer agrees on one set of field names.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sharpe_rl.sandbox.contract import ErrorClass
+
+if TYPE_CHECKING:
+    from sharpe_rl.policy.generation import Generation
 
 
 class Experience(BaseModel):
@@ -39,3 +44,8 @@ class Experience(BaseModel):
     cache_key: str | None = Field(None, description="Content hash of the execution, when it was executed.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_generation(cls, generation: Generation, **fields: Any) -> Experience:
+        """The experience of a sampled completion: its prompt, completion, token ids and log-probs, plus `fields`."""
+        return cls(**asdict(generation), **fields)

@@ -161,12 +161,16 @@ class RunSession:
 
         self.buffer = ReplayBuffer(runs)
         self.policy = load_policy(config.policy, seed=config.seed)
-        tokenizer = AutoTokenizer.from_pretrained(config.policy.model)
-        self.generator = make_generator(config.policy, model=self.policy.model, tokenizer=tokenizer)
+        if config.policy.backend == "vllm":  # vLLM holds its own copy of the base; it follows the saved adapters
+            self.generator = make_generator(config.policy)
+        else:  # the transformers backend samples the policy being trained
+            tokenizer = AutoTokenizer.from_pretrained(config.policy.model)
+            self.generator = make_generator(config.policy, model=self.policy.model, tokenizer=tokenizer)
         self.trainer = PPOTrainer(self.policy, config.ppo, seed=config.seed)
         self.checkpoints = Checkpoints(runs, self.name)
         last = self.checkpoints.load_latest(self.trainer)
         self.next_cycle = 0 if last is None else last + 1
+        self._sample_from(None if last is None else self.checkpoints.path(last))
 
         self.tracker = Tracker(runs, config.tracking_uri)
         self.tracker.start(
@@ -253,6 +257,7 @@ class RunSession:
         started = time.perf_counter()
         stats = asdict(self.trainer.update(experiences))
         path = self.checkpoints.save(self.trainer, cycle)
+        self._sample_from(path)
         elapsed = time.perf_counter() - started
         logged = {f"ppo_{k}": v for k, v in stats.items()} | {"time_update": elapsed}
         self.tracker.log_metrics(cycle, logged)
@@ -293,6 +298,11 @@ class RunSession:
 
     # ---- helpers --------------------------------------------------------------------------
 
+    def _sample_from(self, checkpoint: Path | None) -> None:
+        """Point a vLLM generator at the checkpoint's adapter (None: the base policy)."""
+        if self.config.policy.backend == "vllm":
+            self.generator.set_adapter(None if checkpoint is None else checkpoint / "adapter")
+
     def _earlier_sharpes(self, cycle: int) -> list[float]:
         frame = self.buffer.frame(run=self.name)
         if frame.is_empty() or "metric_sharpe_net" not in frame.columns:
@@ -306,16 +316,12 @@ class RunSession:
         error, message = outcome_error(outcome, metrics)
         classification = classify(outcome.spec) if outcome.spec is not None else None
         result = outcome.result
-        return Experience(
+        return Experience.from_generation(
+            generation,
             run=self.name,
             cycle=cycle,
             index=index,
             prompt_version=self.config.prompt_version,
-            prompt=generation.prompt,
-            completion=generation.completion,
-            prompt_token_ids=generation.prompt_token_ids,
-            completion_token_ids=generation.completion_token_ids,
-            logprobs=generation.logprobs,
             spec_json=outcome.spec.model_dump_json() if outcome.spec else None,
             name=outcome.spec.name if outcome.spec else None,
             model_family=classification.model_family if classification else None,

@@ -20,10 +20,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import docker
 import pytest
 from mlflow.tracking import MlflowClient
+from peft import LoraConfig
 from prefect.testing.utilities import prefect_test_harness
 from sandbox_fixtures import HONEST_FEATURES, LOGISTIC
 from transformers import AutoTokenizer
@@ -31,8 +33,10 @@ from transformers import AutoTokenizer
 from sharpe_rl import session as session_module
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import EvalConfig, PolicyConfig, RunConfig, SandboxConfig
+from sharpe_rl.experience import Experience
+from sharpe_rl.policy import generation as generation_module
 from sharpe_rl.policy.checkpoint import Checkpoints
-from sharpe_rl.policy.generation import Generation
+from sharpe_rl.policy.generation import Generation, make_generator
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import RUN_LABEL, DockerExecutor
 from sharpe_rl.tracking import EXPERIMENT_NAME, default_tracking_uri
@@ -258,6 +262,49 @@ def test_a_cycle_of_already_executed_specs_starts_no_container(run_config):
     b = {e.name: e for e in ReplayBuffer(second.runs_dir).experiences("cache-b", 0)}
     assert a["logistic"].metrics == b["logistic"].metrics and b["logistic"].error_class is None
     assert b["raises"].error_class == "value_error"
+
+
+# ---- the vLLM backend follows the policy through the adapters the run saves ----
+
+
+class RecordingVLLM:
+    """Stands in for VLLMGenerator (vLLM needs a GPU): samples the base model, records the adapters it is given."""
+
+    adapters: ClassVar[list[Path | None]]  # set per test
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        self.inner = make_generator(cfg.model_copy(update={"backend": "transformers"}))
+
+    def set_adapter(self, path: Path | None) -> None:
+        self.adapters.append(path)
+
+    def generate(self, prompts: list[str], seed: int) -> list[Generation]:
+        return self.inner.generate(prompts, seed)
+
+
+def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, monkeypatch):
+    monkeypatch.setattr(generation_module, "VLLMGenerator", RecordingVLLM)
+    monkeypatch.setattr(RecordingVLLM, "adapters", [], raising=False)
+    config = run_config("vllm", batch_size=2, sandbox=SandboxConfig(executor="process"))
+    config = config.model_copy(
+        update={"policy": config.policy.model_copy(update={"backend": "vllm", "max_new_tokens": 32})}
+    )
+    session = session_module.RunSession(config)
+    assert RecordingVLLM.adapters == [None]  # a fresh run samples the base policy
+    generations = session.generate(0)
+    rewarded = [
+        Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v2_rules", reward=float(i))
+        for i, g in enumerate(generations)
+    ]
+    session.update(0, rewarded)
+    adapter = Checkpoints(config.runs_dir, "vllm").path(0) / "adapter"
+    assert RecordingVLLM.adapters == [None, adapter]
+    assert LoraConfig.from_pretrained(str(adapter)).r == config.policy.lora_r  # what vLLM's LoRARequest loads
+    session.finish()
+
+    resumed = session_module.RunSession(config)
+    assert resumed.next_cycle == 1 and RecordingVLLM.adapters[-1] == adapter  # a resumed run starts from it
+    resumed.finish()
 
 
 # ---- resume after a real kill ----

@@ -265,7 +265,8 @@ def make_generator(
     """The configured backend. Pass the (peft-wrapped) policy being trained as `model`, so it samples.
 
     For the transformers backend, whatever is not passed is loaded from `cfg.model` (fp32 on the
-    CPU, bf16 on a GPU). The vllm backend always loads `cfg.model` itself.
+    CPU, bf16 on a GPU). The vllm backend always loads `cfg.model` itself and samples the adapter
+    last given to its `set_adapter`.
     """
     if cfg.backend == "vllm":
         if model is not None:
