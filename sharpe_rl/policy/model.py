@@ -11,6 +11,7 @@ backend samples from; `save_pretrained` on it writes the adapter a vLLM backend 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,7 +19,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from sharpe_rl.config import PolicyConfig
 
@@ -79,7 +81,8 @@ class Policy(nn.Module):
         `[batch, completion, vocab]` and values `[batch, completion]`.
         """
         causal_lm = self.model.get_base_model()
-        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        with _checkpointed_layers(causal_lm):
+            hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         index = logit_positions.unsqueeze(-1).expand(-1, -1, hidden.last_hidden_state.shape[-1])
         completion_hidden = hidden.last_hidden_state.gather(1, index)
         logits = causal_lm.get_output_embeddings()(completion_hidden).float()
@@ -109,7 +112,13 @@ def load_policy(cfg: PolicyConfig, seed: int = 0) -> Policy:
     """Load the base model with `from_pretrained` and put fresh (no-op) adapters and a zero value head on it."""
     device = resolve_device(cfg.device)
     base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=base_dtype(device)).to(device)
-    model = get_peft_model(base, lora_config(cfg))
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing (transformers' default). It also calls enable_input_require_grads, peft's
+        # recipe for a frozen base, so gradients reach the adapters through recomputed layers whatever the mode.
+        base.activation_checkpointing_enable()
+    with warnings.catch_warnings():  # peft 0.21 reads a property that transformers 5 deprecates, on every wrap
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = get_peft_model(base, lora_config(cfg))
     _init_adapter(model, seed)
     value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32, device=device)
     nn.init.zeros_(value_head.weight)
@@ -118,6 +127,29 @@ def load_policy(cfg: PolicyConfig, seed: int = 0) -> Policy:
     if pad_token_id is None:
         pad_token_id = base.config.eos_token_id if isinstance(base.config.eos_token_id, int) else 0
     return Policy(model, value_head, pad_token_id=pad_token_id, seed=seed)
+
+
+@contextmanager
+def _checkpointed_layers(causal_lm: PreTrainedModel) -> Iterator[None]:
+    """Let activation checkpointing act in a gradient pass although the policy is in eval mode.
+
+    transformers checkpoints a decoder layer only while that layer is in training mode, and the PPO
+    update runs in eval mode (no dropout, so its first probability ratio is exactly 1). Only the
+    layer modules themselves are flagged as training: their attention, MLP and LoRA-dropout
+    children stay in eval mode, so the numbers are those of the eval-mode forward.
+    """
+    layers = [m for m in causal_lm.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    if not layers or not torch.is_grad_enabled():
+        yield
+        return
+    modes = [layer.training for layer in layers]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer, mode in zip(layers, modes, strict=True):
+            layer.training = mode
 
 
 def _init_adapter(model: PeftModel, seed: int) -> None:
