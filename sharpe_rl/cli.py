@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -320,6 +323,95 @@ def exec_spec(
         if text.strip():
             stdout.print(f"[bold]{title}[/bold]")
             stdout.print(text.rstrip(), markup=False, highlight=False)
+
+
+# ---- sharpe-rl sample: what the current policy writes, before a run ----
+
+
+@app.command("sample")
+def sample(
+    n: Annotated[int, typer.Option("--n", min=1, help="Completions to sample.")] = 8,
+    prompt: Annotated[
+        str | None, typer.Option(help="Prompt version under prompts/ (default: the run's, else v2_rules).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The panel the prompt is rendered for (default: the run's, else the default).")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Base policy: a local path or Hugging Face id (default: the run's, else tiny).")
+    ] = None,
+    run_name: Annotated[
+        str | None, typer.Option("--run", help="Sample from this run's latest checkpoint instead of the base policy.")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
+    seed: Annotated[int, typer.Option(help="Generation seed: the same seed gives the same completions.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """Sample completions from the current policy and show their static-check outcome and model family."""
+    # Imported here so that the other commands do not pay for loading torch and transformers.
+    from transformers import AutoTokenizer
+
+    from sharpe_rl.data.panel import detect_interval
+    from sharpe_rl.policy.checkpoint import Checkpoints
+    from sharpe_rl.policy.generation import make_generator, policy_source
+    from sharpe_rl.policy.model import load_policy
+    from sharpe_rl.policy.ppo import PPOTrainer
+    from sharpe_rl.policy.preview import OK, preview
+    from sharpe_rl.policy.prompts import render_prompt
+    from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
+    from sharpe_rl.session import run_config_path
+
+    stdout, stderr = Console(), Console(stderr=True)
+    _quiet_libraries()
+    try:
+        config = _RUN_DEFAULTS
+        if run_name is not None:
+            saved = run_config_path(runs_dir, run_name)
+            if not saved.is_file():
+                raise FileNotFoundError(f"no run {run_name!r} under {runs_dir} ({saved} is missing)")
+            config = RunConfig.model_validate_json(saved.read_text())
+            if policy is not None and policy != config.policy.model:
+                raise ValueError(
+                    f"run {run_name}'s adapters belong to its base policy {config.policy.model}: drop --policy"
+                )
+        # Sampling always runs the transformers backend on the policy itself, adapters included.
+        base = policy or config.policy.model
+        policy_cfg = config.policy.model_copy(update={"backend": "transformers", "model": base})
+        panel = load_panel(data or config.dataset)
+        symbols = panel.get_column("symbol").unique().sort().to_list()
+        version = prompt or config.prompt_version
+        text = render_prompt(version, OHLCV_COLUMNS, detect_interval(panel), config.eval.horizon, symbols)
+        tokenizer = AutoTokenizer.from_pretrained(policy_source(policy_cfg))
+    except (PanelError, ValueError, OSError) as exc:
+        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    trainer = PPOTrainer(load_policy(policy_cfg, seed=config.seed), config.ppo, seed=config.seed)
+    source = f"base policy {policy_cfg.model}"
+    if run_name is not None:
+        cycle = Checkpoints(runs_dir, run_name).load_latest(trainer)
+        source = f"run {run_name}, " + ("no checkpoint yet: " + source if cycle is None else f"after cycle {cycle}")
+    generator = make_generator(policy_cfg, model=trainer.policy.model, tokenizer=tokenizer)
+    previews = preview(generator.generate([text] * n, seed=seed), OHLCV_COLUMNS)
+
+    if as_json:
+        typer.echo(json.dumps([asdict(p) for p in previews], indent=2))
+        return
+    title = f"{n} completions from the {source}, seed {seed}"
+    table = Table("#", "check", "family", "experiment", title=title, show_lines=True)
+    for p in previews:
+        check = f"[green]{OK}[/green]" if p.check == OK else f"[red]{p.check}[/red]\n{escape(p.message or '')}"
+        if p.features is None:
+            experiment = escape(p.completion)
+        else:
+            experiment = f"[bold]{escape(p.name or '')}[/bold]\n{escape(p.features)}\n{escape(p.model or '')}"
+        table.add_row(str(p.index), check, p.model_family or "—", experiment)
+    stdout.print(table)
+    passed = sum(p.check == OK for p in previews)
+    families = Counter(p.model_family or "unparseable" for p in previews).most_common()
+    stdout.print(
+        f"{passed} of {n} pass the static checks; families: " + ", ".join(f"{f} {c}" for f, c in families),
+        soft_wrap=True,
+    )
 
 
 # ---- sharpe-rl report: the post-mortem of a run, in the terminal and as Markdown + HTML ----
