@@ -100,4 +100,4 @@ def pipeline_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-PIPELINE_POLICY_STEPS = 300
+PIPELINE_POLICY_STEPS = 700
