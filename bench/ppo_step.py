@@ -1,7 +1,7 @@
 """Seconds and memory of one PPO update on the tiny policy's shape, on this machine's CPU.
 
-Builds a random MistralForCausalLM with the TinyPolicyConfig shape (no training, no download),
-puts LoRA adapters and a value head on it through `load_policy`, and times `PPOTrainer.update`
+Builds a random MistralForCausalLM with the tiny policy's architecture and tokenizer (corpus and
+BPE as `sharpe-rl build-policy` makes them; no training, no download), puts LoRA adapters and a value head on it through `load_policy`, and times `PPOTrainer.update`
 on a synthetic scored batch: `--batch` completions of about `--completion` tokens after prompts of
 about `--prompt` tokens, with the default PPOConfig (epochs, minibatch size). Prints seconds per
 update and per sample, and the process's peak resident memory before and after the updates.
@@ -20,12 +20,14 @@ import tempfile
 import time
 
 import torch
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import MistralForCausalLM
 
 from sharpe_rl.config import PolicyConfig, PPOConfig, TinyPolicyConfig
 from sharpe_rl.experience import Experience
+from sharpe_rl.policy.corpus import build_corpus
 from sharpe_rl.policy.model import load_policy
 from sharpe_rl.policy.ppo import PPOTrainer
+from sharpe_rl.policy.tiny import model_config, train_tokenizer
 
 
 def peak_rss_mb() -> float:
@@ -68,19 +70,11 @@ def main() -> None:
     # The synthetic completions were never sampled from the policy, so the off-policy warning is expected noise.
     logging.getLogger("sharpe_rl.policy.ppo").setLevel(logging.ERROR)
 
+    # The tiny policy's architecture exactly (its tokenizer sets the vocabulary), with random weights.
     tiny = TinyPolicyConfig()
-    config = MistralConfig(
-        vocab_size=tiny.vocab_size,
-        hidden_size=tiny.hidden_size,
-        intermediate_size=tiny.intermediate_size,
-        num_hidden_layers=tiny.num_layers,
-        num_attention_heads=tiny.num_heads,
-        num_key_value_heads=tiny.num_kv_heads,
-        max_position_embeddings=tiny.context_length,
-        sliding_window=None,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-    )
+    corpus = build_corpus(tiny.corpus_size, tiny.seed, tiny.mistake_share)
+    tokenizer = train_tokenizer((text for ex in corpus for text in (ex.prompt, ex.completion)), tiny.vocab_size)
+    config = model_config(tiny, tokenizer)
     ppo = PPOConfig(advantage=args.advantage)
     with tempfile.TemporaryDirectory() as directory:
         torch.manual_seed(0)
@@ -89,7 +83,7 @@ def main() -> None:
     trainer = PPOTrainer(policy, ppo)
     base_params = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
     trainable = sum(p.numel() for p in policy.trainable_parameters())
-    batch = synthetic_batch(args.batch, args.prompt, args.completion, tiny.vocab_size, ppo.group_size)
+    batch = synthetic_batch(args.batch, args.prompt, args.completion, len(tokenizer), ppo.group_size)
     tokens = sum(len(e.prompt_token_ids) + len(e.completion_token_ids) for e in batch)
     print(
         f"policy: {base_params / 1e6:.2f}M base + {trainable / 1e3:.1f}k trainable (LoRA r={PolicyConfig().lora_r} "
