@@ -1,10 +1,11 @@
 """Seconds and memory of one PPO update on the tiny policy's shape, on this machine's CPU.
 
 Builds a random MistralForCausalLM with the tiny policy's architecture and tokenizer (corpus and
-BPE as `sharpe-rl build-policy` makes them; no training, no download), puts LoRA adapters and a value head on it through `load_policy`, and times `PPOTrainer.update`
-on a synthetic scored batch: `--batch` completions of about `--completion` tokens after prompts of
-about `--prompt` tokens, with the default PPOConfig (epochs, minibatch size). Prints seconds per
-update and per sample, and the process's peak resident memory before and after the updates.
+BPE as `sharpe-rl build-policy` makes them; no training, no download), puts LoRA adapters and a
+value head on it through `load_policy`, and times `PPOTrainer.update` on a synthetic scored batch:
+`--batch` completions of about `--completion` tokens after prompts of about `--prompt` tokens, with
+the default PPOConfig (epochs, minibatch size). Prints seconds per update and per sample, and the
+process's peak resident memory before and after the updates.
 
     .venv/bin/python bench/ppo_step.py [--batch 8] [--prompt 600] [--completion 300] [--repeats 3]
 """

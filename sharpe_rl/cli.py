@@ -109,7 +109,7 @@ def data_fetch(
                 fetched = [import_file(path, target, licence=licence, provenance=provenance, assume_utc=assume_utc)]
         except (PanelError, SourceError) as exc:
             progress.stop()
-            _data_error(stderr, exc)
+            _fail(exc)
     for item in fetched:
         card = item.card
         if item.reused:
@@ -134,7 +134,7 @@ def data_info(
     try:
         panel = load_panel(file, assume_utc=assume_utc)
     except PanelError as exc:
-        _data_error(Console(stderr=True), exc)
+        _fail(exc)
     card, verified = card_for_file(file, panel)
     if as_json:
         typer.echo(card.model_dump_json(indent=2))
@@ -182,10 +182,10 @@ def data_info(
     stdout.print(table)
 
 
-def _data_error(console: Console, exc: Exception) -> NoReturn:
-    """Print a data error for the user (no traceback) and exit non-zero."""
-    console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+def _fail(exc: Exception, code: int = 1) -> NoReturn:
+    """Print the error for the user on stderr (no traceback) and exit with `code`."""
+    Console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 # ---- sharpe-rl build-policy: the tiny policy, built on the CPU so no model download is needed ----
@@ -275,11 +275,11 @@ def exec_spec(
     from sharpe_rl.sandbox.runner import SandboxRunner
     from sharpe_rl.spec import SpecError
 
-    stdout, stderr = Console(), Console(stderr=True)
+    stdout = Console()
     try:
         panel = load_panel(data)
     except PanelError as exc:
-        _data_error(stderr, exc)
+        _fail(exc)
     try:
         spec = check_completion(spec_file.read_text(), OHLCV_COLUMNS)
     except SpecError as exc:
@@ -298,8 +298,7 @@ def exec_spec(
         )
         result = runner.run(spec)
     except InfrastructureError as exc:
-        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(exc, 2)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -361,7 +360,7 @@ def sample(
     from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
     from sharpe_rl.session import run_config_path
 
-    stdout, stderr = Console(), Console(stderr=True)
+    stdout = Console()
     _quiet_libraries()
     try:
         config = _RUN_DEFAULTS
@@ -383,8 +382,7 @@ def sample(
         text = render_prompt(version, OHLCV_COLUMNS, detect_interval(panel), config.eval.horizon, symbols)
         tokenizer = AutoTokenizer.from_pretrained(policy_source(policy_cfg))
     except (PanelError, ValueError, OSError) as exc:
-        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     trainer = PPOTrainer(load_policy(policy_cfg, seed=config.seed), config.ppo, seed=config.seed)
     source = f"base policy {policy_cfg.model}"
     if run_name is not None:
@@ -434,15 +432,14 @@ def report(
     from sharpe_rl.analysis.report import build_report, print_report, select_run
     from sharpe_rl.holdout import report_frame
 
-    stdout, stderr = Console(), Console(stderr=True)
+    stdout = Console()
     frame = report_frame(runs_dir)
     try:
         name = select_run(frame, run)["run"][0]
         target = out or runs_dir / "reports" / (f"{name}-vs-{compare}" if compare else name)
         built = build_report(frame, target, run=name, compare_run=compare, top_n=top)
     except ValueError as exc:
-        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
+        _fail(exc)
     print_report(built, stdout)
 
 
@@ -515,8 +512,7 @@ def run(
             session.listeners.append(progress)
             run_name = rl_run(config)
     except (session.RunError, InfrastructureError, PanelError) as exc:
-        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     finally:
         session.listeners.clear()
     report = runs_dir / "reports" / run_name / "report.html"
@@ -568,12 +564,11 @@ def rerun(
     from sharpe_rl.sandbox import InfrastructureError
     from sharpe_rl.session import RunError
 
-    stdout, stderr = Console(), Console(stderr=True)
+    stdout = Console()
     try:
         reruns = rerun_experiments(runs_dir, run, cycle, index, executor.value if executor else None)
     except (RunError, InfrastructureError) as exc:
-        stderr.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     table = Table("index", "name", "before", "after", "Sharpe before", "Sharpe after", "max Δp", "reproduces")
     for r in reruns:
         table.add_row(
@@ -604,8 +599,7 @@ def serve(
     try:
         start_services(runs_dir, say=Console().print)
     except RuntimeError as exc:
-        Console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
 
 
 if __name__ == "__main__":
