@@ -1,34 +1,41 @@
 """What the sandbox costs: one LightGBM experiment in-process, in the process executor and in Docker.
 
 Runs the same typical spec (LightGBM on a few return/volatility/volume features, walk-forward folds
-of the default EvalConfig, no lookahead re-run) three ways and prints the median wall time of each
-and the overhead of each executor over the in-process run; then the bare cost of a locked-down
-container (start, `python -c pass`, remove); then the throughput of N distinct experiments in
-Docker with 1 and with 2 workers. Nothing is cached: every run uses a fresh cache directory.
+of the default EvalConfig) three ways and prints the median wall time of each and the overhead of
+each executor over the in-process run; then the bare cost of a locked-down container (start,
+`python -c pass`, remove); then the throughput of N distinct experiments in Docker with 1 and with
+2 workers. Nothing is cached: every run uses a fresh cache directory.
 
-    .venv/bin/python bench/sandbox_overhead.py [--panel PATH] [--repeat 3] [--batch 4]
+"In-process" is the same point-in-time protocol with nothing around it: the trusted harness's
+`run_task` drives the experiment side (`worker.serve`) on a thread of this process, over an
+in-memory pipe, with every library already imported. The harness's own timings (`load`, `fit`,
+`predict`) and the number of prediction steps are printed for the Docker run.
+
+    .venv/bin/python bench/sandbox_overhead.py [--panel PATH] [--symbols N] [--days D] [--repeat 3] [--batch 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
-import warnings
+from multiprocessing import Pipe
 from pathlib import Path
 
 import docker
+import polars as pl
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.panel import load_panel
 from sharpe_rl.sandbox.contract import SANDBOX_ENV
 from sharpe_rl.sandbox.image import HARNESS_DIR, ensure_image
-from sharpe_rl.sandbox.runner import SandboxRunner
-from sharpe_rl.sandbox.views import write_view
+from sharpe_rl.sandbox.runner import Job, SandboxRunner
 from sharpe_rl.spec import ExperimentSpec
 
 DEFAULT_PANEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_4h.parquet"
@@ -63,26 +70,39 @@ def lightgbm_spec(n_estimators: int) -> ExperimentSpec:
 
 
 def runner(panel, executor: str, cache: Path, workers: int = 1) -> SandboxRunner:
-    sandbox = SandboxConfig(executor=executor, workers=workers, timeout_seconds=600, memory_mb=4096)
-    return SandboxRunner(panel, EvalConfig(lookahead_check=False), sandbox, cache)
+    sandbox = SandboxConfig(executor=executor, workers=workers, timeout_seconds=3600, memory_mb=4096)
+    return SandboxRunner(panel, EvalConfig(), sandbox, cache)
+
+
+class InProcessWorker:
+    """The harness's view of the experiment's process, served by `worker.serve` on a thread instead."""
+
+    def __init__(self, worker_module) -> None:
+        self.outbox, inbox = Pipe()
+        outbox, self.inbox = Pipe()
+        self.thread = threading.Thread(target=worker_module.serve, args=(inbox, outbox), daemon=True)
+        self.thread.start()
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        self.outbox.send_bytes(kind + payload)
+
+    def ask(self, kind: bytes, payload: bytes = b"") -> tuple[bytes, memoryview]:
+        self.send(kind, payload)
+        frame = memoryview(self.inbox.recv_bytes())
+        return bytes(frame[:1]), frame[1:]
 
 
 def in_process(panel, spec: ExperimentSpec, scratch: Path) -> float:
-    """The harness's own work, in this process (its imports already paid for)."""
+    """The point-in-time protocol in this process (its imports already paid for)."""
     sys.path.insert(0, str(HARNESS_DIR))
-    import harness  # the in-sandbox harness, imported as a module here
+    import harness  # the in-sandbox modules, imported as modules here
+    import worker
 
-    plan = runner(panel, "process", scratch / "plan").plan
-    view = write_view(panel, plan.reward_end, scratch / "views")
-    task = {
-        "spec": spec.model_dump(),
-        "folds": [fold.to_wire() for fold in plan.folds],
-        "horizon": 1,
-        "seed": 0,
-        "time_limit_seconds": 600,
-    }
+    plan_runner = runner(panel, "process", scratch / "plan")
+    task = plan_runner.task(Job(spec, plan_runner.reward_view, plan_runner.plan.folds), nonce="bench")
+    header, arrays = harness.read_task(io.BytesIO(task))
     started = time.perf_counter()
-    harness.run_experiment(task, str(view.path), {})
+    harness.run_task(header, arrays, InProcessWorker(worker), dict.fromkeys(harness.TIMING_KEYS, 0.0))
     return time.perf_counter() - started
 
 
@@ -100,7 +120,6 @@ def bare_container(image: str) -> float:
         tmpfs={"/tmp": "rw,noexec,nosuid,size=64m"},
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
-        init=True,
         pids_limit=256,
         mem_limit="2048m",
         memswap_limit="2048m",
@@ -116,28 +135,36 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **SANDBOX_ENV})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--panel", type=Path, default=DEFAULT_PANEL)
+    parser.add_argument("--symbols", type=int, default=None, help="keep the N symbols with the most bars")
+    parser.add_argument("--days", type=int, default=None, help="keep the last D days")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode; the median is reported")
     parser.add_argument("--batch", type=int, default=4, help="experiments per throughput measurement")
     parser.add_argument("--estimators", type=int, default=100)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", message="the process executor is NOT")
 
     panel = load_panel(args.panel)
+    if args.symbols:
+        largest = panel.group_by("symbol").len().sort("len", "symbol", descending=True).head(args.symbols)
+        panel = panel.filter(pl.col("symbol").is_in(largest.get_column("symbol").implode()))
+    if args.days:
+        panel = panel.filter(pl.col("timestamp") > pl.col("timestamp").max() - pl.duration(days=args.days))
     image = ensure_image()
     spec = lightgbm_spec(args.estimators)
     print(f"{args.panel.name}: {panel.height:,} rows, {panel.get_column('symbol').n_unique()} symbols; image {image}")
 
     walls: dict[str, list[float]] = {"in-process": [], "process": [], "docker": []}
-    inside: list[float] = []
+    inside: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as scratch:
         for i in range(args.repeat):
             walls["in-process"].append(in_process(panel, spec, Path(scratch) / f"inproc{i}"))
             for executor in ("process", "docker"):
-                result = runner(panel, executor, Path(scratch) / f"{executor}{i}").run(spec)
+                sandbox = runner(panel, executor, Path(scratch) / f"{executor}{i}")
+                result = sandbox.run(spec)
                 assert result.ok, f"{executor}: {result.status}: {result.message}"
                 walls[executor].append(result.timings["wall"])
                 if executor == "docker":
-                    inside.append(result.timings["total"])
+                    inside.append(result.timings)
+                    steps = sandbox.reward_view.test_rows(sandbox.plan.folds).get_column("timestamp").n_unique()
         base = statistics.median(walls["in-process"])
         print(f"\none experiment, median of {args.repeat} (seconds)")
         for mode, values in walls.items():
@@ -147,8 +174,9 @@ def main() -> None:
             print(f"  {mode:<11} {median:7.2f}{overhead}")
         isolation = statistics.median(walls["docker"]) - statistics.median(walls["process"])
         print(f"  docker over the process executor (the cost of the container itself): {isolation:+.2f} s")
-        print(f"  (inside the container the harness took {statistics.median(inside):.2f} s; the rest of the")
-        print("  overhead is a fresh interpreter importing numpy, pandas and the model's library)")
+        phases = {key: statistics.median(t[key] for t in inside) for key in ("load", "fit", "predict", "total")}
+        print("  inside the container: " + ", ".join(f"{key} {value:.2f} s" for key, value in phases.items()))
+        print(f"  {steps} prediction steps: {1000 * phases['predict'] / steps:.2f} ms per step")
 
         containers = [bare_container(image) for _ in range(5)]
         print(f"\nbare locked-down container (python -c pass), median of 5: {statistics.median(containers):.2f} s")

@@ -262,7 +262,7 @@ def exec_spec(
     ],
     data: Annotated[Path, typer.Option(help="The panel to run on (Parquet or CSV).")] = _RUN_DEFAULTS.dataset,
     executor: Annotated[
-        ExecutorName, typer.Option(help="docker (isolated), or process (NOT a security boundary).")
+        ExecutorName, typer.Option(help="docker (the default boundary), or process (bubblewrap, no Docker needed).")
     ] = _DEFAULT_EXECUTOR,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -312,8 +312,6 @@ def exec_spec(
     table.add_row("timings", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
     if result.peak_memory_mb is not None:
         table.add_row("peak memory", f"{result.peak_memory_mb:.0f} MB")
-    if result.lookahead_max_diff is not None:
-        table.add_row("lookahead", f"largest change at or before the cut: {result.lookahead_max_diff:.3g}")
     table.add_row("executor", f"{result.executor}, exit code {result.exit_code}")
     table.add_row("hashes", f"spec {result.spec_hash}, data {result.data_hash}, harness {result.harness_hash}")
     table.add_row("predictions", str(result.predictions_path or "none"))
@@ -461,7 +459,7 @@ def run(
     data: Annotated[Path, typer.Option(help="The OHLCV panel (Parquet or CSV).")] = _RUN_DEFAULTS.dataset,
     prompt: Annotated[str, typer.Option(help="Prompt version under prompts/.")] = _RUN_DEFAULTS.prompt_version,
     executor: Annotated[
-        ExecutorName, typer.Option(help="docker (isolated), or process (NOT a security boundary).")
+        ExecutorName, typer.Option(help="docker (the default boundary), or process (bubblewrap, no Docker needed).")
     ] = _DEFAULT_EXECUTOR,
     name: Annotated[
         str | None, typer.Option(help="Run name; the name of an unfinished run resumes it. Default: a dated name.")

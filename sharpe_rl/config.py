@@ -40,8 +40,10 @@ class EvalConfig(_Settings):
     rebalance_every: int | None = Field(
         None, ge=1, description="Rebalance every this many bars (default: the horizon)."
     )
-    lookahead_check: bool = Field(
-        True, description="Re-run the last fold on truncated data and flag predictions that change."
+    lookback: int = Field(
+        512,
+        ge=2,
+        description="Bars of history make_features gets per symbol at each prediction step (up to the one predicted).",
     )
 
     @property
@@ -77,14 +79,12 @@ class RewardConfig(_Settings):
     penalty_format: float = Field(
         -1.5, description="Reward of an experiment that never ran (unparseable JSON, schema, syntax, imports)."
     )
-    penalty_lookahead: float = Field(-2.0, description="Reward of an experiment that reads the future.")
 
     @model_validator(mode="after")
     def _ladder_is_ordered(self) -> RewardConfig:
-        if not (self.penalty_lookahead <= self.penalty_format < self.penalty_runtime < -1.0):
+        if not (self.penalty_format < self.penalty_runtime < -1.0):
             raise ValueError(
-                "penalties must satisfy lookahead <= format < runtime < -1 "
-                "(a valid but losing model always beats a failure)"
+                "penalties must satisfy format < runtime < -1 (a valid but losing model always beats a failure)"
             )
         return self
 

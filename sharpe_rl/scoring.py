@@ -445,7 +445,7 @@ def deflate(metrics: Metrics, n_trials: int, trials_sharpe_variance: float) -> M
 
 #: The rung of the penalty ladder each error class lands on — every class listed, on purpose:
 #: a new class must be placed here, not fall through to a default.
-PENALTY_RUNG: dict[ErrorClass, Literal["format", "runtime", "lookahead"]] = {
+PENALTY_RUNG: dict[ErrorClass, Literal["format", "runtime"]] = {
     ErrorClass.json_parse: "format",
     ErrorClass.schema: "format",
     ErrorClass.syntax: "format",
@@ -458,25 +458,20 @@ PENALTY_RUNG: dict[ErrorClass, Literal["format", "runtime", "lookahead"]] = {
     ErrorClass.out_of_memory: "runtime",
     ErrorClass.bad_interface: "runtime",
     ErrorClass.bad_predictions: "runtime",
-    ErrorClass.lookahead: "lookahead",
 }
 
 
 def shape_reward(outcome: Metrics | ErrorClass, cfg: RewardConfig) -> float:
-    """The RL reward of one experiment, in [penalty_lookahead, 1]; never NaN.
+    """The RL reward of one experiment, in [penalty_format, 1]; never NaN.
 
     A valid model earns clip(net Sharpe, ±sharpe_clip) / sharpe_clip ∈ [−1, 1], monotone in the
     net Sharpe. A failure earns its rung of the fixed ladder (RewardConfig guarantees
-    lookahead ≤ format < runtime < −1): lookahead → `penalty_lookahead`; errors found before
-    anything ran (FORMAT_ERRORS) → `penalty_format`; everything that ran and failed, including
-    degenerate (invalid) Metrics, which are `bad_predictions` → `penalty_runtime`. So any valid
-    model, however bad, beats any failure.
+    format < runtime < −1): errors found before anything ran (FORMAT_ERRORS) → `penalty_format`;
+    everything that ran and failed, including degenerate (invalid) Metrics, which are
+    `bad_predictions` → `penalty_runtime`. So any valid model, however bad, beats any failure.
     """
     if isinstance(outcome, ErrorClass):
-        rung = PENALTY_RUNG[outcome]
-        if rung == "lookahead":
-            return cfg.penalty_lookahead
-        return cfg.penalty_format if rung == "format" else cfg.penalty_runtime
+        return cfg.penalty_format if PENALTY_RUNG[outcome] == "format" else cfg.penalty_runtime
     if not outcome.valid:
         return cfg.penalty_runtime
     clipped = min(max(outcome.sharpe_net, -cfg.sharpe_clip), cfg.sharpe_clip)

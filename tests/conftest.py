@@ -35,13 +35,29 @@ def sandbox_image() -> str:
         pytest.skip(f"no sandbox: {exc}")
 
 
-@pytest.fixture(scope="session")
-def sandbox_panel() -> pl.DataFrame:
-    """3 symbols x 400 daily bars of real Binance data: small enough for many sandbox runs."""
-    source = SHARED_DATA / "binance_spot_1d.parquet"
+def shared_panel(name: str) -> pl.DataFrame:
+    source = SHARED_DATA / name
     if not source.is_file():
         pytest.skip(f"{source} is not there (the shared data folder sits beside the checkout)")
-    panel = pl.read_parquet(source).filter(pl.col("symbol").is_in(["BTCUSDT", "ETHUSDT", "SOLUSDT"]))
+    return pl.read_parquet(source)
+
+
+@pytest.fixture(scope="session")
+def shared_daily_panel() -> pl.DataFrame:
+    """Real Binance daily bars: 21 USDT pairs, 2017-2026."""
+    return shared_panel("binance_spot_1d.parquet")
+
+
+@pytest.fixture(scope="session")
+def shared_4h_panel() -> pl.DataFrame:
+    """Real Binance 4-hour bars: 20 USDT pairs, 2017-2026."""
+    return shared_panel("binance_spot_4h.parquet")
+
+
+@pytest.fixture(scope="session")
+def sandbox_panel(shared_daily_panel: pl.DataFrame) -> pl.DataFrame:
+    """3 symbols x 400 daily bars of real Binance data: small enough for many sandbox runs."""
+    panel = shared_daily_panel.filter(pl.col("symbol").is_in(["BTCUSDT", "ETHUSDT", "SOLUSDT"]))
     last = panel.get_column("timestamp").max()
     return panel.filter(pl.col("timestamp") > last - pl.duration(days=400)).sort("timestamp", "symbol")
 

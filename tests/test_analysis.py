@@ -60,7 +60,7 @@ FEATURES = {  # name -> (source, custom, building blocks)
         ("oscillators",),
     ),
     "missing_column": ("def make_features(df):\n    return df[['vwap']].pct_change()\n", False, ("returns",)),
-    "lookahead": (
+    "next_bar": (
         "def make_features(df):\n    out = df[[]].copy()\n    out['fwd'] = df['close'].shift(-1) / df['close']\n"
         "    return out\n",
         False,
@@ -85,7 +85,7 @@ ROWS = [
     (2, 1, "sklearn/linear", "rsi", None, 0.3, 0.9, 0.5, 0.8),
     (2, 2, "torch", "template", "timeout", -1.25, None, None, None),
     (2, 3, "lightgbm", "rsi", None, 0.6, 1.8, 0.8, 1.2),
-    (2, 4, "sklearn/linear", "lookahead", "lookahead", -2.0, None, None, None),
+    (2, 4, "sklearn/linear", "next_bar", "bad_predictions", -1.25, None, None, None),
     (2, 5, "torch", "rsi", None, 0.1, 0.3, 0.2, None),
 ]
 ODD_NAME = "rsi <b>bold</b> | piped"  # untrusted text: must not break Markdown tables or HTML

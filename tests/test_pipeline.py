@@ -69,7 +69,7 @@ def make_config(runs_dir: Path, dataset: Path, policy: Path, name: str, **update
         batch_size=4,
         dataset=dataset,
         runs_dir=runs_dir,
-        eval=EvalConfig(n_folds=2, lookahead_check=False),
+        eval=EvalConfig(n_folds=2),
         sandbox=SandboxConfig(executor="docker", workers=2, timeout_seconds=90, memory_mb=1024),
         policy=PolicyConfig(model=str(policy), max_new_tokens=700),
     )

@@ -20,26 +20,20 @@ def valid(sharpe_net: float) -> Metrics:
 def test_every_error_class_has_a_rung_and_format_errors_are_format():
     assert set(PENALTY_RUNG) == set(ErrorClass)
     assert {cls for cls, rung in PENALTY_RUNG.items() if rung == "format"} == FORMAT_ERRORS
-    assert PENALTY_RUNG[ErrorClass.lookahead] == "lookahead"
 
 
 @pytest.mark.parametrize("error", list(ErrorClass))
 def test_each_error_class_gets_its_rung(error):
-    expected = {
-        "format": CFG.penalty_format,
-        "runtime": CFG.penalty_runtime,
-        "lookahead": CFG.penalty_lookahead,
-    }[PENALTY_RUNG[error]]
+    expected = {"format": CFG.penalty_format, "runtime": CFG.penalty_runtime}[PENALTY_RUNG[error]]
     assert shape_reward(error, CFG) == expected
 
 
 def test_the_ladder_is_ordered_and_every_valid_model_beats_every_failure():
     worst_valid = shape_reward(valid(-1e9), CFG)
     assert worst_valid == -1.0
-    lookahead = shape_reward(ErrorClass.lookahead, CFG)
     format_error = shape_reward(ErrorClass.syntax, CFG)
     runtime_error = shape_reward(ErrorClass.missing_column, CFG)
-    assert lookahead <= format_error < runtime_error < worst_valid
+    assert format_error < runtime_error < worst_valid
     assert max(shape_reward(error, CFG) for error in ErrorClass) < worst_valid
 
 
@@ -59,7 +53,7 @@ def test_valid_reward_is_the_clipped_sharpe_scaled_to_unit():
 
 @pytest.mark.parametrize(
     "cfg",
-    [RewardConfig(), RewardConfig(sharpe_clip=0.5, penalty_runtime=-1.01, penalty_format=-3, penalty_lookahead=-3)],
+    [RewardConfig(), RewardConfig(sharpe_clip=0.5, penalty_runtime=-1.01, penalty_format=-3)],
 )
 def test_reward_is_monotone_bounded_and_finite_over_many_sharpes(cfg):
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The Docker sandbox against the real engine: isolation, limits, classification, lookahead guard, cache.
+"""The Docker sandbox against the real engine: isolation, limits, classification, cache.
 
 No mocks: every attack runs in a real container of the sandbox image. Each must be contained,
 classified, and leave the host and the next experiment unaffected. Attacks run in batches on two
@@ -7,8 +7,6 @@ workers (run_many), which also shows that one experiment's misbehaviour does not
 
 from __future__ import annotations
 
-import hashlib
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import CREATED_LABEL, RUN_LABEL, reap_containers
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.sandbox.runner import SandboxRunner
-from sharpe_rl.sandbox.views import write_view
 from sharpe_rl.spec import ExperimentSpec
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image")]
@@ -31,17 +28,13 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image")]
 LIMITS = {"timeout_seconds": 60, "memory_mb": 512, "pids_limit": 64, "tmpfs_mb": 16, "output_limit_kb": 1024}
 
 
-def make_runner(panel: pl.DataFrame, cache_dir: Path, *, lookahead: bool = False, **limits) -> SandboxRunner:
+def make_runner(panel: pl.DataFrame, cache_dir: Path, **limits) -> SandboxRunner:
     sandbox = SandboxConfig(**{"executor": "docker", "workers": 2, **LIMITS, **limits})
-    return SandboxRunner(panel, EvalConfig(lookahead_check=lookahead), sandbox, cache_dir)
+    return SandboxRunner(panel, EvalConfig(), sandbox, cache_dir)
 
 
 def run_batch(runner: SandboxRunner, specs: dict[str, ExperimentSpec]) -> dict[str, ExecutionResult]:
     return dict(zip(specs, runner.run_many(list(specs.values())), strict=True))
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- isolation and limits ----
@@ -62,15 +55,30 @@ def forge(report):
             pass
 
 
-def encode(values, dtype):
-    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
-
-
 def forged_ok(extra=None):
-    predictions = {"symbols": ["BTCUSDT"], "timestamp": encode([0], "<i8"), "symbol": encode([0], "<i4"),
-                   "fold": encode([0], "<i4"), "p_up": encode([0.987654], "<f8")}
-    return {"status": "ok", "error_class": None, "message": "", "traceback": "", "timings": {},
-            "peak_memory_mb": 1.0, "predictions": predictions, **(extra or {})}
+    p_up = base64.b64encode(np.full(10_000, 0.987654).tobytes()).decode()
+    timings = {"load": 0.0, "fit": 0.0, "predict": 0.0, "total": 0.0}
+    return {"status": "ok", "error_class": None, "message": "", "traceback": "", "timings": timings,
+            "peak_memory_mb": 1.0, "p_up": p_up, **(extra or {})}
+"""
+
+#: What the experiment's process tries in order to reach the data, the task or the harness's output.
+#: The harness is PID 1 of the container and its parent; both must be out of reach.
+REACH_THE_HARNESS = """
+import ctypes, os
+reached = [path for path in ("/data", "/task") if os.path.exists(path)]
+for pid in sorted({1, os.getppid()}):
+    for name in ("mem", "environ", "maps", "fd/0", "fd/1", "fd/3"):
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                if f.read(1):
+                    reached.append(f"/proc/{pid}/{name}")
+        except OSError:
+            pass
+    if ctypes.CDLL(None, use_errno=True).ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
+        reached.append(f"ptrace {pid}")
+if reached:
+    raise RuntimeError("ESCAPED: " + ", ".join(reached))
 """
 
 
@@ -81,9 +89,7 @@ def host_canary(tmp_path_factory) -> Path:
     return canary
 
 
-def attack_specs(
-    host_canary: Path, holdout_view: Path, reward_end_ns: int
-) -> dict[str, tuple[ExperimentSpec, str, str]]:
+def attack_specs(host_canary: Path) -> dict[str, tuple[ExperimentSpec, str, str]]:
     """name -> (spec, expected status, fragment of the expected message)."""
     attacks = {
         "network_connect": (
@@ -104,33 +110,12 @@ def attack_specs(
             "",
         ),
         "read_host_file": (features_doing("", f"open({str(host_canary)!r}).read()"), "runtime_error", "No such file"),
-        "read_holdout_view": (
-            features_doing("", f"open({str(holdout_view)!r}, 'rb').read()"),
-            "runtime_error",
-            "No such file",
-        ),
-        "holdout_not_in_data": (
-            features_doing(
-                "import os",
-                f"""
-                seen = np.load("/data/panel.npz")["timestamp"].max()
-                if seen > {reward_end_ns} or os.listdir("/data") != ["panel.npz"]:
-                    raise RuntimeError("ESCAPED: the sandbox sees past the reward window")
-                """,
-            ),
-            "ok",
-            "",
-        ),
+        "reach_the_harness": (features_doing("", REACH_THE_HARNESS), "ok", ""),
         "read_shadow": (features_doing("", 'open("/etc/shadow").read()'), "runtime_error", "Permission denied"),
         "write_harness": (
             features_doing("", 'open("/opt/harness/harness.py", "w").write("x")'),
             "runtime_error",
             "Read-only",
-        ),
-        "write_data": (
-            features_doing("", 'open("/data/panel.npz", "r+b").write(b"x")'),
-            "runtime_error",
-            "Permission denied",
         ),
         "fill_tmp": (
             features_doing("", 'f = open("/tmp/fill", "wb")\nfor _ in range(64): f.write(b"x" * 2**20); f.flush()'),
@@ -155,26 +140,33 @@ def attack_specs(
         "memory_bomb": (features_doing("", "hog = bytearray(2 * 1024**3)"), "out_of_memory", "memory limit"),
         "memory_error": (features_doing("", "hog = np.ones(10**13)"), "out_of_memory", "MemoryError"),
         "stdout_flood": (
-            features_doing("import sys", 'chunk = "x" * 2**20\nfor _ in range(1024): sys.stdout.write(chunk + "\\n")'),
+            features_doing(
+                "import sys\nFLOODED = []",
+                "if not FLOODED:\n"
+                "    FLOODED.append(1)\n"
+                '    chunk = "x" * 2**20\n'
+                '    for _ in range(1024): sys.stdout.write(chunk + "\\n")',
+            ),
             "ok",
             "",
         ),
-        "kill_harness": (
+        "kill_itself": (
             features_doing("import os, signal", "os.kill(os.getpid(), signal.SIGKILL)"),
-            "bad_predictions",
-            "no result",
+            "runtime_error",
+            "killed by signal 9",
         ),
-        "exit_silently": (features_doing("import os", "os._exit(0)"), "bad_predictions", "no result"),
+        "kill_the_harness": (features_doing("import os, signal", "os.kill(1, signal.SIGKILL)"), "ok", ""),
+        "exit_silently": (features_doing("import os", "os._exit(0)"), "runtime_error", "exited with code 0"),
         "sys_exit": (features_doing("import sys", "sys.exit(0)"), "runtime_error", "SystemExit"),
-        "forge_bogus_rows": (
+        "forge_a_result": (
             features_doing(FORGE, "forge(forged_ok())\nos._exit(0)"),
-            "bad_predictions",
-            "do not cover exactly the test rows",
+            "runtime_error",
+            "the experiment's process",
         ),
         "forge_extra_score": (
             features_doing(FORGE, 'forge(forged_ok({"sharpe": 9.9}))\nos._exit(0)'),
-            "bad_predictions",
-            "invalid",
+            "runtime_error",
+            "the experiment's process",
         ),
         "forge_at_exit": (features_doing(FORGE + "\nimport atexit", "atexit.register(forge, forged_ok())"), "ok", ""),
     }
@@ -183,20 +175,16 @@ def attack_specs(
 
 @pytest.fixture(scope="module")
 def attack_results(sandbox_panel, tmp_path_factory, host_canary):
-    cache = tmp_path_factory.mktemp("attacks")
-    runner = make_runner(sandbox_panel, cache)
-    holdout_view = write_view(sandbox_panel, None, cache / "views").path  # on the host, beside the reward view
-    reward_view_hash = sha256(runner.reward_view.path)
-    reward_end_ns = int(pl.Series([runner.plan.reward_end]).dt.epoch("ns")[0])
-    specs = attack_specs(host_canary, holdout_view, reward_end_ns)
+    runner = make_runner(sandbox_panel, tmp_path_factory.mktemp("attacks"))
+    specs = attack_specs(host_canary)
     results = run_batch(runner, {name: s for name, (s, _, _) in specs.items()})
-    return {"runner": runner, "specs": specs, "results": results, "reward_view_hash": reward_view_hash}
+    return {"runner": runner, "specs": specs, "results": results}
 
 
 ATTACKS = [
-    "network_connect", "network_dns", "only_loopback", "read_host_file", "read_holdout_view", "holdout_not_in_data",
-    "read_shadow", "write_harness", "write_data", "fill_tmp", "exec_from_tmp", "become_root", "fork_bomb",
-    "memory_bomb", "memory_error", "stdout_flood", "kill_harness", "exit_silently", "sys_exit", "forge_bogus_rows",
+    "network_connect", "network_dns", "only_loopback", "read_host_file", "reach_the_harness", "read_shadow",
+    "write_harness", "fill_tmp", "exec_from_tmp", "become_root", "fork_bomb", "memory_bomb", "memory_error",
+    "stdout_flood", "kill_itself", "kill_the_harness", "exit_silently", "sys_exit", "forge_a_result",
     "forge_extra_score", "forge_at_exit",
 ]  # fmt: skip
 
@@ -225,9 +213,18 @@ def test_a_forged_result_never_replaces_the_harness_result(attack_results):
     )
 
 
-def test_killed_sandboxes_report_their_exit(attack_results):
-    assert attack_results["results"]["kill_harness"].exit_code == 137
-    assert attack_results["results"]["memory_bomb"].exit_code == 137
+def test_the_harness_outlives_the_experiment_and_reports(attack_results):
+    # the experiment's process died (killed, or by the memory limit): the harness still wrote the result
+    for name in ("kill_itself", "memory_bomb", "exit_silently"):
+        result = attack_results["results"][name]
+        assert result.exit_code == 0 and set(result.timings) == {"load", "fit", "predict", "total", "wall"}, name
+
+
+def test_forged_reports_never_reach_the_host(attack_results):
+    for name in ("forge_a_result", "forge_extra_score"):
+        result = attack_results["results"][name]
+        assert not result.ok and result.peak_memory_mb != 1.0
+        assert set(result.timings) == {"load", "fit", "predict", "total", "wall"}
 
 
 # ---- time limits ----
@@ -243,6 +240,9 @@ def timeout_results(sandbox_panel, tmp_path_factory):
             "stubborn",
             features_doing("import signal, time", "signal.signal(signal.SIGALRM, signal.SIG_IGN)\ntime.sleep(600)"),
         ),
+        "stop_the_harness": spec(
+            "stop", features_doing("import os, signal, time", "os.kill(1, signal.SIGSTOP)\ntime.sleep(600)")
+        ),
         "swallow_the_alarm": spec(
             "swallow",
             features_doing(
@@ -256,129 +256,33 @@ def timeout_results(sandbox_panel, tmp_path_factory):
 
 
 def test_the_harness_stops_code_at_the_time_limit(timeout_results):
-    results, _ = timeout_results
-    for name in ("infinite_loop", "sleep", "swallow_the_alarm"):
-        assert results[name].status == "timeout", name
-        assert "time limit of 3 s" in results[name].message
-
-
-def test_the_host_kills_code_that_ignores_the_alarm(timeout_results):
+    # the alarm is the trusted harness's, in another process: the experiment cannot ignore, swallow or stop it
     results, elapsed = timeout_results
-    stubborn = results["ignore_the_alarm"]
-    assert stubborn.status == "timeout" and stubborn.exit_code is None
-    assert "killed after 8 s" in stubborn.message
+    for name in ("infinite_loop", "sleep", "ignore_the_alarm", "swallow_the_alarm", "stop_the_harness"):
+        assert results[name].status == "timeout", name
+        assert "time limit of 3 s" in results[name].message, results[name].message
+        assert results[name].exit_code == 0
     assert elapsed < 30
 
 
-# ---- lookahead guard ----
-
-LOOKAHEAD = {
-    "shift_minus_1": """
-        import pandas as pd
-
-        def make_features(df):
-            out = pd.DataFrame(index=df.index)
-            out["ret_1"] = df["close"].pct_change()
-            out["next_ret"] = df["close"].pct_change().shift(-1)
-            return out
-    """,
-    "centred_window": """
-        import pandas as pd
-
-        def make_features(df):
-            out = pd.DataFrame(index=df.index)
-            out["ret_1"] = df["close"].pct_change()
-            out["smooth"] = df["close"].rolling(5, center=True).mean() / df["close"]
-            return out
-    """,
-    "full_sample_normalisation": """
-        import pandas as pd
-
-        def make_features(df):
-            out = pd.DataFrame(index=df.index)
-            out["ret_1"] = df["close"].pct_change()
-            out["level"] = (df["close"] - df["close"].mean()) / df["close"].std()
-            return out
-    """,
-}
-
-STASH_FEATURES = """
-    import numpy as np
-    import pandas as pd
-
-    FUTURE = {}
-
-    def make_features(df):
-        out = pd.DataFrame(index=df.index)
-        out["ret_1"] = df["close"].pct_change()
-        out["ret_5"] = df["close"].pct_change(5)
-        nxt = df["close"].shift(-1)
-        up = np.where(nxt.isna(), 0.5, (nxt > df["close"]).astype(float))
-        FUTURE.update(zip(out["ret_1"].round(12), up))
-        return out
-"""
-STASH_MODEL = """
-    import numpy as np
-
-    class Oracle:
-        def fit(self, X, y):
-            return self
-
-        def predict_proba(self, X):
-            p = np.array([FUTURE.get(round(x, 12), 0.5) for x in X[:, 0]])
-            return np.column_stack([1 - p, p])
-
-    def make_model():
-        return Oracle()
-"""
-PERFECT_FORESIGHT = """
-    def make_features(df):
-        task = json.load(open("/task/task.json"))
-        data = np.load("/data/panel.npz")
-        symbols = sorted(set(data["symbol"].tolist()))
-        rows = {"timestamp": [], "symbol": [], "fold": [], "p_up": []}
-        for fold in task["folds"]:
-            for code, name in enumerate(symbols):
-                mine = data["symbol"] == name
-                t, close = data["timestamp"][mine], data["close"][mine]
-                for i in np.flatnonzero((t >= fold["test_start"]) & (t <= fold["test_end"])):
-                    rows["timestamp"].append(t[i])
-                    rows["symbol"].append(code)
-                    rows["fold"].append(fold["index"])
-                    rows["p_up"].append(float(close[i + 1] > close[i]) if i + 1 < len(close) else 0.5)
-        predictions = {"symbols": symbols, "timestamp": encode(rows["timestamp"], "<i8"),
-                       "symbol": encode(rows["symbol"], "<i4"), "fold": encode(rows["fold"], "<i4"),
-                       "p_up": encode(rows["p_up"], "<f8")}
-        forge({**forged_ok(), "predictions": predictions})
-        os._exit(0)
-"""
+# ---- every family runs ----
 
 
 @pytest.fixture(scope="module")
-def lookahead_results(sandbox_panel, tmp_path_factory):
-    runner = make_runner(sandbox_panel, tmp_path_factory.mktemp("lookahead"), lookahead=True)
-    specs = {name: spec(name, features) for name, features in LOOKAHEAD.items()}
-    specs["stashed_global"] = spec("stash", STASH_FEATURES, STASH_MODEL)
-    specs["forged_perfect_foresight"] = spec("oracle", FORGE + textwrap.dedent(PERFECT_FORESIGHT))
-    specs |= {f"honest_{family}": spec(family, HONEST_FEATURES, model) for family, model in HONEST_MODELS.items()}
+def honest_results(sandbox_panel, tmp_path_factory):
+    runner = make_runner(sandbox_panel, tmp_path_factory.mktemp("honest"))
+    specs = {family: spec(family, HONEST_FEATURES, model) for family, model in HONEST_MODELS.items()}
     return runner, run_batch(runner, specs)
 
 
-@pytest.mark.parametrize("name", [*LOOKAHEAD, "stashed_global", "forged_perfect_foresight"])
-def test_reading_the_future_is_caught(lookahead_results, name):
-    result = lookahead_results[1][name]
-    assert result.status == "lookahead", f"{result.status}: {result.message}"
-    assert result.error_class == "lookahead" and result.predictions_path is None
-
-
 @pytest.mark.parametrize("family", list(HONEST_MODELS))
-def test_honest_models_of_every_family_run_and_are_not_flagged(lookahead_results, family):
-    runner, results = lookahead_results
-    result = results[f"honest_{family}"]
+def test_honest_models_of_every_family_run(honest_results, family):
+    runner, results = honest_results
+    result = results[family]
     assert result.ok, f"{result.status}: {result.message}\n{result.traceback}"
-    assert result.lookahead_max_diff == 0.0
     predictions = runner.predictions(result)
-    assert predictions.select("timestamp", "symbol", "fold").equals(runner.reward_view.test_rows(runner.plan.folds))
+    expected = runner.reward_view.test_rows(runner.plan.folds).sort("fold", "timestamp", "symbol")
+    assert predictions.select("timestamp", "symbol", "fold").equals(expected)
     p_up = predictions.get_column("p_up").drop_nans()
     assert p_up.len() > 0.9 * predictions.height and p_up.min() >= 0 and p_up.max() <= 1
 
@@ -454,9 +358,8 @@ def test_a_traceback_shows_the_generated_line(taxonomy_results):
 # ---- the host and the next experiment, after all of the above ----
 
 
-def test_host_and_next_experiment_are_unaffected(attack_results, timeout_results, lookahead_results, taxonomy_results):
+def test_host_and_next_experiment_are_unaffected(attack_results, timeout_results, honest_results, taxonomy_results):
     runner = attack_results["runner"]
-    assert sha256(runner.reward_view.path) == attack_results["reward_view_hash"]
     assert runner.run(spec("next", HONEST_FEATURES, LOGISTIC + "\n# next")).ok
     client = docker.from_env()
     assert client.api.containers(all=True, filters={"label": RUN_LABEL}) == []
@@ -492,15 +395,15 @@ def _containers_created(client: docker.DockerClient, run_id: str, since: float) 
 
 def test_an_identical_experiment_never_runs_twice(sandbox_panel, tmp_path):
     client = docker.from_env()
-    runner = make_runner(sandbox_panel, tmp_path, lookahead=True)
+    runner = make_runner(sandbox_panel, tmp_path)
     started = time.time() - 1
     first = runner.run(spec("first"))
     assert first.ok and not first.cached
-    assert _containers_created(client, runner.run_id, started) == 2  # the run and its lookahead re-run
+    assert _containers_created(client, runner.run_id, started) == 1
 
     again = time.time()
     renamed = runner.run(spec("same code, another name"))
-    other_process = make_runner(sandbox_panel, tmp_path, lookahead=True)  # a fresh runner reads the same cache
+    other_process = make_runner(sandbox_panel, tmp_path)  # a fresh runner reads the same cache
     from_disk = other_process.run(spec("first"))
     assert renamed.cached and from_disk.cached
     assert renamed.cache_key == from_disk.cache_key == first.cache_key

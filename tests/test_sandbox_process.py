@@ -1,5 +1,9 @@
-"""The process executor (no Docker engine): it warns that it is no boundary, and still contains
-runaway time, memory and processes, and (where namespaces are permitted) the network."""
+"""The process executor (no Docker engine): the harness under bubblewrap, with its limits.
+
+What it hides from the experiment (the runs directory, the network, the harness) is shown in
+tests/test_reward_integrity.py with the attacks that tried; here: time, memory, processes, and a
+clear error where bubblewrap is missing.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,18 @@ import pytest
 from sandbox_fixtures import features_doing, spec
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
-from sharpe_rl.sandbox.process_executor import NOT_A_BOUNDARY, ProcessExecutor
+from sharpe_rl.sandbox import InfrastructureError
+from sharpe_rl.sandbox.process_executor import SANDBOX_HARNESS_DIR, ProcessExecutor
 from sharpe_rl.sandbox.runner import SandboxRunner
 
-LIMITS = {"timeout_seconds": 3, "memory_mb": 1024, "pids_limit": 64, "tmpfs_mb": 16, "workers": 2}
+LIMITS = {"timeout_seconds": 15, "memory_mb": 1024, "pids_limit": 64, "tmpfs_mb": 16, "workers": 2}
 
 
 @pytest.fixture(scope="module")
 def process_runner(sandbox_panel, tmp_path_factory) -> SandboxRunner:
-    with pytest.warns(RuntimeWarning, match="NOT a security boundary"):
-        return SandboxRunner(
-            sandbox_panel,
-            EvalConfig(lookahead_check=False),
-            SandboxConfig(executor="process", **LIMITS),
-            tmp_path_factory.mktemp("process"),
-        )
+    return SandboxRunner(
+        sandbox_panel, EvalConfig(), SandboxConfig(executor="process", **LIMITS), tmp_path_factory.mktemp("process")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +38,12 @@ def process_results(process_runner):
         ),
         "memory_bomb": spec("hog", features_doing("", "hog = bytearray(4 * 1024**3)")),
         "fork_bomb": spec("forks", features_doing("import os", "while True: os.fork()")),
-        "network": spec(
-            "net", features_doing("import socket", 'socket.create_connection(("1.1.1.1", 443), timeout=3)')
+        "fill_tmp": spec(
+            "fill", features_doing("", 'f = open("/tmp/fill", "wb")\nfor _ in range(64): f.write(b"x" * 2**20)')
         ),
     }
     results = process_runner.run_many(list(specs.values()))
     return dict(zip(specs, results, strict=True))
-
-
-def test_it_warns_that_it_is_not_a_boundary(caplog):
-    with pytest.warns(RuntimeWarning, match="NOT a security boundary"):
-        ProcessExecutor(SandboxConfig(executor="process"))
-    assert NOT_A_BOUNDARY in caplog.text
 
 
 def test_an_honest_experiment_runs(process_runner, process_results):
@@ -60,14 +55,15 @@ def test_an_honest_experiment_runs(process_runner, process_results):
     )
 
 
-def test_time_is_limited(process_results):
-    assert process_results["infinite_loop"].status == "timeout"
-    stubborn = process_results["ignore_the_alarm"]
-    assert stubborn.status == "timeout" and stubborn.exit_code is None  # killed by the host
+def test_time_is_limited_by_the_harness_whatever_the_experiment_does(process_results):
+    for name in ("infinite_loop", "ignore_the_alarm"):
+        assert process_results[name].status == "timeout", process_results[name].message
+        assert "time limit of 15 s" in process_results[name].message
 
 
-def test_memory_is_limited(process_results):
+def test_memory_and_files_are_limited(process_results):
     assert process_results["memory_bomb"].status == "out_of_memory"
+    assert process_results["fill_tmp"].status == "runtime_error"
 
 
 def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(process_results):
@@ -77,15 +73,15 @@ def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(process_results):
     assert leftovers == []
 
 
-def test_the_network_is_cut_where_namespaces_are_permitted(process_runner, process_results):
-    if not process_runner.executor.isolation:
-        pytest.skip("no network namespace on this system")
-    assert "Network is unreachable" in process_results["network"].message
+def test_without_bubblewrap_it_refuses_to_run_and_says_what_to_install(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(InfrastructureError, match="apt-get install bubblewrap"):
+        ProcessExecutor(SandboxConfig(executor="process"))
 
 
 def _is_harness(pid: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"sharpe-rl-process-" in cmdline.read()
+            return f"{SANDBOX_HARNESS_DIR}/".encode() in cmdline.read()
     except OSError:
         return False

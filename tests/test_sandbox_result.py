@@ -12,50 +12,50 @@ import pytest
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import RESULT_MARKER, bad_predictions_reason
-from sharpe_rl.sandbox.result import ReportError, decode_predictions, read_report
+from sharpe_rl.sandbox.result import ReportError, decode_p_up, read_report
 from sharpe_rl.sandbox.runner import SandboxRunner
 
+NONCE = "0123456789abcdef0123456789abcdef"
+TIMINGS = {"load": 0.5, "fit": 0.2, "predict": 0.3, "total": 1.0}
 
-def encode(values, dtype: str) -> str:
-    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+def encode(values) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode()
 
 
 def report(**changes) -> dict:
-    predictions = {
-        "symbols": ["BTCUSDT", "ETHUSDT"],
-        "timestamp": encode([1_700_000_000_000_000_000, 1_700_000_000_000_000_000], "<i8"),
-        "symbol": encode([0, 1], "<i4"),
-        "fold": encode([0, 0], "<i4"),
-        "p_up": encode([0.4, math.nan], "<f8"),
-    }
     base = {
         "status": "ok",
         "error_class": None,
         "message": "",
         "traceback": "",
-        "timings": {"total": 1.0},
+        "timings": TIMINGS,
         "peak_memory_mb": 100.0,
-        "predictions": predictions,
+        "p_up": encode([0.4, math.nan]),
     }
     return {**base, **changes}
 
 
-def stdout_of(*reports: dict, noise: str = "") -> bytes:
-    return (noise + "".join(RESULT_MARKER + json.dumps(r) + "\n" for r in reports)).encode()
+def stdout_of(*reports: dict, noise: str = "", nonce: str = NONCE) -> bytes:
+    return (noise + "".join(RESULT_MARKER + nonce + json.dumps(r) + "\n" for r in reports)).encode()
 
 
-def test_the_last_result_line_wins():
-    failed = report(status="timeout", error_class="timeout", message="slow", predictions=None)
-    parsed = read_report(stdout_of(report(), failed, noise="hello\n"))
-    assert parsed.status == "timeout" and parsed.predictions is None
+def test_the_last_line_with_the_nonce_wins():
+    failed = report(status="timeout", error_class="timeout", message="slow", p_up=None)
+    parsed = read_report(stdout_of(report(), failed, noise="hello\n"), NONCE)
+    assert parsed.status == "timeout" and parsed.p_up is None
 
 
-def test_predictions_decode_to_the_stored_schema():
-    frame = decode_predictions(read_report(stdout_of(report())).predictions)
-    assert frame.columns == ["timestamp", "symbol", "fold", "p_up"]
-    assert frame.get_column("symbol").to_list() == ["BTCUSDT", "ETHUSDT"]
-    assert str(frame.get_column("timestamp")[0]) == "2023-11-14 22:13:20+00:00"
-    assert math.isnan(frame.get_column("p_up")[1])
+def test_a_line_without_the_nonce_is_never_read():
+    forged = stdout_of(report(peak_memory_mb=1.0), nonce="f" * 32)
+    assert read_report(stdout_of(report()) + forged, NONCE).peak_memory_mb == 100.0
+    with pytest.raises(ReportError, match="no result"):
+        read_report(forged, NONCE)
+
+
+def test_probabilities_decode_one_per_row():
+    p_up = decode_p_up(read_report(stdout_of(report()), NONCE).p_up or "", rows=2)
+    assert p_up[0] == 0.4 and math.isnan(p_up[1])
 
 
 @pytest.mark.parametrize(
@@ -63,33 +63,26 @@ def test_predictions_decode_to_the_stored_schema():
     [
         b"",
         b"the experiment printed this and died\n",
-        (RESULT_MARKER + "{not json").encode(),
+        (RESULT_MARKER + NONCE + "{not json").encode(),
         stdout_of(report(sharpe=3.0)),  # a score smuggled in: unknown keys are refused
+        stdout_of(report(timings={**TIMINGS, "stolen key/1": 1.0})),  # the timings are a fixed set
+        stdout_of(report(timings={**TIMINGS, "fit": math.inf})),
         stdout_of(report(status="ok", error_class="timeout")),
         stdout_of(report(status="timeout", error_class="timeout")),  # a failure with predictions
-        stdout_of(report(status="ok", predictions=None)),
+        stdout_of(report(status="ok", p_up=None)),
         stdout_of(report(status="great", error_class=None)),
         stdout_of(report(peak_memory_mb="100")),  # no type coercion
     ],
 )
 def test_malformed_or_forged_reports_are_refused(stdout):
     with pytest.raises(ReportError):
-        read_report(stdout)
+        read_report(stdout, NONCE)
 
 
-@pytest.mark.parametrize(
-    "predictions",
-    [
-        {"symbol": encode([0, 5], "<i4")},  # an index outside the symbol list
-        {"p_up": encode([0.5], "<f8")},  # arrays of different lengths
-        {"timestamp": "not base64!"},
-        {"fold": base64.b64encode(b"abc").decode()},  # not a whole number of int32s
-    ],
-)
-def test_malformed_prediction_arrays_are_refused(predictions):
-    wire = read_report(stdout_of(report(predictions={**report()["predictions"], **predictions}))).predictions
+@pytest.mark.parametrize("encoded", [encode([0.5]), encode([0.5, 0.5, 0.5]), "not base64!", "YWJj"])
+def test_probabilities_of_the_wrong_count_or_form_are_refused(encoded):
     with pytest.raises(ReportError):
-        decode_predictions(wire)
+        decode_p_up(encoded, rows=2)
 
 
 @pytest.mark.parametrize(

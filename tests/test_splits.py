@@ -49,13 +49,6 @@ def test_holdout_is_the_last_fifth_and_no_fold_touches_it():
     assert plan.holdout_fold.test_end == plan.holdout_end
 
 
-def test_lookahead_cut_is_inside_the_last_test_window():
-    plan = plan_evaluation(hourly(1000), EvalConfig())
-    last = plan.folds[-1]
-    assert last.test_start < plan.lookahead_cut < last.test_end
-    assert plan.lookahead_fold().test_end == plan.lookahead_cut
-
-
 def test_no_holdout_when_fraction_is_zero():
     plan = plan_evaluation(hourly(200), EvalConfig(holdout_fraction=0))
     assert plan.holdout_fold is None and plan.reward_end == hourly(200)[-1]
@@ -73,15 +66,6 @@ def test_wire_form_is_nanoseconds():
     wire = plan.folds[0].to_wire()
     assert wire["train_start"] == int(START.timestamp()) * 10**9
     assert wire["index"] == 0
-
-
-def test_lookahead_cut_truncates_something_even_in_the_shortest_window():
-    # 4 folds of 2 test bars each: the cut must fall before the last test bar, or nothing is removed
-    bars = hourly(60)
-    plan = plan_evaluation(bars, EvalConfig(n_folds=4, holdout_fraction=0, min_train_fraction=0.86))
-    last = plan.folds[-1]
-    assert bars.index(last.test_end) - bars.index(last.test_start) == 1
-    assert last.test_start <= plan.lookahead_cut < last.test_end
 
 
 def test_reward_panel_stops_at_the_reward_end():

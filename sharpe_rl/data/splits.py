@@ -54,12 +54,6 @@ class EvalPlan(BaseModel):
     holdout_end: datetime | None
     folds: list[Fold]
     holdout_fold: Fold | None
-    lookahead_cut: datetime
-
-    def lookahead_fold(self) -> Fold:
-        """The last fold with its test window cut at `lookahead_cut`, for the lookahead guard."""
-        last = self.folds[-1]
-        return last.model_copy(update={"test_end": self.lookahead_cut})
 
 
 class ProtocolError(ValueError):
@@ -96,9 +90,6 @@ def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan
         )
     chunks = np.array_split(test_positions, cfg.n_folds)
     folds = [_fold(i, reward, int(chunk[0]), int(chunk[-1]), gap) for i, chunk in enumerate(chunks)]
-    last_chunk = chunks[-1]
-    # the middle bar, rounded down: a cut at the window's last bar would truncate nothing
-    lookahead_cut = reward[int(last_chunk[(len(last_chunk) - 1) // 2])]
 
     holdout_fold = None
     if n_holdout:
@@ -110,7 +101,6 @@ def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan
         holdout_end=timestamps[-1] if n_holdout else None,
         folds=folds,
         holdout_fold=holdout_fold,
-        lookahead_cut=lookahead_cut,
     )
 
 

@@ -2,10 +2,19 @@
 
 This module is copied into the sandbox image beside the harness, so it uses the standard
 library only. Static checks, the sandbox, the reward and the report all speak these classes.
+
+The wire between the host and the sandbox, both ways:
+- host -> harness, on the sandbox's stdin: one task, `TASK_MAGIC`, then an 8-byte little-endian
+  length, then a JSON header of that length, then the raw little-endian arrays the header lists
+  (`encode_task`). Nothing is mounted: the data exists inside the sandbox only in the trusted
+  harness's memory.
+- harness -> host, on the sandbox's stdout: one line, `RESULT_MARKER`, the task's nonce, then a
+  JSON object (`result.HarnessReport`). The host reads only the line that carries its nonce.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from enum import StrEnum
@@ -26,7 +35,6 @@ class ErrorClass(StrEnum):
     out_of_memory = "out_of_memory"  # MemoryError or killed by the memory limit
     bad_interface = "bad_interface"  # no make_features/make_model, or no fit/predict_proba
     bad_predictions = "bad_predictions"  # NaN, wrong shape, constant, or no usable result
-    lookahead = "lookahead"  # predictions change when the future is removed
 
 
 #: Errors found before anything runs: the policy did not write a runnable program.
@@ -58,8 +66,28 @@ ALLOWED_PACKAGES = frozenset(
 #: The columns of every panel, and exactly what `make_features(df)` receives for one symbol.
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 
-#: The harness prints exactly one line starting with this marker; the host parses the last one.
+#: The harness prints exactly one line starting with this marker and the task's nonce.
 RESULT_MARKER = "@@SHARPE_RL_RESULT@@"
+
+#: The first bytes of a task on the harness's stdin.
+TASK_MAGIC = b"SHARPE-RL-TASK/1"
+#: The harness's exit code when it could not read its task (a host bug, never the experiment's fault).
+BAD_TASK_EXIT = 3
+
+#: Error classes the experiment's own process may report about itself (its exceptions and its
+#: interface). Anything else it claims is recorded as runtime_error.
+WORKER_ERRORS = (
+    ErrorClass.missing_column,
+    ErrorClass.type_error,
+    ErrorClass.value_error,
+    ErrorClass.runtime_error,
+    ErrorClass.out_of_memory,
+    ErrorClass.bad_interface,
+    ErrorClass.bad_predictions,
+    ErrorClass.syntax,
+    ErrorClass.forbidden_import,
+    ErrorClass.timeout,
+)
 
 
 def classify_exception(exc: BaseException) -> ErrorClass:
@@ -81,10 +109,6 @@ def classify_exception(exc: BaseException) -> ErrorClass:
         return ErrorClass.type_error
     return ErrorClass.runtime_error
 
-
-#: Where the sandbox finds its inputs (the Docker executor mounts them here, read-only).
-TASK_PATH = "/task/task.json"
-DATA_PATH = "/data/panel.npz"
 
 #: The environment every executor gives the harness. Hash seed and single-threaded math libraries
 #: make a rerun give bit-identical predictions (thread counts must be set before numpy loads).
@@ -122,3 +146,14 @@ def bad_predictions_reason(p_up: Iterable[float], folds: Iterable[int]) -> str |
     if all(len(values) == 1 for values in values_by_fold.values()):
         return "p_up is constant within every fold: a fixed position, not a prediction"
     return None
+
+
+def encode_task(header: dict, arrays: dict[str, tuple[str, bytes]]) -> bytes:
+    """One task as the harness reads it from stdin: magic, header length, JSON header, raw arrays.
+
+    `arrays` maps a name to (NumPy dtype string such as "<f8", raw bytes); the header gains an
+    `arrays` entry listing each one's name, dtype and byte length, in order.
+    """
+    listing = [[name, dtype, len(raw)] for name, (dtype, raw) in arrays.items()]
+    encoded = json.dumps({**header, "arrays": listing}).encode()
+    return b"".join([TASK_MAGIC, len(encoded).to_bytes(8, "little"), encoded, *(raw for _, raw in arrays.values())])

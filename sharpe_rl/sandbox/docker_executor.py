@@ -1,21 +1,22 @@
 """The Docker executor: each experiment in a fresh, locked-down container. This is the boundary.
 
-Guarantees (each one has a test in tests/test_sandbox_docker.py):
+Guarantees (each one has a test in tests/test_sandbox_docker.py or tests/test_reward_integrity.py):
 - No network: `network_mode=none`, the container has only a loopback interface.
-- The host's files are invisible: nothing is mounted but the task JSON and the one data view,
-  both read-only. The data view ends at the last bar the run may see (never the holdout during a
-  reward run). The root filesystem is read-only; the only writable place is a size-capped,
-  noexec tmpfs at /tmp that dies with the container.
+- The host's files are invisible: nothing is mounted. The task, with the bars of the data view,
+  arrives on the container's stdin and exists only in the trusted harness's memory (which the
+  experiment's process cannot read: see harness.py). The view ends at the last bar the run may
+  see (never the holdout during a reward run). The root filesystem is read-only; the only writable
+  place is a size-capped, noexec tmpfs at /tmp that dies with the container.
 - Not root, and cannot become root: a non-root user, every capability dropped, no-new-privileges.
 - Bounded resources: memory limit equal to memory+swap (no swap; exceeding it is an OOM kill,
   classed `out_of_memory`), a CPU quota, a pids limit (a fork bomb hits it), a wall-clock limit
-  enforced from the host (kill, then remove) on top of the harness's own SIGALRM, stdout/stderr
-  kept only up to `output_limit_kb` by the engine's log driver (a flood costs the host nothing
-  beyond that).
+  enforced from the host (kill, then remove) on top of the harness's own, stdout/stderr kept only
+  up to `output_limit_kb` by the engine's log driver (a flood costs the host nothing beyond that).
+  The result is read from stdout and the diagnostics from stderr separately, so neither crowds
+  the other out.
 - Nothing survives a run: every container is removed in a `finally`; containers carry the labels
   `sharpe-rl.run` and `sharpe-rl.created`, and `reap_containers` removes those a crashed run left.
-- Runs are independent: a fresh container and tmpfs each time, nothing shared between two runs
-  (the lookahead re-run included).
+- Runs are independent: a fresh container and tmpfs each time, never reused.
 
 Not guaranteed:
 - Protection from kernel or container-runtime exploits: containers share the host kernel. This
@@ -23,24 +24,23 @@ Not guaranteed:
   Use a VM or gVisor (`runtime=runsc`) as the boundary when that matters.
 - CPU and disk-bandwidth fairness beyond the CPU quota; the engine's own CPU spent storing output.
 - Anything about what the experiment reports: the host validates and scores it, never trusting it.
-- Remote engines (DOCKER_HOST on another machine): the inputs are bind mounts of host files.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import docker
 import docker.errors
 import requests
+from docker.models.containers import Container
 from docker.types import LogConfig, Ulimit
 
 from sharpe_rl.config import SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
-from sharpe_rl.sandbox.contract import DATA_PATH, SANDBOX_ENV, TASK_PATH
-from sharpe_rl.sandbox.executor import RawOutcome, decode_tail, host_time_limit
+from sharpe_rl.sandbox.contract import SANDBOX_ENV
+from sharpe_rl.sandbox.executor import PRELOAD, RawOutcome, decode_tail, host_time_limit
 from sharpe_rl.sandbox.image import docker_client, image_exists, image_tag
 
 log = logging.getLogger(__name__)
@@ -66,25 +66,50 @@ class DockerExecutor:
                 "(or `.venv/bin/python sandbox_image/build.py`)"
             )
 
-    def execute(self, task_path: Path, data_path: Path) -> RawOutcome:
-        cfg = self.config
+    def execute(self, task: bytes) -> RawOutcome:
         started = time.perf_counter()
+        container = self._start()
+        try:
+            self._send(container, task)
+            timed_out = False
+            try:
+                exit_code: int | None = container.wait(timeout=host_time_limit(self.config))["StatusCode"]
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out, exit_code = True, None
+                container.kill()
+            state = self.client.api.inspect_container(container.id)["State"]
+            return RawOutcome(
+                stdout=container.logs(stdout=True, stderr=False),
+                stderr_tail=decode_tail(container.logs(stdout=False, stderr=True)),
+                exit_code=exit_code,
+                timed_out=timed_out,
+                oom_killed=bool(state.get("OOMKilled")),
+                wall_seconds=time.perf_counter() - started,
+            )
+        except docker.errors.DockerException as exc:
+            raise InfrastructureError(f"the Docker engine failed while running the sandbox: {exc}") from exc
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException as exc:
+                # never hide the outcome: the reaper removes what is left (labels name the run)
+                log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
+
+    def _start(self) -> Container:
+        """A new running sandbox whose harness waits for its task on stdin."""
+        cfg = self.config
         try:
             container = self.client.containers.create(
                 self.image,
                 user=SANDBOX_USER,
-                environment=SANDBOX_ENV,
+                environment={**SANDBOX_ENV, **PRELOAD},
                 working_dir="/tmp",
                 network_mode="none",
                 read_only=True,
+                stdin_open=True,
                 tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={cfg.tmpfs_mb}m,mode=1777"},
-                volumes={
-                    str(task_path.resolve()): {"bind": TASK_PATH, "mode": "ro"},
-                    str(data_path.resolve()): {"bind": DATA_PATH, "mode": "ro"},
-                },
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                init=True,  # an init as PID 1: signals reach the harness, zombies are reaped
                 ipc_mode="private",
                 pids_limit=cfg.pids_limit,
                 mem_limit=f"{cfg.memory_mb}m",
@@ -100,31 +125,20 @@ class DockerExecutor:
             raise InfrastructureError(f"the Docker engine could not create the sandbox container: {exc}") from exc
         try:
             container.start()
-            timed_out = False
-            try:
-                exit_code: int | None = container.wait(timeout=host_time_limit(cfg))["StatusCode"]
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                timed_out, exit_code = True, None
-                container.kill()
-            state = self.client.api.inspect_container(container.id)["State"]
-            stdout = container.logs(stdout=True, stderr=False)
-            stderr = container.logs(stdout=False, stderr=True, tail=50)
-            return RawOutcome(
-                stdout=stdout,
-                stderr_tail=decode_tail(stderr),
-                exit_code=exit_code,
-                timed_out=timed_out,
-                oom_killed=bool(state.get("OOMKilled")),
-                wall_seconds=time.perf_counter() - started,
-            )
         except docker.errors.DockerException as exc:
-            raise InfrastructureError(f"the Docker engine failed while running the sandbox: {exc}") from exc
+            container.remove(force=True)
+            raise InfrastructureError(f"the Docker engine could not start the sandbox container: {exc}") from exc
+        return container
+
+    def _send(self, container: Container, task: bytes) -> None:
+        """Write the task to the container's stdin (its harness reads exactly one task)."""
+        socket = self.client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+        try:
+            getattr(socket, "_sock", socket).sendall(task)
+        except OSError as exc:  # the harness is gone already: its exit code and stderr will say why
+            log.warning("could not send the task to sandbox container %s: %s", container.id, exc)
         finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException as exc:
-                # never hide the outcome: the reaper removes what is left (labels name the run)
-                log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
+            socket.close()
 
 
 def reap_containers(

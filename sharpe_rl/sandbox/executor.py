@@ -1,4 +1,4 @@
-"""What every executor does: run the harness on one task file and one data view, and report raw facts.
+"""What every executor does: run the harness on one task (sent on its stdin), and report raw facts.
 
 An executor never interprets the experiment's output; it reports what happened to the process
 (exit code, killed by the wall clock or by the memory limit) and the captured output, capped.
@@ -8,13 +8,14 @@ The runner turns that into an ExecutionResult.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from sharpe_rl.config import SandboxConfig
 
 #: Seconds the host waits beyond the harness's own time limit (process start, imports) before killing.
 HOST_GRACE_SECONDS = 5.0
+#: The environment that makes the sandbox import these before its task arrives (see worker.py).
+PRELOAD = {"SHARPE_RL_PRELOAD": "pandas"}
 #: How much of stderr is kept for the result.
 STDERR_TAIL_BYTES = 4000
 
@@ -35,8 +36,8 @@ class Executor(Protocol):
     name: str
     config: SandboxConfig
 
-    def execute(self, task_path: Path, data_path: Path) -> RawOutcome:
-        """Run the harness on `task_path` with `data_path` as its data; raise InfrastructureError if it cannot."""
+    def execute(self, task: bytes) -> RawOutcome:
+        """Run the harness with `task` on its stdin; raise InfrastructureError if it cannot."""
         ...
 
 

@@ -1,225 +1,178 @@
-"""The in-sandbox harness: run one experiment's walk-forward folds and report one result line.
+"""The trusted side of the sandbox: owns the data and the protocol, and writes the one result.
 
-Runs as a script with `contract.py` beside it (in the image: `/opt/harness/`), with the generated
-code in the same process, so nothing here is a security measure: the executor around it is the
-boundary, and the host validates everything this prints. Usage:
-`python harness.py [TASK_JSON [PANEL_NPZ]]` (defaults: contract.TASK_PATH, contract.DATA_PATH).
+Runs as the sandbox's main process (`python harness.py`, with `contract.py`, `protocol.py` and
+`worker.py` beside it; in the image at `/opt/harness/`). The generated code never runs here: it
+runs in a second process (`worker.py`) that this one starts before any data exists in the
+sandbox, and that can reach nothing but a pipe to this process. The point-in-time protocol makes
+reading the future impossible rather than detectable:
 
-What it does, in order:
-1. Moves stdout out of the way (everything the experiment prints goes to stderr) and arms a
-   SIGALRM timer at the task's time limit.
-2. Executes the features source, then the model source, in one namespace; both must define
-   `make_features(df)` and `make_model()` (else `bad_interface`).
-3. Calls `make_features(df)` per symbol, `df` being that symbol's bars indexed by timestamp with
-   exactly the columns open, high, low, close, volume; aligns the result back to the symbol's bars
-   (non-finite values count as missing).
-4. Labels each bar 1 if the close `horizon` bars later on the union timeline is higher, 0 if not,
-   NaN when that bar is missing for the symbol (so a gap never stretches a label).
-5. Per fold: fits a fresh `make_model()` on the pooled training rows (finite features and label,
-   inside [train_start, train_end]) and predicts `predict_proba(X)[:, 1]` for every test row in
-   [test_start, test_end]; a row with a missing feature gets NaN (traded flat by the host).
-   `X` is a float64 NumPy array (rows x feature columns), `y` an int64 array of 0/1.
-6. Prints `RESULT_MARKER + json` on the real stdout and exits at once (no atexit hooks run).
+1. Makes itself non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`), so a process of the same user cannot
+   read its memory, its file descriptors or its environment through /proc or ptrace; moves its
+   stdout out of the way (fd 1 goes to stderr, the result has a private copy).
+2. Starts the worker (stdin /dev/null, stdout = stderr, the two pipe ends its only other files;
+   see `worker.py`), which imports its libraries while this process waits.
+3. Reads the task from stdin (`contract.encode_task`: spec, folds, horizon, seed, time limit,
+   lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox.
+4. Labels every bar itself: 1 if the close `horizon` bars later on the union timeline is higher,
+   0 if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
+5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the
+   labels of the training rows only (a training row ends `horizon + embargo` bars before the test
+   window, so no label reaches into it), and waits for the fit; then, for each test time t, the bars
+   after the previous step up to t, and waits for one probability per bar at t (only at the bars
+   where the host's scoring rebalances; the other test bars are NaN, and their positions are never
+   read). The bars after t
+   are sent only once the answer for t is in: the worker never holds a bar later than the time it
+   is predicting. Folds follow each other in time, so earlier test bars are legitimate history
+   for later folds.
+6. Validates every answer (its kind, its exact length, each p_up in [0, 1] or NaN), measures the
+   time of each phase and the worker's peak memory itself, and kills the worker's process group.
+7. Prints `RESULT_MARKER + nonce + json` on its private stdout and exits at once.
 
-Determinism: PYTHONHASHSEED and single-threaded math libraries come from the executor's
-environment (contract.SANDBOX_ENV); `random`, NumPy and torch are re-seeded before each symbol's
-features and before each fold's model, so the last fold gives the same predictions whether or
-not earlier folds ran (the lookahead guard relies on that).
+The time limit counts from the task's arrival; a SIGALRM in this process (which the worker cannot
+disarm) interrupts any wait, and the host's wall clock is the backstop.
 """
 
 from __future__ import annotations
 
 import base64
-import builtins
+import contextlib
+import ctypes
 import json
-import linecache
 import os
-import random
-import resource
 import signal
+import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any, BinaryIO
 
 import numpy as np
-import pandas as pd
-from contract import (
-    DATA_PATH,
-    OHLCV_COLUMNS,
-    RESULT_MARKER,
-    TASK_PATH,
-    ErrorClass,
-    bad_predictions_reason,
-    classify_exception,
-)
+import protocol
+from contract import BAD_TASK_EXIT, RESULT_MARKER, TASK_MAGIC, WORKER_ERRORS, ErrorClass
 
-MAX_MESSAGE_CHARS = 500
-MAX_TRACEBACK_CHARS = 4000
-TRACEBACK_FRAMES = 8
+WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+PR_SET_DUMPABLE = 4
+TIMING_KEYS = ("load", "fit", "predict", "total")
+#: Seconds to wait for a worker that closed its pipe to finish exiting before it is killed.
+EXIT_GRACE_SECONDS = 1.0
 
 
 class ExperimentFailed(Exception):
-    """A failure the harness itself detected, with the error class it belongs to."""
+    """The experiment failed; its error class, message and (its own) traceback."""
 
-    def __init__(self, error_class: ErrorClass, message: str) -> None:
+    def __init__(self, error_class: ErrorClass, message: str, traceback: str = "") -> None:
         super().__init__(message)
         self.error_class = error_class
+        self.traceback = traceback
+
+
+class WorkerDied(ExperimentFailed):
+    """The worker ended without answering (exit status in `status`)."""
+
+    def __init__(self, status: int) -> None:
+        if os.WIFSIGNALED(status):
+            how = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with code {os.WEXITSTATUS(status)}"
+        super().__init__(ErrorClass.runtime_error, f"the experiment's process {how} before answering")
+        self.killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
 class TimeLimitExceeded(BaseException):
-    """Raised by SIGALRM. A BaseException, so `except Exception` in generated code cannot swallow it."""
+    """Raised by SIGALRM in this process."""
 
 
-def main(argv: list[str]) -> None:
-    """Run the task, print the one result line on the real stdout, exit without running any hooks."""
-    started = time.perf_counter()
-    harness_pid = os.getpid()
-    result_fd = _divert_stdout()
-    task_path = argv[1] if len(argv) > 1 else TASK_PATH
-    data_path = argv[2] if len(argv) > 2 else DATA_PATH
-    with open(task_path) as f:
-        task = json.load(f)
-    time_limit = float(task["time_limit_seconds"])
-    timings: dict[str, float] = {}
+class Worker:
+    """The experiment's process and the two pipes to it."""
 
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, time_limit)
-    try:
-        predictions = run_experiment(task, data_path, timings)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report: dict[str, Any] = {
-            "status": "ok",
-            "error_class": None,
-            "message": "",
-            "traceback": "",
-            "predictions": predictions,
-        }
-    except BaseException as exc:  # anything the experiment raises, SystemExit included, is its result
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report = _failure_report(exc, time_limit)
+    def __init__(self) -> None:
+        to_worker_read, to_worker_write = os.pipe()
+        from_worker_read, from_worker_write = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-s", WORKER_PATH, str(to_worker_read), str(from_worker_write)],
+            pass_fds=(to_worker_read, from_worker_write),
+            stdin=subprocess.DEVNULL,
+            stdout=2,
+            start_new_session=True,  # one process group to kill, whatever it starts
+        )
+        os.close(to_worker_read)
+        os.close(from_worker_write)
+        self.outbox = Connection(to_worker_write, readable=False)
+        self.inbox = Connection(from_worker_read, writable=False)
+        self.status: int | None = None
+        self.peak_memory_mb = 0.0
 
-    if os.getpid() != harness_pid:
-        os._exit(1)  # a process the experiment forked: only the harness process reports
-    timings["total"] = time.perf_counter() - started
-    report["timings"] = timings
-    usage = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    )
-    report["peak_memory_mb"] = usage / 1024  # Linux reports KiB
-    line = (RESULT_MARKER + json.dumps(report, allow_nan=False) + "\n").encode()
-    while line:
-        line = line[os.write(result_fd, line) :]
-    os._exit(0)
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        try:
+            self.outbox.send_bytes(kind + payload)
+        except (BrokenPipeError, ConnectionResetError):
+            raise self.died() from None
 
-
-def run_experiment(task: dict[str, Any], data_path: str, timings: dict[str, float]) -> dict[str, Any]:
-    """Features, labels and walk-forward folds; returns the wire form of the predictions."""
-    seed = int(task["seed"])
-    bars = load_bars(data_path)
-    make_features, make_model = load_experiment(task["spec"])
-
-    started = time.perf_counter()
-    dataset = build_dataset(bars, make_features, int(task["horizon"]), seed)
-    timings["features"] = time.perf_counter() - started
-
-    timings["fit"] = timings["predict"] = 0.0
-    parts = [run_fold(dataset, fold, make_model, seed, timings) for fold in task["folds"]]
-    row_index = np.concatenate([rows for rows, _, _ in parts])
-    fold_ids = np.concatenate([np.full(len(rows), index, dtype=np.int32) for rows, index, _ in parts])
-    p_up = np.concatenate([p for _, _, p in parts])
-    reason = bad_predictions_reason(p_up.tolist(), fold_ids.tolist())
-    if reason:
-        raise ExperimentFailed(ErrorClass.bad_predictions, reason)
-    return {
-        "symbols": dataset.symbols,
-        "timestamp": _b64(dataset.timestamps[row_index], "<i8"),
-        "symbol": _b64(dataset.symbol_codes[row_index], "<i4"),
-        "fold": _b64(fold_ids, "<i4"),
-        "p_up": _b64(p_up, "<f8"),
-    }
-
-
-def load_bars(path: str) -> dict[str, pd.DataFrame]:
-    """Per symbol, its bars indexed by UTC timestamp with exactly the OHLCV columns."""
-    with np.load(path, allow_pickle=False) as data:
-        timestamps = data["timestamp"].astype("<i8")
-        symbols = data["symbol"].astype(str)
-        columns = {name: data[name].astype(np.float64) for name in OHLCV_COLUMNS}
-    index = pd.DatetimeIndex(pd.to_datetime(timestamps, unit="ns", utc=True), name="timestamp")
-    frame = pd.DataFrame(columns, index=index)
-    return {symbol: frame[symbols == symbol] for symbol in sorted(set(symbols))}
-
-
-def load_experiment(spec: dict[str, str]) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Execute the two sources in one namespace; return make_features and make_model."""
-    namespace: dict[str, Any] = {"__name__": "experiment", "__builtins__": builtins}
-    for part in ("features", "model"):
-        filename = f"<{part}>"
-        source = spec[part]
-        # lets tracebacks show the generated lines, which is what the policy learns from
-        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        exec(compile(source, filename, "exec"), namespace)
-    missing = [name for name in ("make_features", "make_model") if not callable(namespace.get(name))]
-    if missing:
-        raise ExperimentFailed(ErrorClass.bad_interface, f"no callable {' or '.join(missing)} defined")
-    return namespace["make_features"], namespace["make_model"]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Pooled rows of every symbol: features, labels, timestamps (ns) and symbol codes."""
-
-    symbols: list[str]
-    features: np.ndarray
-    labels: np.ndarray
-    timestamps: np.ndarray
-    symbol_codes: np.ndarray
-    complete: np.ndarray  # rows whose features are all finite
-
-
-def build_dataset(bars: dict[str, pd.DataFrame], make_features: Callable[..., Any], horizon: int, seed: int) -> Dataset:
-    timeline = np.unique(np.concatenate([_ns(df.index) for df in bars.values()]))
-    columns: list[str] | None = None
-    first_symbol = ""
-    features, labels, timestamps, codes = [], [], [], []
-    for code, (symbol, df) in enumerate(bars.items()):
-        reseed(seed)
-        out = make_features(df.copy())
-        if isinstance(out, pd.Series):
-            out = out.to_frame()
-        if not isinstance(out, pd.DataFrame):
+    def ask(self, kind: bytes, payload: bytes = b"") -> tuple[bytes, memoryview]:
+        """Send a message and return the kind and payload of the answer (an ERROR raises)."""
+        self.send(kind, payload)
+        try:
+            frame = memoryview(self.inbox.recv_bytes(protocol.MAX_WORKER_FRAME))
+        except EOFError:
+            raise self.died() from None
+        except OSError as exc:  # a frame longer than the protocol allows
             raise ExperimentFailed(
-                ErrorClass.bad_interface, f"make_features must return a pandas DataFrame, got {type(out).__name__}"
-            )
-        out = out.reindex(df.index)
-        if columns is None:
-            columns, first_symbol = [str(c) for c in out.columns], symbol
-            if not columns:
-                raise ExperimentFailed(ErrorClass.bad_interface, "make_features returned no feature columns")
-        elif [str(c) for c in out.columns] != columns:
-            raise ExperimentFailed(
-                ErrorClass.value_error,
-                f"make_features returned columns {list(out.columns)} for {symbol} but {columns} for {first_symbol}",
-            )
-        # copy=True: under pandas' copy-on-write a single float column comes back as a read-only view
-        values = out.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
-        values[~np.isfinite(values)] = np.nan
-        features.append(values)
-        labels.append(forward_labels(_ns(df.index), df["close"].to_numpy(np.float64), timeline, horizon))
-        timestamps.append(_ns(df.index))
-        codes.append(np.full(len(df), code, dtype=np.int32))
-    matrix = np.concatenate(features)
-    return Dataset(
-        symbols=list(bars),
-        features=matrix,
-        labels=np.concatenate(labels),
-        timestamps=np.concatenate(timestamps),
-        symbol_codes=np.concatenate(codes),
-        complete=np.isfinite(matrix).all(axis=1),
+                ErrorClass.runtime_error, f"the experiment's process broke the protocol ({exc})"
+            ) from None
+        answer, body = bytes(frame[:1]), frame[1:]
+        if answer == protocol.ERROR and len(body) >= 1:
+            raise worker_error(body)
+        return answer, body
+
+    def died(self) -> WorkerDied:
+        deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        while self.status is None and time.monotonic() < deadline:
+            self._reap(os.WNOHANG)
+            time.sleep(0.01)
+        self.stop()
+        assert self.status is not None
+        return WorkerDied(self.status)
+
+    def stop(self) -> None:
+        """Kill the worker's process group and collect its exit status and peak memory."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.status is None:
+            self._reap(0)
+
+    def _reap(self, options: int) -> None:
+        pid, status, usage = os.wait4(self.process.pid, options)
+        if pid:
+            self.status = status
+            self.peak_memory_mb = usage.ru_maxrss / 1024  # Linux reports KiB
+            self.process.returncode = status  # the Popen object must not wait for it again
+
+
+def worker_error(body: memoryview) -> ExperimentFailed:
+    """An ERROR frame as a failure; a class the worker may not claim becomes runtime_error."""
+    code = body[0]
+    error_class = WORKER_ERRORS[code] if code < len(WORKER_ERRORS) else ErrorClass.runtime_error
+    text = bytes(body[1:]).decode("utf-8", errors="replace")
+    message, _, traceback = text.partition("\0")
+    return ExperimentFailed(
+        error_class, message[: protocol.MAX_MESSAGE_CHARS], traceback[-protocol.MAX_TRACEBACK_CHARS :]
     )
+
+
+def read_task(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and the arrays of the task on `stream` (see contract.encode_task)."""
+    if stream.read(len(TASK_MAGIC)) != TASK_MAGIC:
+        raise ValueError("the input does not start with a task")
+    length = int.from_bytes(stream.read(8), "little")
+    header = json.loads(stream.read(length))
+    arrays = {}
+    for name, dtype, size in header.pop("arrays"):
+        raw = stream.read(size)
+        if len(raw) != size:
+            raise ValueError(f"the task ended inside the array {name}")
+        arrays[name] = np.frombuffer(raw, dtype=dtype)
+    return header, arrays
 
 
 def forward_labels(timestamps: np.ndarray, close: np.ndarray, timeline: np.ndarray, horizon: int) -> np.ndarray:
@@ -234,99 +187,155 @@ def forward_labels(timestamps: np.ndarray, close: np.ndarray, timeline: np.ndarr
     return np.where(np.isfinite(forward_return), (forward_return > 0).astype(np.float64), np.nan)
 
 
-def run_fold(
-    data: Dataset, fold: dict[str, int], make_model: Callable[..., Any], seed: int, timings: dict[str, float]
-) -> tuple[np.ndarray, int, np.ndarray]:
-    """Fit on the fold's training rows; return (test row indices, fold index, p_up per test row)."""
-    index = int(fold["index"])
-    t = data.timestamps
-    train = (t >= fold["train_start"]) & (t <= fold["train_end"]) & data.complete & np.isfinite(data.labels)
-    test_rows = np.flatnonzero((t >= fold["test_start"]) & (t <= fold["test_end"]))
-    if not train.any():
-        raise ExperimentFailed(
-            ErrorClass.bad_predictions,
-            f"fold {index} has no training row whose features are all finite (a window longer than the data?)",
-        )
-    reseed(seed)
-    model = make_model()
-    missing = [method for method in ("fit", "predict_proba") if not callable(getattr(model, method, None))]
-    if missing:
-        raise ExperimentFailed(
-            ErrorClass.bad_interface, f"make_model() returned a {type(model).__name__} without {', '.join(missing)}"
-        )
+def label_bars(timestamps: np.ndarray, symbols: np.ndarray, close: np.ndarray, horizon: int) -> np.ndarray:
+    """The label of every bar (bars sorted by time, then symbol)."""
+    timeline = np.unique(timestamps)
+    labels = np.full(len(timestamps), np.nan)
+    for code in np.unique(symbols):
+        rows = np.flatnonzero(symbols == code)
+        labels[rows] = forward_labels(timestamps[rows], close[rows], timeline, horizon)
+    return labels
+
+
+def run_task(
+    header: dict[str, Any], arrays: dict[str, np.ndarray], worker: Worker, timings: dict[str, float]
+) -> np.ndarray:
+    """The point-in-time protocol (module docstring, step 5); returns p_up for every test bar, fold by fold."""
+    timestamps, symbols = arrays["timestamp"], arrays["symbol"]
+    ohlcv = arrays["ohlcv"].reshape(len(timestamps), 5)
+    labels = label_bars(timestamps, symbols, ohlcv[:, 3], int(header["horizon"]))
+
+    def bars(start: int, end: int) -> bytes:
+        return protocol.pack_bars(timestamps[start:end], symbols[start:end], ohlcv[start:end])
+
+    times, first_rows = np.unique(timestamps, return_index=True)
+    ends = np.append(first_rows[1:], len(timestamps))  # bars of times[i] are rows [first_rows[i], ends[i])
+    # the host scores from the first test bar and rebalances every `rebalance_every` bars from there
+    first_scored = int(np.searchsorted(times, header["folds"][0]["test_start"], side="left"))
+    rebalance_every = int(header["rebalance_every"])
+
+    spec = {**header["spec"], "seed": header["seed"], "lookback": header["lookback"]}
+    with timing(timings, "load"):
+        expect(worker.ask(protocol.SPEC, json.dumps(spec).encode()), protocol.OK)
+    sent = 0
+    answers = []
+    for fold in header["folds"]:
+        train = int(np.searchsorted(timestamps, fold["train_end"], side="right"))
+        if train > sent:
+            worker.send(protocol.BARS, bars(sent, train))
+            sent = train
+        fold_labels = np.where(timestamps[:train] >= fold["train_start"], labels[:train], np.nan)
+        with timing(timings, "fit"):
+            expect(worker.ask(protocol.FIT, fold_labels.astype("<f8").tobytes()), protocol.OK)
+        first = int(np.searchsorted(times, fold["test_start"], side="left"))
+        last = int(np.searchsorted(times, fold["test_end"], side="right"))
+        with timing(timings, "predict"):
+            for i in range(first, last):
+                rows = ends[i] - first_rows[i]
+                if (i - first_scored) % rebalance_every:  # positions change at rebalance bars only
+                    answers.append(np.full(rows, np.nan))
+                    continue
+                answers.append(read_p_up(worker.ask(protocol.STEP, bars(sent, ends[i])), rows))
+                sent = ends[i]
+    return np.concatenate(answers) if answers else np.empty(0)
+
+
+@contextlib.contextmanager
+def timing(timings: dict[str, float], key: str) -> Iterator[None]:
     started = time.perf_counter()
-    model.fit(data.features[train], data.labels[train].astype(np.int64))
-    timings["fit"] += time.perf_counter() - started
-
-    p_up = np.full(len(test_rows), np.nan)
-    predictable = data.complete[test_rows]
-    if predictable.any():
-        started = time.perf_counter()
-        proba = np.asarray(model.predict_proba(data.features[test_rows[predictable]]), dtype=np.float64)
-        timings["predict"] += time.perf_counter() - started
-        expected_rows = int(predictable.sum())
-        if proba.ndim != 2 or proba.shape[0] != expected_rows or proba.shape[1] < 2:
-            raise ExperimentFailed(
-                ErrorClass.bad_predictions,
-                f"predict_proba returned shape {proba.shape} for {expected_rows} rows; expected ({expected_rows}, 2)",
-            )
-        p_up[predictable] = proba[:, 1]
-    return test_rows, index, p_up
+    try:
+        yield
+    finally:
+        timings[key] += time.perf_counter() - started
 
 
-def reseed(seed: int) -> None:
-    """Reset every random generator the generated code may use."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.manual_seed(seed)
+def expect(answer: tuple[bytes, memoryview], kind: bytes) -> memoryview:
+    got, body = answer
+    if got != kind or (kind == protocol.OK and len(body)):
+        raise ExperimentFailed(ErrorClass.runtime_error, "the experiment's process broke the protocol")
+    return body
 
 
-def _failure_report(exc: BaseException, time_limit: float) -> dict[str, Any]:
-    if isinstance(exc, TimeLimitExceeded):
-        error_class, message = ErrorClass.timeout, f"ran past the time limit of {time_limit:g} s"
-    elif isinstance(exc, ExperimentFailed):
-        error_class, message = exc.error_class, str(exc)
-    else:
-        error_class, message = classify_exception(exc), type(exc).__name__
-        if str(exc):
-            message += f": {exc}"
+def read_p_up(answer: tuple[bytes, memoryview], n: int) -> np.ndarray:
+    """The n probabilities of a P_UP answer; bad_predictions unless each is in [0, 1] or NaN."""
+    body = expect(answer, protocol.P_UP)
+    if len(body) != 8 * n:
+        raise ExperimentFailed(
+            ErrorClass.bad_predictions, f"predict_proba gave {len(body) / 8:g} probabilities for {n} rows"
+        )
+    p_up = np.frombuffer(body, dtype="<f8").copy()
+    outside = ~np.isnan(p_up) & ~((p_up >= 0.0) & (p_up <= 1.0))
+    if outside.any():
+        raise ExperimentFailed(ErrorClass.bad_predictions, f"p_up must lie in [0, 1]; got {p_up[outside][0]!r}")
+    return p_up
+
+
+def oom_kills() -> int | None:
+    """How many processes the memory limit of this sandbox has killed so far (None: not readable here)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return None
+
+
+def main() -> None:
+    """Run one task from stdin, print the one result line on the real stdout, exit without running any hooks."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    sys.stdout.flush()
+    result_fd = os.dup(1)  # not inherited by the worker (Python's fds are non-inheritable)
+    os.dup2(2, 1)
+    oom_before = oom_kills()
+    worker = Worker()
+    try:
+        header, arrays = read_task(sys.stdin.buffer)
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"harness: could not read the task: {exc}", file=sys.stderr)
+        os._exit(BAD_TASK_EXIT)
+
+    started = time.perf_counter()
+    timings = dict.fromkeys(TIMING_KEYS, 0.0)
+    time_limit = float(header["time_limit_seconds"])
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, time_limit)
+    report: dict[str, Any]
+    try:
+        p_up = run_task(header, arrays, worker, timings)
+        report = {"status": "ok", "error_class": None, "message": "", "traceback": ""}
+        report["p_up"] = base64.b64encode(p_up.astype("<f8").tobytes()).decode("ascii")
+    except TimeLimitExceeded:
+        report = failure(ErrorClass.timeout, f"ran past the time limit of {time_limit:g} s")
+    except ExperimentFailed as exc:
+        report = failure(exc.error_class, str(exc), exc.traceback)
+        if isinstance(exc, WorkerDied) and exc.killed and oom_kills() not in (None, oom_before):
+            report = failure(ErrorClass.out_of_memory, "the experiment's process was killed at the memory limit")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    worker.stop()
+    timings["total"] = time.perf_counter() - started
+    report |= {"timings": timings, "peak_memory_mb": worker.peak_memory_mb}
+    line = (RESULT_MARKER + str(header["nonce"]) + json.dumps(report, allow_nan=False) + "\n").encode()
+    while line:
+        line = line[os.write(result_fd, line) :]
+    os._exit(0)
+
+
+def failure(error_class: ErrorClass, message: str, traceback: str = "") -> dict[str, Any]:
     return {
         "status": error_class.value,
         "error_class": error_class.value,
-        "message": message[:MAX_MESSAGE_CHARS],
-        "traceback": _user_traceback(exc)[-MAX_TRACEBACK_CHARS:],
-        "predictions": None,
+        "message": message,
+        "traceback": traceback,
+        "p_up": None,
     }
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """The last frames of the traceback, without the harness's own frames in front."""
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename != __file__]
-    lines = traceback.format_list(frames[-TRACEBACK_FRAMES:])
-    return "".join([*lines, *traceback.format_exception_only(exc)])
-
-
-def _divert_stdout() -> int:
-    """Keep a private copy of stdout for the result; send fd 1 (and so every print) to stderr."""
-    sys.stdout.flush()
-    result_fd = os.dup(1)
-    os.dup2(2, 1)
-    return result_fd
 
 
 def _on_alarm(signum: int, frame: object) -> None:
     raise TimeLimitExceeded
 
 
-def _ns(index: pd.DatetimeIndex) -> np.ndarray:
-    return index.as_unit("ns").asi8
-
-
-def _b64(values: np.ndarray, dtype: str) -> str:
-    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode("ascii")
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

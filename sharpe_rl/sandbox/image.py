@@ -37,13 +37,17 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 ENGINE_HINT = "start one with `sudo dockerd &` (or point DOCKER_HOST at one), or use --executor process"
 
 
+#: What runs inside every sandbox: the trusted harness, the experiment's process, their pipe protocol,
+#: and the contract they share with the host.
+HARNESS_FILES = {name: HARNESS_DIR / name for name in ("harness.py", "worker.py", "protocol.py", "contract.py")}
+
+
 def image_inputs() -> dict[str, Path]:
     """The files whose content defines the image (and therefore its tag)."""
     return {
         "Dockerfile": SANDBOX_IMAGE_DIR / "Dockerfile",
         "requirements.txt": SANDBOX_IMAGE_DIR / "requirements.txt",
-        "harness.py": HARNESS_DIR / "harness.py",
-        "contract.py": HARNESS_DIR / "contract.py",
+        **HARNESS_FILES,
     }
 
 

@@ -1,24 +1,27 @@
-"""The process executor: the same harness in a limited subprocess, for machines with no Docker engine.
+"""The process executor: the same harness in a bubblewrap sandbox, for machines with no Docker engine.
 
-THIS IS NOT A SECURITY BOUNDARY. Generated code runs as a local process that can read whatever
-its user can read (the holdout and the rest of the cache directory included, if it knows where
-to look), and can write to the host's /tmp. Use it to develop without an engine, never for RL
-runs on a machine that matters. Constructing one logs a warning and issues a RuntimeWarning.
+Each experiment runs under `bwrap` (Debian package `bubblewrap`), a small, well-kept tool that
+builds the sandbox from kernel namespaces. Guarantees (each one has a test in
+tests/test_sandbox_process.py):
+- Nothing of the host's filesystem is visible but, read-only: /usr (with the /bin, /lib, /lib64,
+  /sbin links), the Python installation and environment running this process, and the harness's
+  four files at /opt/harness. No runs directory, no cache, no home, no /etc. A fresh /proc and
+  /dev, and a size-capped tmpfs at /tmp, are the sandbox's own. The task, with its bars, arrives on
+  stdin and lives only in the trusted harness's memory (see harness.py).
+- New user, PID, network, IPC, UTS and cgroup namespaces: the experiment is uid 65534 with no
+  capabilities, sees only its own processes, has no network interface but loopback, and every
+  process it starts dies with the harness (PID 1 of the namespace) or with this host process.
+- Limits: a CPU-time rlimit and a host wall clock that kills the sandbox; an address-space rlimit
+  of `memory_mb` per process (virtual memory, stricter than Docker's limit on resident memory;
+  importing torch needs about 1.5 GB of address space); a file-size rlimit; a process-count rlimit.
+- Output: stdout kept up to `output_limit_kb` (the result is its one line), stderr's tail read
+  separately.
 
-What it does limit (each one has a test in tests/test_sandbox_process.py):
-- Time: the harness's SIGALRM, a CPU-time rlimit, and a host wall clock that kills the whole
-  process session (and the PID namespace, when there is one) with SIGKILL.
-- Memory: an address-space rlimit of `memory_mb` (virtual memory, so it is stricter than the
-  Docker limit on resident memory; importing torch needs about 1.5 GB of address space).
-- Processes: an rlimit on the number of processes of the user it runs as (a fork bomb hits it).
-- File size: an rlimit of `tmpfs_mb` on any file it writes.
-- Files: it runs in a fresh temporary directory holding copies of the task and the data view, with
-  a minimal environment (no host secrets in environment variables), removed afterwards.
-- Network and processes, where the system permits: a new network namespace (no interfaces but
-  loopback) and PID namespace (every process dies with the harness), via `unshare` as root
-  (then running as `nobody`) or `unshare -r` (a user namespace) otherwise. Where neither works it
-  runs without them and logs that the experiment can reach the network.
-- Output: stdout kept up to `output_limit_kb` (its end, where the result is), stderr's tail.
+Not guaranteed, and why Docker stays the default:
+- No cgroup: memory and process counts are rlimits per process and per user, not a total for
+  the sandbox. The sandbox's processes are the host user's as far as the kernel's process-count
+  limit goes, so that limit is set to what the user runs now plus `pids_limit` (racy by nature).
+- The kernel is shared, as with Docker; no seccomp filter is installed.
 """
 
 from __future__ import annotations
@@ -30,105 +33,98 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import IO
 
 from sharpe_rl.config import SandboxConfig
+from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import SANDBOX_ENV
-from sharpe_rl.sandbox.executor import STDERR_TAIL_BYTES, RawOutcome, decode_tail, host_time_limit
-from sharpe_rl.sandbox.image import HARNESS_DIR
+from sharpe_rl.sandbox.executor import PRELOAD, STDERR_TAIL_BYTES, RawOutcome, decode_tail, host_time_limit
+from sharpe_rl.sandbox.image import HARNESS_FILES
 
 log = logging.getLogger(__name__)
 
-NOT_A_BOUNDARY = (
-    "the process executor is NOT a security boundary: generated code runs as a local process that can "
-    "read your files; use the Docker executor for real runs"
-)
 NOBODY = 65534
-_NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
-_AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+#: Where the harness's files appear inside the sandbox.
+SANDBOX_HARNESS_DIR = "/opt/harness"
 
 
 class ProcessExecutor:
-    """Runs the harness as a local subprocess under rlimits; see the module docstring."""
+    """Runs the harness under bubblewrap; see the module docstring."""
 
     name = "process"
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
-        warnings.warn(NOT_A_BOUNDARY, RuntimeWarning, stacklevel=2)
-        log.warning(NOT_A_BOUNDARY)
-        self.as_root = os.geteuid() == 0
-        self.isolation = self._probe_isolation()
-        if not self.isolation:
-            log.warning("no network/PID namespace available here: experiments can reach the network")
+        self.bwrap = shutil.which("bwrap")
+        if self.bwrap is None:
+            raise InfrastructureError(
+                "the process executor needs bubblewrap: `apt-get install bubblewrap` (or use the Docker executor)"
+            )
 
-    def _probe_isolation(self) -> list[str]:
-        """The namespace prefix this system permits: as root, or in a user namespace, or none."""
-        prefix = [*_NAMESPACES, *_AS_NOBODY] if self.as_root else [_NAMESPACES[0], "--map-root-user", *_NAMESPACES[1:]]
-        if shutil.which("unshare") is None or (self.as_root and shutil.which("setpriv") is None):
-            return []
-        probe = subprocess.run([*prefix, "true"], capture_output=True)
-        return prefix if probe.returncode == 0 else []
-
-    def execute(self, task_path: Path, data_path: Path) -> RawOutcome:
+    def command(self) -> list[str]:
+        """The bwrap command line that runs the harness."""
         cfg = self.config
-        workdir = Path(tempfile.mkdtemp(prefix="sharpe-rl-process-"))
-        try:
-            for source in (HARNESS_DIR / "harness.py", HARNESS_DIR / "contract.py", task_path, data_path):
-                shutil.copyfile(source, workdir / source.name)
-            scratch = workdir / "tmp"
-            scratch.mkdir()
-            workdir.chmod(0o755)
-            if self.as_root and self.isolation:
-                os.chown(scratch, NOBODY, NOBODY)
-            return self._run(workdir, scratch, task_path.name, data_path.name, cfg)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        command = [
+            self.bwrap,
+            "--unshare-all",
+            "--die-with-parent",
+            "--as-pid-1",
+            "--new-session",
+            "--uid",
+            str(NOBODY),
+            "--gid",
+            str(NOBODY),
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
+        for top in ("/bin", "/lib", "/lib64", "/sbin"):
+            if os.path.islink(top):
+                command += ["--symlink", os.readlink(top), top]
+            elif os.path.isdir(top):
+                command += ["--ro-bind", top, top]
+        for prefix in sorted({sys.base_prefix, sys.prefix}):
+            if not prefix.startswith("/usr/"):
+                command += ["--ro-bind", prefix, prefix]
+        for name, path in HARNESS_FILES.items():
+            command += ["--ro-bind", str(path), f"{SANDBOX_HARNESS_DIR}/{name}"]
+        command += ["--proc", "/proc", "--dev", "/dev", "--size", str(cfg.tmpfs_mb * 2**20), "--tmpfs", "/tmp"]
+        command += ["--chdir", "/tmp", "--clearenv"]
+        environment = {**SANDBOX_ENV, **PRELOAD, "PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"}
+        for key, value in environment.items():
+            command += ["--setenv", key, value]
+        return [*command, sys.executable, "-s", f"{SANDBOX_HARNESS_DIR}/harness.py"]
 
-    def _run(self, workdir: Path, scratch: Path, task_name: str, data_name: str, cfg: SandboxConfig) -> RawOutcome:
+    def execute(self, task: bytes) -> RawOutcome:
+        cfg = self.config
         limits = [
             f"--cpu={int(cfg.timeout_seconds) + 2}",
             f"--as={cfg.memory_mb * 2**20}",
             f"--fsize={cfg.tmpfs_mb * 2**20}",
-            f"--nproc={self._process_limit()}",
+            f"--nproc={cfg.pids_limit + _tasks_of(os.getuid())}",
             "--core=0",
         ]
-        command = [
-            "prlimit",
-            *limits,
-            "--",
-            *self.isolation,
-            sys.executable,
-            "-s",
-            str(workdir / "harness.py"),
-            str(workdir / task_name),
-            str(workdir / data_name),
-        ]
-        env = {**SANDBOX_ENV, "PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
         started = time.perf_counter()
         process = subprocess.Popen(
-            command,
-            cwd=scratch,
-            env=env,
-            stdin=subprocess.DEVNULL,
+            ["prlimit", *limits, "--", *self.command()],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # one process group to kill on timeout
         )
         stdout = _TailReader(process.stdout, cfg.output_limit_kb * 1024)
         stderr = _TailReader(process.stderr, STDERR_TAIL_BYTES)
+        threading.Thread(target=_feed, args=(process.stdin, task), daemon=True).start()
         timed_out = False
         try:
             process.wait(timeout=host_time_limit(cfg))
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            _kill_group(process.pid)  # also whatever it left running in the group
+            _kill_group(process.pid)  # bwrap dies, and with it (--die-with-parent) the whole sandbox
             process.wait()
         stdout.join()
         stderr.join()
@@ -143,11 +139,14 @@ class ProcessExecutor:
             wall_seconds=time.perf_counter() - started,
         )
 
-    def _process_limit(self) -> int:
-        """RLIMIT_NPROC counts all processes of the user: as `nobody` that is the sandbox's alone."""
-        if self.as_root and self.isolation:
-            return self.config.pids_limit
-        return self.config.pids_limit + _tasks_of(os.getuid())
+
+def _feed(pipe: IO[bytes] | None, task: bytes) -> None:
+    """Write the task to the sandbox's stdin (on a thread: a sandbox that does not read cannot block the host)."""
+    assert pipe is not None
+    with contextlib.suppress(OSError):
+        pipe.write(task)
+    with contextlib.suppress(OSError):
+        pipe.close()
 
 
 class _TailReader:

@@ -1,9 +1,11 @@
 """The result of running one experiment, and the strict reading of what the sandbox reported.
 
-The harness's report is untrusted text: `read_report` takes the last `RESULT_MARKER` line of the
-captured stdout and validates it strictly (no extra keys, no type coercion, consistent status);
-`decode_predictions` turns its base64 arrays into a frame. Anything malformed is a `ReportError`,
-which the runner turns into `bad_predictions`. Nothing in a report is ever used as a score.
+The harness's report is read from the line that carries RESULT_MARKER and the task's nonce (a
+secret of the host and the trusted harness; the experiment's process never sees it), then
+validated strictly: no extra keys, no type coercion, a fixed set of timings, a consistent status.
+Its only payload is the probabilities, one per test row in the order the host sent the rows; the
+rows themselves are the host's own. Anything malformed is a `ReportError`, which the runner turns
+into `bad_predictions`. Nothing in a report is ever used as a score.
 """
 
 from __future__ import annotations
@@ -14,17 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sharpe_rl.sandbox.contract import RESULT_MARKER, ErrorClass
-
-PREDICTION_SCHEMA = {
-    "timestamp": pl.Datetime("us", "UTC"),
-    "symbol": pl.String,
-    "fold": pl.Int32,
-    "p_up": pl.Float64,
-}
 
 
 class ReportError(ValueError):
@@ -32,36 +26,35 @@ class ReportError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-class WirePredictions(_Strict):
-    """Predictions as the harness sends them: little-endian arrays, base64-encoded."""
+class HarnessTimings(_Strict):
+    """Seconds, measured by the trusted harness: loading the spec, the fits, the prediction steps, all."""
 
-    symbols: list[str]
-    timestamp: str  # int64 ns since the epoch, UTC
-    symbol: str  # int32 index into `symbols`
-    fold: str  # int32
-    p_up: str  # float64
+    load: float = Field(ge=0)
+    fit: float = Field(ge=0)
+    predict: float = Field(ge=0)
+    total: float = Field(ge=0)
 
 
 class HarnessReport(_Strict):
-    """The one line the harness prints after RESULT_MARKER."""
+    """The JSON the harness prints after RESULT_MARKER and the nonce."""
 
     status: Literal["ok"] | ErrorClass
     error_class: ErrorClass | None
     message: str = Field(max_length=2000)
     traceback: str = Field(max_length=10_000)
-    timings: dict[str, float]
-    peak_memory_mb: float
-    predictions: WirePredictions | None
+    timings: HarnessTimings
+    peak_memory_mb: float = Field(ge=0)
+    p_up: str | None  # float64 little-endian, base64
 
     @model_validator(mode="after")
     def _consistent(self) -> HarnessReport:
         if self.status == "ok":
-            if self.error_class is not None or self.predictions is None:
+            if self.error_class is not None or self.p_up is None:
                 raise ValueError("an ok report has predictions and no error class")
-        elif self.error_class != self.status or self.predictions is not None:
+        elif self.error_class != self.status or self.p_up is not None:
             raise ValueError("a failed report names its status as error class and has no predictions")
         return self
 
@@ -76,9 +69,9 @@ class ExecutionResult(BaseModel):
     message: str = ""
     traceback: str = Field("", description="The last frames of the generated code's traceback.")
     timings: dict[str, float] = Field(
-        default_factory=dict, description="Seconds: features/fit/predict/total inside, wall/lookahead_wall outside."
+        default_factory=dict, description="Seconds: load/fit/predict/total (the harness), wall (the host)."
     )
-    peak_memory_mb: float | None = Field(None, description="Peak resident memory of the harness process.")
+    peak_memory_mb: float | None = Field(None, description="Peak resident memory of the experiment's process.")
     exit_code: int | None = Field(None, description="Exit code of the sandbox process (None when killed).")
     stderr_tail: str = Field("", description="The end of what the experiment printed.")
     spec_hash: str = Field(description="ExperimentSpec.code_hash of what ran.")
@@ -90,18 +83,15 @@ class ExecutionResult(BaseModel):
     )
     executor: Literal["docker", "process"]
     cached: bool = Field(False, description="True when this result came from the cache, nothing ran.")
-    lookahead_max_diff: float | None = Field(
-        None, description="Largest |change of p_up| at or before the cut in the lookahead re-run, when it ran."
-    )
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-def read_report(stdout: bytes) -> HarnessReport:
-    """The last marker line of `stdout`, validated; ReportError when there is none or it is invalid."""
-    marker = RESULT_MARKER.encode()
+def read_report(stdout: bytes, nonce: str) -> HarnessReport:
+    """The report on the line carrying the marker and `nonce`, validated; ReportError when there is none."""
+    marker = (RESULT_MARKER + nonce).encode()
     start = stdout.rfind(marker)
     if start == -1:
         raise ReportError("the sandbox printed no result")
@@ -114,33 +104,12 @@ def read_report(stdout: bytes) -> HarnessReport:
         raise ReportError(f"the sandbox's result is invalid ({where}: {first['msg']})") from exc
 
 
-def decode_predictions(wire: WirePredictions) -> pl.DataFrame:
-    """The predictions as a frame with PREDICTION_SCHEMA; ReportError when the arrays do not fit."""
+def decode_p_up(encoded: str, rows: int) -> np.ndarray:
+    """The report's probabilities; ReportError unless there is exactly one float64 per row."""
     try:
-        timestamp = _array(wire.timestamp, "<i8")
-        symbol = _array(wire.symbol, "<i4")
-        fold = _array(wire.fold, "<i4")
-        p_up = _array(wire.p_up, "<f8")
+        raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ReportError(f"the predictions are not valid base64 arrays ({exc})") from exc
-    if not len(timestamp) == len(symbol) == len(fold) == len(p_up):
-        raise ReportError("the prediction arrays have different lengths")
-    if len(symbol) and (symbol.min() < 0 or symbol.max() >= len(wire.symbols)):
-        raise ReportError("a prediction names a symbol index outside the symbol list")
-    names = np.array(wire.symbols, dtype=object)[symbol] if len(symbol) else np.array([], dtype=object)
-    return pl.DataFrame(
-        {
-            "timestamp": pl.Series(timestamp, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")).dt.cast_time_unit("us"),
-            "symbol": pl.Series(names.tolist(), dtype=pl.String),
-            "fold": pl.Series(fold, dtype=pl.Int32),
-            "p_up": pl.Series(p_up, dtype=pl.Float64),
-        },
-        schema=PREDICTION_SCHEMA,
-    )
-
-
-def _array(encoded: str, dtype: str) -> np.ndarray:
-    raw = base64.b64decode(encoded, validate=True)
-    if len(raw) % np.dtype(dtype).itemsize:
-        raise ValueError(f"{len(raw)} bytes is not a whole number of {dtype} values")
-    return np.frombuffer(raw, dtype=dtype)
+        raise ReportError(f"the probabilities are not valid base64 ({exc})") from exc
+    if len(raw) != 8 * rows:
+        raise ReportError(f"the sandbox returned {len(raw) / 8:g} probabilities for {rows} test rows")
+    return np.frombuffer(raw, dtype="<f8").copy()

@@ -1,28 +1,29 @@
 """SandboxRunner: the one entry point that runs generated experiments, checks them and caches results.
 
-`run(spec)` executes the walk-forward folds of the reward window in the sandbox (a view of the
-data that ends at `plan.reward_end`), validates what comes back on the host, then runs the
-lookahead guard; `run_many` does the same for a batch on N workers; `run_holdout` trains on the
-reward window and predicts the holdout, for reports only (never for rewards).
+`run(spec)` executes the walk-forward folds of the reward window in the sandbox (on a view of the
+data that ends at `plan.reward_end`) and validates what comes back on the host; `run_many` does
+the same for a batch on N workers; `run_holdout` trains on the reward window and predicts the
+holdout under the same protocol, for reports only (never for rewards).
+
+Inside the sandbox the point-in-time protocol of `harness.py` runs: the experiment's process
+receives the bars in time order and answers for time t before any later bar exists in it, so it
+cannot read the future (docs/reward-integrity.md). There is no lookahead guard: a guard re-runs the
+experiment and compares, which code can learn to recognise; the protocol leaves nothing to detect.
 
 Host-side checks, none of which trusts the sandbox:
-- The result is the last RESULT_MARKER line of the capped stdout, validated strictly; a missing,
-  truncated or malformed one is `bad_predictions` (or `timeout`/`out_of_memory` when the host saw
-  the process killed for that). The predictions must cover exactly the test rows of the view
-  (each (timestamp, symbol, fold) once), lie in [0, 1] or be NaN, not all be NaN, not be constant.
-  The report carries predictions only; scoring happens elsewhere on the host.
-- Lookahead guard: the last fold runs again in a fresh sandbox on data physically cut at
-  `plan.lookahead_cut`; if any prediction at or before the cut differs by more than
-  LOOKAHEAD_TOLERANCE (or the re-run fails), the experiment is `lookahead`. This catches code that
-  uses the future the same way in every run (shift(-1), centred windows, full-sample statistics,
-  globals stashed by make_features). Code written to tell the two runs apart (the re-run has one
-  fold, and its data ends at its test window's end) can evade it; the guard is a tripwire for the
-  policy's habits, not a proof.
+- The task (spec, folds, horizon, seed, limits, the bars) goes in on the sandbox's stdin with a
+  fresh random nonce; the result is the stdout line carrying that nonce, validated strictly. A
+  missing, truncated or malformed one is `bad_predictions` (or `timeout`/`out_of_memory` when the
+  host saw the process killed for that). The harness answers with one probability per test row,
+  in the host's own row order; the host attaches the rows itself, so the sandbox never names a
+  timestamp or a symbol. The probabilities must lie in [0, 1] or be NaN, not all be NaN, and not
+  be constant. Scoring happens elsewhere on the host.
+- Timings and peak memory are the trusted harness's own measurements, in a fixed set of fields.
 
 Cache: a result is stored under `cache_dir/results/<key>.json` (predictions beside it as Parquet)
 where the key hashes everything that can change the outcome: the code, the data view, the folds,
-horizon and seed, the harness and image, the executor and its limits, and the lookahead setup.
-An identical experiment never runs twice, across processes too (a file lock per key).
+horizon, lookback, rebalancing and seed, the harness and image, the executor and its limits. An
+identical experiment never runs twice, across processes too (a file lock per key).
 """
 
 from __future__ import annotations
@@ -30,35 +31,31 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import tempfile
+import secrets
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.data.splits import EvalPlan, Fold, plan_evaluation, timeline
-from sharpe_rl.sandbox.contract import ErrorClass, bad_predictions_reason
+from sharpe_rl.sandbox import InfrastructureError
+from sharpe_rl.sandbox.contract import BAD_TASK_EXIT, ErrorClass, bad_predictions_reason, encode_task
 from sharpe_rl.sandbox.docker_executor import DockerExecutor
 from sharpe_rl.sandbox.executor import Executor, RawOutcome, host_time_limit
 from sharpe_rl.sandbox.image import harness_hash
 from sharpe_rl.sandbox.process_executor import ProcessExecutor
-from sharpe_rl.sandbox.result import ExecutionResult, ReportError, decode_predictions, read_report
-from sharpe_rl.sandbox.views import DataView, write_view
+from sharpe_rl.sandbox.result import ExecutionResult, ReportError, decode_p_up, read_report
+from sharpe_rl.sandbox.views import DataView, make_view
 from sharpe_rl.spec import ExperimentSpec
-
-#: Largest change of a probability that still counts as "the same" in the lookahead guard. Runs use the
-#: same seeds and one thread, but a float32 model (torch) predicting fewer rows takes other BLAS code
-#: paths and may move p_up by an ulp (6e-8 near 0.5); reading the future moves it by orders more.
-LOOKAHEAD_TOLERANCE = 1e-6
 
 
 def make_executor(config: SandboxConfig, run_id: str) -> Executor:
@@ -69,13 +66,12 @@ def make_executor(config: SandboxConfig, run_id: str) -> Executor:
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One experiment on one view: which folds to run, and the lookahead re-run (view, fold) if any."""
+class Job:
+    """One experiment on one view, over some folds."""
 
     spec: ExperimentSpec
     view: DataView
     folds: list[Fold]
-    lookahead: tuple[DataView, Fold] | None
 
 
 @dataclass
@@ -118,17 +114,18 @@ class SandboxRunner:
         self.executor = make_executor(sandbox_cfg, self.run_id)
         self.harness_hash = harness_hash()
         self._panel = panel
-        self.reward_view = write_view(panel, self.plan.reward_end, self.cache_dir / "views")
-        self.lookahead_view = (
-            write_view(panel, self.plan.lookahead_cut, self.cache_dir / "views") if eval_cfg.lookahead_check else None
-        )
+        self.reward_view = make_view(panel, self.plan.reward_end)
+
+    @cached_property
+    def holdout_view(self) -> DataView:
+        """The whole panel: the holdout run trains on the reward window and steps through the holdout."""
+        return make_view(self._panel, None)
 
     # ---- the public API ----
 
     def run(self, spec: ExperimentSpec) -> ExecutionResult:
-        """Run the reward-window folds (and the lookahead guard); a failing experiment is a result."""
-        lookahead = (self.lookahead_view, self.plan.lookahead_fold()) if self.lookahead_view else None
-        return self._run_job(_Job(spec, self.reward_view, self.plan.folds, lookahead))
+        """Run the reward-window folds; a failing experiment is a result."""
+        return self._run_job(Job(spec, self.reward_view, self.plan.folds))
 
     def run_many(
         self, specs: Sequence[ExperimentSpec], on_done: Callable[[int, ExecutionResult], None] | None = None
@@ -154,8 +151,7 @@ class SandboxRunner:
         """Train on the reward window, predict the holdout. For reports only: never use it in a reward."""
         if self.plan.holdout_fold is None:
             raise ValueError("there is no holdout (EvalConfig.holdout_fraction is 0): nothing to predict")
-        holdout_view = write_view(self._panel, None, self.cache_dir / "views")
-        return self._run_job(_Job(spec, holdout_view, [self.plan.holdout_fold], None))
+        return self._run_job(Job(spec, self.holdout_view, [self.plan.holdout_fold]))
 
     def predictions(self, result: ExecutionResult) -> pl.DataFrame:
         """The out-of-sample predictions of an ok result: (timestamp, symbol, fold, p_up)."""
@@ -165,12 +161,12 @@ class SandboxRunner:
 
     # ---- cache ----
 
-    def _cache_key(self, job: _Job) -> str:
+    def _cache_key(self, job: Job) -> str:
         payload = {
             "code": {"features": job.spec.features, "model": job.spec.model},
             "data": job.view.data_hash,
             "folds": [fold.to_wire() for fold in job.folds],
-            "horizon": self.eval_cfg.horizon,
+            "protocol": self.eval_cfg.model_dump(include={"horizon", "lookback", "rebalance_every"}),
             "seed": self.seed,
             "harness": self.harness_hash,
             "image": getattr(self.executor, "image", None),
@@ -178,13 +174,10 @@ class SandboxRunner:
             "limits": self.sandbox_cfg.model_dump(
                 include={"timeout_seconds", "memory_mb", "cpus", "pids_limit", "tmpfs_mb", "output_limit_kb"}
             ),
-            "lookahead": None
-            if job.lookahead is None
-            else {"data": job.lookahead[0].data_hash, "fold": job.lookahead[1].to_wire()},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
-    def _run_job(self, job: _Job) -> ExecutionResult:
+    def _run_job(self, job: Job) -> ExecutionResult:
         key = self._cache_key(job)
         cached = self.cached(key)
         if cached is not None:
@@ -223,11 +216,8 @@ class SandboxRunner:
 
     # ---- running ----
 
-    def _execute_job(self, job: _Job, key: str) -> ExecutionResult:
-        main = self._attempt(job.spec, job.view, job.folds)
-        attempt, lookahead_max_diff = main, None
-        if main.ok and job.lookahead is not None:
-            attempt, lookahead_max_diff = self._lookahead_guard(job, main)
+    def _execute_job(self, job: Job, key: str) -> ExecutionResult:
+        attempt = self._attempt(job)
         predictions_path = None
         if attempt.ok and attempt.predictions is not None:
             predictions_path = (self.cache_dir / "predictions" / f"{key}.parquet").resolve()
@@ -248,65 +238,30 @@ class SandboxRunner:
             cache_key=key,
             predictions_path=predictions_path,
             executor=self.executor.name,
-            lookahead_max_diff=lookahead_max_diff,
         )
 
-    def _lookahead_guard(self, job: _Job, main: _Attempt) -> tuple[_Attempt, float | None]:
-        """Re-run the last fold on data cut at the fold's (shortened) test end; compare up to the cut."""
-        assert job.lookahead is not None and main.predictions is not None
-        view, fold = job.lookahead
-        cut = fold.test_end
-        rerun = self._attempt(job.spec, view, [fold])
-        timings = {**main.timings, "lookahead_wall": rerun.timings.get("wall", 0.0)}
-        if not rerun.ok or rerun.predictions is None:
-            failed = _Attempt(
-                status=ErrorClass.lookahead,
-                message=(
-                    f"the re-run on data cut at {cut:%Y-%m-%d %H:%M} failed ({rerun.status}: {rerun.message}); "
-                    "an experiment that needs data after the cut to run reads the future"
-                ),
-                traceback=rerun.traceback,
-                timings=timings,
-                peak_memory_mb=main.peak_memory_mb,
-                exit_code=rerun.exit_code,
-                stderr_tail=rerun.stderr_tail,
-            )
-            return failed, None
-        full = main.predictions.filter((pl.col("fold") == fold.index) & (pl.col("timestamp") <= cut))
-        joined = full.join(rerun.predictions, on=["timestamp", "symbol", "fold"], suffix="_cut")
-        a = joined.get_column("p_up").to_numpy()
-        b = joined.get_column("p_up_cut").to_numpy()
-        difference = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
-        difference[np.isnan(difference)] = 1.0  # NaN on one side only: as different as probabilities get
-        max_diff = float(difference.max()) if len(difference) else 0.0
-        changed = int((difference > LOOKAHEAD_TOLERANCE).sum())
-        checked = replace(main, timings=timings)
-        if changed:
-            checked.status = ErrorClass.lookahead
-            checked.message = (
-                f"{changed} of {len(difference)} predictions at or before {cut:%Y-%m-%d %H:%M} changed when the "
-                f"data after it was removed (largest change of p_up: {max_diff:.3g}): the features or the model "
-                "read the future (shift(-1), centred windows, full-sample statistics, stashed globals)"
-            )
-            checked.predictions = None
-        return checked, max_diff
-
-    def _attempt(self, spec: ExperimentSpec, view: DataView, folds: list[Fold]) -> _Attempt:
-        task = {
-            "spec": {"name": spec.name, "features": spec.features, "model": spec.model},
-            "folds": [fold.to_wire() for fold in folds],
+    def task(self, job: Job, nonce: str) -> bytes:
+        """The task as the harness reads it from stdin."""
+        header = {
+            "nonce": nonce,
+            "spec": {"features": job.spec.features, "model": job.spec.model},
+            "folds": [fold.to_wire() for fold in job.folds],
             "horizon": self.eval_cfg.horizon,
+            "lookback": self.eval_cfg.lookback,
+            "rebalance_every": self.eval_cfg.rebalance_bars,
             "seed": self.seed,
             "time_limit_seconds": self.sandbox_cfg.timeout_seconds,
         }
-        with tempfile.TemporaryDirectory(prefix="sharpe-rl-task-") as directory:
-            task_path = Path(directory) / "task.json"
-            task_path.write_text(json.dumps(task))
-            task_path.chmod(0o644)
-            outcome = self.executor.execute(task_path, view.path)
-        return self._interpret(outcome, view, folds)
+        return encode_task(header, job.view.arrays)
 
-    def _interpret(self, outcome: RawOutcome, view: DataView, folds: list[Fold]) -> _Attempt:
+    def _attempt(self, job: Job) -> _Attempt:
+        nonce = secrets.token_hex(16)
+        outcome = self.executor.execute(self.task(job, nonce))
+        if outcome.exit_code == BAD_TASK_EXIT:
+            raise InfrastructureError(f"the sandbox harness could not read its task: {outcome.stderr_tail[-500:]}")
+        return self._interpret(outcome, job, nonce)
+
+    def _interpret(self, outcome: RawOutcome, job: Job, nonce: str) -> _Attempt:
         cfg = self.sandbox_cfg
         base = {
             "exit_code": outcome.exit_code,
@@ -316,36 +271,27 @@ class SandboxRunner:
         if outcome.timed_out:
             message = f"killed after {host_time_limit(cfg):g} s (time limit {cfg.timeout_seconds:g} s)"
             return _Attempt(status=ErrorClass.timeout, message=message, **base)
-        if outcome.oom_killed:
-            message = f"killed at the {cfg.memory_mb} MB memory limit"
-            return _Attempt(status=ErrorClass.out_of_memory, message=message, **base)
+        rows = job.view.test_rows(job.folds)
         try:
-            report = read_report(outcome.stdout)
-            base.update(timings={**report.timings, "wall": outcome.wall_seconds}, peak_memory_mb=report.peak_memory_mb)
+            try:
+                report = read_report(outcome.stdout, nonce)
+            except ReportError:
+                if outcome.oom_killed:  # the harness itself was killed: the engine's word is all there is
+                    message = f"killed at the {cfg.memory_mb} MB memory limit"
+                    return _Attempt(status=ErrorClass.out_of_memory, message=message, **base)
+                raise
+            base.update(
+                timings={**report.timings.model_dump(), "wall": outcome.wall_seconds},
+                peak_memory_mb=report.peak_memory_mb,
+            )
             if report.status != "ok":
                 return _Attempt(status=report.status, message=report.message, traceback=report.traceback, **base)
-            assert report.predictions is not None  # the report model guarantees it for "ok"
-            predictions = decode_predictions(report.predictions).sort("fold", "timestamp", "symbol")
+            assert report.p_up is not None  # the report model guarantees it for "ok"
+            p_up = decode_p_up(report.p_up, rows.height)
         except ReportError as exc:
             return _Attempt(status=ErrorClass.bad_predictions, message=f"{exc} (exit code {outcome.exit_code})", **base)
-        problem = _row_mismatch(predictions, view.test_rows(folds)) or bad_predictions_reason(
-            predictions.get_column("p_up").to_list(), predictions.get_column("fold").to_list()
-        )
+        problem = bad_predictions_reason(p_up.tolist(), rows.get_column("fold").to_list())
         if problem:
             return _Attempt(status=ErrorClass.bad_predictions, message=problem, **base)
+        predictions = rows.with_columns(p_up=pl.Series(p_up, dtype=pl.Float64)).sort("fold", "timestamp", "symbol")
         return _Attempt(status="ok", predictions=predictions, **base)
-
-
-def _row_mismatch(predictions: pl.DataFrame, expected: pl.DataFrame) -> str | None:
-    """Why the predicted rows are not exactly the expected test rows, or None when they are."""
-    got = predictions.select("timestamp", "symbol", "fold")
-    if got.equals(expected):
-        return None
-    keys = ["timestamp", "symbol", "fold"]
-    unexpected = got.join(expected, on=keys, how="anti").height
-    missing = expected.join(got, on=keys, how="anti").height
-    duplicated = got.height - got.unique().height
-    return (
-        f"the predictions do not cover exactly the test rows: {expected.height} expected, {got.height} received "
-        f"({unexpected} unexpected, {missing} missing, {duplicated} duplicated)"
-    )

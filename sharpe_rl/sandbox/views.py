@@ -1,61 +1,59 @@
-"""What a sandbox run may see: a panel cut at a point in time, written as NumPy arrays.
+"""What a sandbox run may see: a panel cut at a point in time, as the arrays of a task.
 
-A view is `panel.npz` with `timestamp` (int64 ns UTC), `symbol` (fixed-width unicode) and the
-OHLCV columns (float64), so the image needs no Parquet library. It is stored under the cache
-directory by the hash of its arrays (identical data is written once and shares cache entries) and
-mounted read-only, alone, into the sandbox: other views (the holdout among them) stay invisible.
+A view holds the bars up to `end` (sorted by time, then symbol) as little-endian arrays —
+timestamps (int64 ns UTC), symbol codes (int32, indexes into the sorted symbol list) and OHLCV
+(float64, n x 5) — and their content hash. The arrays travel to the sandbox on its stdin, inside
+the task (`contract.encode_task`); nothing is written to disk or mounted. The symbols' names stay
+on the host: the sandbox sees codes only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from sharpe_rl.data.atomic import atomic_path
 from sharpe_rl.data.splits import Fold
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 
 @dataclass(frozen=True)
 class DataView:
-    """A panel (the rows the sandbox sees), its npz file and its content hash."""
+    """A panel (the rows the sandbox sees), its task arrays and its content hash."""
 
     panel: pl.DataFrame
-    path: Path
+    symbols: list[str]
+    arrays: dict[str, tuple[str, bytes]] = field(repr=False)
     data_hash: str
 
     def test_rows(self, folds: list[Fold]) -> pl.DataFrame:
-        """The rows a run over `folds` must predict: (timestamp, symbol, fold), in canonical order."""
+        """The rows a run over `folds` predicts, in the order the sandbox answers: (timestamp, symbol, fold)."""
         parts = [
             self.panel.filter(pl.col("timestamp").is_between(fold.test_start, fold.test_end))
             .select("timestamp", "symbol")
             .with_columns(fold=pl.lit(fold.index, pl.Int32))
             for fold in folds
         ]
-        return pl.concat(parts).sort("fold", "timestamp", "symbol")
+        return pl.concat(parts)
 
 
-def write_view(panel: pl.DataFrame, end: datetime | None, directory: Path) -> DataView:
-    """The view of `panel` up to and including `end` (all of it when None), written once."""
+def make_view(panel: pl.DataFrame, end: datetime | None) -> DataView:
+    """The view of `panel` up to and including `end` (all of it when None)."""
     rows = panel if end is None else panel.filter(pl.col("timestamp") <= end)
     rows = rows.select("timestamp", "symbol", *OHLCV_COLUMNS).sort("timestamp", "symbol")
+    symbols = rows.get_column("symbol").unique().sort().to_list()
+    codes = rows.get_column("symbol").replace_strict(symbols, list(range(len(symbols))), return_dtype=pl.Int32)
     arrays = {
-        "timestamp": rows.get_column("timestamp").dt.epoch("ns").to_numpy().astype("<i8"),
-        "symbol": np.array(rows.get_column("symbol").to_list(), dtype=str),
-        **{name: rows.get_column(name).to_numpy().astype("<f8") for name in OHLCV_COLUMNS},
+        "timestamp": ("<i8", rows.get_column("timestamp").dt.epoch("ns").to_numpy().astype("<i8").tobytes()),
+        "symbol": ("<i4", codes.to_numpy().astype("<i4").tobytes()),
+        "ohlcv": ("<f8", np.ascontiguousarray(rows.select(OHLCV_COLUMNS).to_numpy(), dtype="<f8").tobytes()),
     }
     digest = hashlib.sha256()
-    for name, array in arrays.items():
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    data_hash = digest.hexdigest()[:16]
-    path = directory.resolve() / f"{data_hash}.npz"
-    if not path.is_file():
-        with atomic_path(path) as temporary, temporary.open("wb") as handle:
-            np.savez(handle, **arrays)
-    return DataView(panel=rows, path=path, data_hash=data_hash)
+    for name, (dtype, raw) in arrays.items():
+        digest.update(f"{name}:{dtype}:{len(raw)}".encode())
+        digest.update(raw)
+    digest.update("\0".join(symbols).encode())
+    return DataView(panel=rows, symbols=symbols, arrays=arrays, data_hash=digest.hexdigest()[:16])

@@ -1,0 +1,68 @@
+"""The evaluation as it was before the point-in-time protocol, in-process: the yardstick of two kinds of test.
+
+Each symbol's features are computed once on the whole data view, each fold's model is fitted on
+the training rows and predicts the whole test window in one call. For causal code this is what the
+point-in-time protocol must reproduce; for code that reads the future it is what paid the leaks
+(so an attack shown to earn a large Sharpe here, and nothing in the sandbox, is a real attack
+stopped, not a spec that never worked).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from sharpe_rl.data.splits import Fold
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
+from sharpe_rl.sandbox.image import HARNESS_DIR
+from sharpe_rl.sandbox.views import DataView
+from sharpe_rl.spec import ExperimentSpec
+
+sys.path.insert(0, str(HARNESS_DIR))  # the harness's modules import each other as top-level modules
+from harness import label_bars
+from worker import load_experiment, reseed
+
+
+def vectorised_predictions(spec: ExperimentSpec, view: DataView, folds: list[Fold], horizon: int) -> pl.DataFrame:
+    """(timestamp, symbol, fold, p_up) for every test row, sorted by fold, timestamp, symbol."""
+    make_features, make_model = load_experiment({"features": spec.features, "model": spec.model})
+    panel = view.panel
+    timestamps = panel.get_column("timestamp").dt.epoch("ns").to_numpy()
+    symbols = panel.get_column("symbol").to_numpy()
+    labels = label_bars(timestamps, symbols, panel.get_column("close").to_numpy(), horizon)
+
+    features = np.full((panel.height, 0), np.nan)
+    for symbol in view.symbols:  # the order of the old harness's pooled rows
+        rows = np.flatnonzero(symbols == symbol)
+        index = pd.DatetimeIndex(pd.to_datetime(timestamps[rows], unit="ns", utc=True), name="timestamp")
+        df = pd.DataFrame(panel.select(OHLCV_COLUMNS).to_numpy()[rows], index=index, columns=list(OHLCV_COLUMNS))
+        reseed(0)
+        values = make_features(df).reindex(index).to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+        values[~np.isfinite(values)] = np.nan
+        if features.shape[1] == 0:
+            features = np.full((panel.height, values.shape[1]), np.nan)
+        features[rows] = values
+    order = np.lexsort((timestamps, np.searchsorted(view.symbols, symbols)))
+    complete = np.isfinite(features).all(axis=1)
+
+    parts = []
+    for fold in folds:
+        wire = fold.to_wire()
+        in_train = (timestamps >= wire["train_start"]) & (timestamps <= wire["train_end"])
+        train = order[(in_train & complete & np.isfinite(labels))[order]]
+        in_test = (timestamps >= wire["test_start"]) & (timestamps <= wire["test_end"])
+        test = order[in_test[order]]  # one call with the whole window, symbol by symbol
+        reseed(0)
+        model: Any = make_model()
+        model.fit(features[train], labels[train].astype(np.int64))
+        p_up = np.full(len(test), np.nan)
+        predictable = complete[test]
+        if predictable.any():
+            p_up[predictable] = np.asarray(model.predict_proba(features[test[predictable]]), dtype=np.float64)[:, 1]
+        rows = {"timestamp": panel.get_column("timestamp").gather(test), "symbol": symbols[test].tolist()}
+        parts.append(pl.DataFrame({**rows, "p_up": p_up}).with_columns(fold=pl.lit(fold.index, pl.Int32)))
+    return pl.concat(parts).select("timestamp", "symbol", "fold", "p_up").sort("fold", "timestamp", "symbol")
