@@ -57,6 +57,9 @@ from sharpe_rl.sandbox.result import ExecutionResult, ReportError, decode_p_up, 
 from sharpe_rl.sandbox.views import DataView, make_view
 from sharpe_rl.spec import ExperimentSpec
 
+#: Random bytes of the nonce that authenticates the harness's result line (a fresh one per task).
+NONCE_BYTES = 16
+
 
 def make_executor(config: SandboxConfig, run_id: str) -> Executor:
     """The executor `config.executor` names (Docker raises InfrastructureError without an engine/image)."""
@@ -255,7 +258,7 @@ class SandboxRunner:
         return encode_task(header, job.view.arrays)
 
     def _attempt(self, job: Job) -> _Attempt:
-        nonce = secrets.token_hex(16)
+        nonce = secrets.token_hex(NONCE_BYTES)
         outcome = self.executor.execute(self.task(job, nonce))
         if outcome.exit_code == BAD_TASK_EXIT:
             raise InfrastructureError(f"the sandbox harness could not read its task: {outcome.stderr_tail[-500:]}")

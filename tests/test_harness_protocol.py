@@ -1,0 +1,151 @@
+"""The trusted harness's protocol, checked message by message with a recording stand-in for the worker.
+
+These are the guarantees the reward rests on, stated on what the harness sends: the experiment's
+process never receives a bar later than the time it is asked to predict, receives labels only for
+training rows whose horizon ends before the test window, and is asked exactly at the host's
+rebalance bars, fold after fold.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sharpe_rl.config import EvalConfig, SandboxConfig
+from sharpe_rl.sandbox.image import HARNESS_DIR
+from sharpe_rl.sandbox.runner import Job, SandboxRunner
+from sharpe_rl.spec import ExperimentSpec
+
+sys.path.insert(0, str(HARNESS_DIR))
+import harness
+import protocol
+
+
+class RecordingWorker:
+    """Answers like an experiment that predicts 0.5 everywhere, and remembers what it was sent."""
+
+    def __init__(self) -> None:
+        self.latest_bar = np.iinfo(np.int64).min
+        self.bars_seen = 0
+        self.fits: list[np.ndarray] = []
+        self.asked_at: list[int] = []
+        self.timestamps = np.empty(0, dtype=np.int64)
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        assert kind == protocol.BARS
+        self._receive(payload)
+
+    def ask(self, kind: bytes, payload: bytes = b"") -> tuple[bytes, memoryview]:
+        if kind == protocol.SPEC:
+            json.loads(payload)
+            return protocol.OK, memoryview(b"")
+        if kind == protocol.FIT:
+            labels = np.frombuffer(payload, dtype="<f8")
+            assert len(labels) <= self.bars_seen  # labels only for bars it already holds
+            self.fits.append(labels.copy())
+            return protocol.OK, memoryview(b"")
+        assert kind == protocol.STEP
+        timestamps = self._receive(payload)
+        t = timestamps[-1]
+        self.asked_at.append(int(t))
+        return protocol.P_UP, memoryview(np.full(int((timestamps == t).sum()), 0.5).tobytes())
+
+    def _receive(self, payload: bytes) -> np.ndarray:
+        timestamps, _, _ = protocol.unpack_bars(payload)
+        assert len(timestamps) > 0
+        assert timestamps[0] >= self.latest_bar and np.all(np.diff(timestamps) >= 0)  # in time order
+        self.latest_bar = int(timestamps[-1])
+        self.bars_seen += len(timestamps)
+        self.timestamps = np.concatenate([self.timestamps, timestamps])
+        return timestamps
+
+
+def panel(days: int = 300) -> pl.DataFrame:
+    """Three symbols of synthetic daily bars; one lists late and one has a gap, as real panels do."""
+    rng = np.random.default_rng(0)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    frames = []
+    for symbol, first, gap in (("AAA", 0, ()), ("BBB", 30, ()), ("CCC", 0, range(100, 105))):
+        listed = [d for d in range(first, days) if d not in gap]
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, len(listed))))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "timestamp": [start + timedelta(days=d) for d in listed],
+                    "symbol": symbol,
+                    "open": close,
+                    "high": close * 1.01,
+                    "low": close * 0.99,
+                    "close": close,
+                    "volume": 1.0,
+                }
+            ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+        )
+    return pl.concat(frames).sort("timestamp", "symbol")
+
+
+SPEC = ExperimentSpec(name="x", features="def make_features(df):\n    return df", model="def make_model():\n    pass")
+
+
+def run(eval_cfg: EvalConfig, tmp_path, holdout: bool = False) -> tuple[Job, RecordingWorker, np.ndarray]:
+    """Run the harness's protocol against the recording worker; returns the job, the worker and the answers."""
+    runner = SandboxRunner(panel(), eval_cfg, SandboxConfig(executor="process"), tmp_path)
+    if holdout:
+        job = Job(SPEC, runner.holdout_view, [runner.plan.holdout_fold])
+    else:
+        job = Job(SPEC, runner.reward_view, runner.plan.folds)
+    header, arrays = harness.read_task(io.BytesIO(runner.task(job, nonce="n")))
+    worker = RecordingWorker()
+    p_up = harness.run_task(header, arrays, worker, dict.fromkeys(harness.TIMING_KEYS, 0.0))
+    return job, worker, p_up
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+@pytest.mark.parametrize("holdout", [False, True])
+def test_no_bar_after_t_is_sent_before_the_answer_for_t(tmp_path, horizon, holdout):
+    job, worker, p_up = run(EvalConfig(horizon=horizon, embargo=1), tmp_path, holdout)
+    # every answer was asked for the latest bar it held (RecordingWorker checked the time order)
+    assert worker.asked_at == sorted(set(worker.asked_at))
+    rows = job.view.test_rows(job.folds)
+    assert len(p_up) == rows.height  # one probability per test row, in the host's order
+    # asked at every rebalance bar (every `horizon` bars by default) from the first test bar on
+    test_times = rows.get_column("timestamp").unique().sort().dt.epoch("ns").to_list()
+    assert worker.asked_at == test_times[::horizon]
+
+
+@pytest.mark.parametrize("holdout", [False, True])
+def test_labels_reach_only_training_rows_whose_horizon_ends_before_the_test(tmp_path, holdout):
+    horizon = 3
+    job, worker, _ = run(EvalConfig(horizon=horizon, embargo=2), tmp_path, holdout)
+    assert len(worker.fits) == len(job.folds)
+    timeline = np.unique(job.view.panel.get_column("timestamp").dt.epoch("ns").to_numpy())
+    for fold, labels in zip(job.folds, worker.fits, strict=True):
+        wire = fold.to_wire()
+        labelled = worker.timestamps[: len(labels)][~np.isnan(labels)]
+        assert labelled.max() <= wire["train_end"]
+        # the bar each label looks at (horizon bars later) is before the test window starts
+        future = timeline[np.searchsorted(timeline, labelled) + horizon]
+        assert future.max() < wire["test_start"]
+
+
+def test_only_rebalance_bars_are_asked_and_the_rest_are_nan(tmp_path):
+    job, worker, p_up = run(EvalConfig(rebalance_every=5), tmp_path)
+    rows = job.view.test_rows(job.folds)
+    times = rows.get_column("timestamp").unique().sort().dt.epoch("ns").to_list()
+    assert worker.asked_at == times[::5]
+    asked = rows.get_column("timestamp").dt.epoch("ns").is_in(worker.asked_at).to_numpy()
+    assert np.all(p_up[asked] == 0.5) and np.all(np.isnan(p_up[~asked]))
+
+
+def test_the_first_fold_trains_before_any_test_bar_is_sent(tmp_path):
+    job, worker, _ = run(EvalConfig(), tmp_path)
+    first_fit_rows = len(worker.fits[0])
+    assert worker.timestamps[first_fit_rows - 1] <= job.folds[0].to_wire()["train_end"]
+    assert worker.asked_at[0] == job.folds[0].to_wire()["test_start"]
+    assert timedelta(0) < job.folds[0].test_start - job.folds[0].train_end
