@@ -291,7 +291,8 @@ def exec_spec(
             stdout.print(f"[bold red]{exc.error_class}[/bold red] (static check, nothing ran): ", end="")
             stdout.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return
-    sandbox = _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value})
+    # one experiment: no sandbox need be started ahead for a next one
+    sandbox = _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "warm_pool": False})
     try:
         runner = SandboxRunner(
             panel, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed

@@ -67,6 +67,9 @@ class SandboxConfig(_Settings):
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Experiments executed in parallel."
     )
+    warm_pool: bool = Field(
+        True, description="Keep `workers` sandboxes started, libraries imported, ahead of their tasks (each used once)."
+    )
 
 
 class RewardConfig(_Settings):

@@ -64,10 +64,15 @@ def rerun_experiments(
     config = saved_config(runs_dir, run)
     if executor is not None:
         config = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"executor": executor})})
-    original = Evaluation(config, run_id=run)
+    # the original run's results are only read from its cache: no sandbox need wait for a task there
+    cold = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"warm_pool": False})})
+    original = Evaluation(cold, run_id=run)
     with tempfile.TemporaryDirectory(prefix="sharpe-rl-rerun-") as scratch:
         fresh = Evaluation(config, run_id=f"{run}-rerun", cache_dir=Path(scratch))
-        return [_rerun_one(e, original, fresh) for e in experiences]
+        try:
+            return [_rerun_one(e, original, fresh) for e in experiences]
+        finally:
+            fresh.runner.close()
 
 
 def _rerun_one(experience: Experience, original: Evaluation, fresh: Evaluation) -> Rerun:

@@ -92,6 +92,8 @@ def open_session(config: RunConfig) -> RunSession:
     with _sessions_lock:
         session = _sessions.get(config.name)
         if session is None or session.config != config:
+            if session is not None:
+                session.evaluation.runner.close()
             session = _sessions[config.name] = RunSession(config)
         return session
 
@@ -99,6 +101,8 @@ def open_session(config: RunConfig) -> RunSession:
 def close_sessions() -> None:
     """Forget every open session (tests, and a CLI that starts several runs in one process)."""
     with _sessions_lock:
+        for session in _sessions.values():
+            session.evaluation.runner.close()
         _sessions.clear()
 
 
@@ -198,6 +202,7 @@ class RunSession:
         return list(range(self.next_cycle, self.config.cycles))
 
     def finish(self) -> None:
+        self.evaluation.runner.close()
         self.tracker.finish()
 
     # ---- the steps of a cycle -------------------------------------------------------------

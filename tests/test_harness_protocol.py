@@ -95,7 +95,7 @@ SPEC = ExperimentSpec(name="x", features="def make_features(df):\n    return df"
 
 def run(eval_cfg: EvalConfig, tmp_path, holdout: bool = False) -> tuple[Job, RecordingWorker, np.ndarray]:
     """Run the harness's protocol against the recording worker; returns the job, the worker and the answers."""
-    runner = SandboxRunner(panel(), eval_cfg, SandboxConfig(executor="process"), tmp_path)
+    runner = SandboxRunner(panel(), eval_cfg, SandboxConfig(executor="process", warm_pool=False), tmp_path)
     if holdout:
         job = Job(SPEC, runner.holdout_view, [runner.plan.holdout_fold])
     else:

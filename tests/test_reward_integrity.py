@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +141,10 @@ def sandbox_sharpe(runner: SandboxRunner, result: ExecutionResult, scored: pl.Da
 
 
 @pytest.fixture(scope="module")
-def runner(sandbox_panel, sandbox_image, tmp_path_factory) -> SandboxRunner:
-    return SandboxRunner(
-        sandbox_panel, EvalConfig(), SandboxConfig(executor="docker", **LIMITS), tmp_path_factory.mktemp("cache")
-    )
+def runner(sandbox_panel, sandbox_image, tmp_path_factory) -> Iterator[SandboxRunner]:
+    cache = tmp_path_factory.mktemp("cache")
+    with SandboxRunner(sandbox_panel, EvalConfig(), SandboxConfig(executor="docker", **LIMITS), cache) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="module")
@@ -259,13 +260,10 @@ def test_a_forged_result_line_is_never_read(wire_results):
 
 
 @pytest.fixture(scope="module")
-def process_runner(sandbox_panel, tmp_path_factory) -> SandboxRunner:
-    return SandboxRunner(
-        sandbox_panel,
-        EvalConfig(),
-        SandboxConfig(executor="process", **LIMITS),
-        tmp_path_factory.mktemp("runs") / "cache",
-    )
+def process_runner(sandbox_panel, tmp_path_factory) -> Iterator[SandboxRunner]:
+    cache = tmp_path_factory.mktemp("runs") / "cache"
+    with SandboxRunner(sandbox_panel, EvalConfig(), SandboxConfig(executor="process", **LIMITS), cache) as runner:
+        yield runner
 
 
 def doing_first(statement: str, prelude: str = "") -> str:
@@ -309,10 +307,10 @@ FAILING_MODEL = PRINTING_MODEL.replace("return super().predict_proba(X)", "raise
 def test_stderr_survives_a_large_result(shared_daily_panel, sandbox_image, tmp_path):
     panel = shared_daily_panel.filter(pl.col("timestamp").dt.year() == 2023)
     assert panel.get_column("symbol").n_unique() == 21
-    runner = SandboxRunner(panel, EvalConfig(), SandboxConfig(executor="docker", **LIMITS), tmp_path)
-    ok, failed = runner.run_many(
-        [spec("loud", HONEST_FEATURES, PRINTING_MODEL), spec("loud failure", HONEST_FEATURES, FAILING_MODEL)]
-    )
+    with SandboxRunner(panel, EvalConfig(), SandboxConfig(executor="docker", **LIMITS), tmp_path) as runner:
+        ok, failed = runner.run_many(
+            [spec("loud", HONEST_FEATURES, PRINTING_MODEL), spec("loud failure", HONEST_FEATURES, FAILING_MODEL)]
+        )
     assert ok.ok and runner.predictions(ok).height > 2000, ok.message
     assert "DIAGNOSTIC-MARKER" in ok.stderr_tail
     assert failed.status == "value_error" and "DIAGNOSTIC-MARKER" in failed.stderr_tail
@@ -324,11 +322,13 @@ EQUIVALENCE_FAMILIES = ["logistic", "random_forest", "hist_gradient_boosting", "
 
 
 @pytest.fixture(scope="module")
-def four_hour_runner(shared_4h_panel, sandbox_image, tmp_path_factory) -> SandboxRunner:
+def four_hour_runner(shared_4h_panel, sandbox_image, tmp_path_factory) -> Iterator[SandboxRunner]:
     symbols = ["BTCUSDT", "ETHUSDT", "XRPUSDT", "LTCUSDT"]
     panel = shared_4h_panel.filter(pl.col("symbol").is_in(symbols))
     panel = panel.filter(pl.col("timestamp") > pl.col("timestamp").max() - pl.duration(days=150))
-    return SandboxRunner(panel, EvalConfig(), SandboxConfig(executor="docker", **LIMITS), tmp_path_factory.mktemp("4h"))
+    cache = tmp_path_factory.mktemp("4h")
+    with SandboxRunner(panel, EvalConfig(), SandboxConfig(executor="docker", **LIMITS), cache) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ LIMITS = {"timeout_seconds": 60, "memory_mb": 512, "pids_limit": 64, "tmpfs_mb":
 
 
 def make_runner(panel: pl.DataFrame, cache_dir: Path, **limits) -> SandboxRunner:
-    sandbox = SandboxConfig(**{"executor": "docker", "workers": 2, **LIMITS, **limits})
+    """A runner with no warm pool: the containers each test counts are the ones its experiments ran in."""
+    sandbox = SandboxConfig(**{"executor": "docker", "workers": 2, "warm_pool": False, **LIMITS, **limits})
     return SandboxRunner(panel, EvalConfig(), sandbox, cache_dir)
 
 
@@ -361,8 +362,7 @@ def test_a_traceback_shows_the_generated_line(taxonomy_results):
 def test_host_and_next_experiment_are_unaffected(attack_results, timeout_results, honest_results, taxonomy_results):
     runner = attack_results["runner"]
     assert runner.run(spec("next", HONEST_FEATURES, LOGISTIC + "\n# next")).ok
-    client = docker.from_env()
-    assert client.api.containers(all=True, filters={"label": RUN_LABEL}) == []
+    assert _containers_of(docker.from_env(), runner.run_id) == []
 
 
 # ---- parallel, determinism, cache, holdout, reaper, infrastructure faults ----
@@ -414,6 +414,31 @@ def test_an_identical_experiment_never_runs_twice(sandbox_panel, tmp_path):
 
     changed = runner.run(spec("changed", HONEST_FEATURES, LOGISTIC.replace("500", "400")))
     assert not changed.cached and changed.cache_key != first.cache_key
+
+
+def _containers_of(client: docker.DockerClient, run_id: str) -> list[dict]:
+    return client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting: {condition.__code__.co_firstlineno}"
+        time.sleep(0.2)
+
+
+def test_warm_containers_wait_ahead_run_one_task_each_and_are_removed_on_close(sandbox_panel, tmp_path):
+    client = docker.from_env()
+    sandbox = SandboxConfig(**{**LIMITS, "executor": "docker", "workers": 2, "warm_pool": True})
+    started = time.time() - 1
+    with SandboxRunner(sandbox_panel, EvalConfig(), sandbox, tmp_path) as runner:
+        _wait_for(lambda: len(_containers_of(client, runner.run_id)) == 2)  # started before any task exists
+        results = [runner.run(spec(f"warm {i}", HONEST_FEATURES, LOGISTIC + f"\n# {i}")) for i in range(3)]
+        assert all(result.ok for result in results), [result.message for result in results]
+        _wait_for(lambda: len(_containers_of(client, runner.run_id)) == 2)  # refilled, the used ones removed
+    _wait_for(lambda: _containers_of(client, runner.run_id) == [])
+    created = _containers_created(client, runner.run_id, started)
+    assert created >= 5  # 2 ahead of time, then one new for each of the 3 taken: none ran a second task
 
 
 def test_the_holdout_run_predicts_only_the_holdout(sandbox_panel, tmp_path):

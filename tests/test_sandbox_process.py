@@ -8,6 +8,7 @@ clear error where bubblewrap is missing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from sandbox_fixtures import features_doing, spec
@@ -21,10 +22,10 @@ LIMITS = {"timeout_seconds": 15, "memory_mb": 1024, "pids_limit": 64, "tmpfs_mb"
 
 
 @pytest.fixture(scope="module")
-def process_runner(sandbox_panel, tmp_path_factory) -> SandboxRunner:
-    return SandboxRunner(
-        sandbox_panel, EvalConfig(), SandboxConfig(executor="process", **LIMITS), tmp_path_factory.mktemp("process")
-    )
+def process_runner(sandbox_panel, tmp_path_factory) -> Iterator[SandboxRunner]:
+    cache = tmp_path_factory.mktemp("process")
+    with SandboxRunner(sandbox_panel, EvalConfig(), SandboxConfig(executor="process", **LIMITS), cache) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def make_features(df):
 
 @pytest.fixture(scope="module")
 def runner(sandbox_panel, tmp_path_factory) -> SandboxRunner:
-    sandbox = SandboxConfig(executor="process", workers=1, timeout_seconds=120)
+    sandbox = SandboxConfig(executor="process", workers=1, timeout_seconds=120, warm_pool=False)
     return SandboxRunner(sandbox_panel, EvalConfig(), sandbox, tmp_path_factory.mktemp("cache"))
 
 

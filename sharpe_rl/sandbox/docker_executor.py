@@ -16,7 +16,9 @@ Guarantees (each one has a test in tests/test_sandbox_docker.py or tests/test_re
   the other out.
 - Nothing survives a run: every container is removed in a `finally`; containers carry the labels
   `sharpe-rl.run` and `sharpe-rl.created`, and `reap_containers` removes those a crashed run left.
-- Runs are independent: a fresh container and tmpfs each time, never reused.
+- Runs are independent: a fresh container and tmpfs each time, never reused. Up to `workers`
+  containers are started ahead of their tasks (`SandboxConfig.warm_pool`), their libraries
+  imported while they wait; each still runs one task and is removed.
 
 Not guaranteed:
 - Protection from kernel or container-runtime exploits: containers share the host kernel. This
@@ -40,7 +42,7 @@ from docker.types import LogConfig, Ulimit
 from sharpe_rl.config import SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import SANDBOX_ENV
-from sharpe_rl.sandbox.executor import PRELOAD, RawOutcome, decode_tail, host_time_limit
+from sharpe_rl.sandbox.executor import PRELOAD, RawOutcome, WarmPool, decode_tail, host_time_limit
 from sharpe_rl.sandbox.image import docker_client, image_exists, image_tag
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,11 @@ class DockerExecutor:
                 f"the sandbox image {self.image} is missing: build it with `make image` "
                 "(or `.venv/bin/python sandbox_image/build.py`)"
             )
+        self.pool = WarmPool(config.workers if config.warm_pool else 0, self._start, _waiting, _remove)
 
     def execute(self, task: bytes) -> RawOutcome:
         started = time.perf_counter()
-        container = self._start()
+        container = self.pool.take()
         try:
             self._send(container, task)
             timed_out = False
@@ -89,11 +92,10 @@ class DockerExecutor:
         except docker.errors.DockerException as exc:
             raise InfrastructureError(f"the Docker engine failed while running the sandbox: {exc}") from exc
         finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException as exc:
-                # never hide the outcome: the reaper removes what is left (labels name the run)
-                log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
+            _remove(container)
+
+    def close(self) -> None:
+        self.pool.close()
 
     def _start(self) -> Container:
         """A new running sandbox whose harness waits for its task on stdin."""
@@ -126,7 +128,7 @@ class DockerExecutor:
         try:
             container.start()
         except docker.errors.DockerException as exc:
-            container.remove(force=True)
+            _remove(container)
             raise InfrastructureError(f"the Docker engine could not start the sandbox container: {exc}") from exc
         return container
 
@@ -139,6 +141,24 @@ class DockerExecutor:
             log.warning("could not send the task to sandbox container %s: %s", container.id, exc)
         finally:
             socket.close()
+
+
+def _waiting(container: Container) -> bool:
+    try:
+        container.reload()
+    except docker.errors.DockerException:
+        return False
+    return container.status == "running"
+
+
+def _remove(container: Container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.DockerException as exc:
+        # never hide the outcome: the reaper removes what is left (labels name the run)
+        log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
 
 
 def reap_containers(

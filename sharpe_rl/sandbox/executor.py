@@ -3,19 +3,38 @@
 An executor never interprets the experiment's output; it reports what happened to the process
 (exit code, killed by the wall clock or by the memory limit) and the captured output, capped.
 The runner turns that into an ExecutionResult.
+
+Starting a sandbox costs more than most of what runs in it: a fresh interpreter importing pandas,
+scikit-learn and the boosting libraries takes seconds. A sandbox's harness can start, and its
+worker import those libraries, before its task exists, so each executor keeps a `WarmPool` of
+sandboxes started ahead of their tasks. Each one still runs exactly one task and is then thrown
+away: nothing is ever shared between two experiments.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from sharpe_rl.config import SandboxConfig
+from sharpe_rl.sandbox import InfrastructureError
+
+log = logging.getLogger(__name__)
 
 #: Seconds the host waits beyond the harness's own time limit (process start, imports) before killing.
 HOST_GRACE_SECONDS = 5.0
-#: The environment that makes the sandbox import these before its task arrives (see worker.py).
-PRELOAD = {"SHARPE_RL_PRELOAD": "pandas"}
+#: The environment that makes the sandbox import these before its task arrives (see worker.py): the
+#: libraries most experiments use. torch and statsmodels are left to the experiments that import them.
+PRELOAD = {
+    "SHARPE_RL_PRELOAD": "pandas,sklearn.ensemble,sklearn.linear_model,sklearn.pipeline,sklearn.preprocessing,"
+    "lightgbm,xgboost"
+}
+#: Seconds a task waits for a sandbox of the warm pool that is being started before starting its own.
+START_WAIT_SECONDS = 10.0
 #: How much of stderr is kept for the result.
 STDERR_TAIL_BYTES = 4000
 
@@ -39,6 +58,79 @@ class Executor(Protocol):
     def execute(self, task: bytes) -> RawOutcome:
         """Run the harness with `task` on its stdin; raise InfrastructureError if it cannot."""
         ...
+
+    def close(self) -> None:
+        """Remove the sandboxes started ahead of their tasks."""
+        ...
+
+
+Sandbox = TypeVar("Sandbox")
+
+
+class WarmPool(Generic[Sandbox]):
+    """Sandboxes started ahead of their tasks, each taken once; every take starts a replacement.
+
+    `start` makes a sandbox whose harness waits for its task, `alive` says whether one still waits,
+    `discard` removes one. With size 0 every take starts a sandbox on the spot.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        start: Callable[[], Sandbox],
+        alive: Callable[[Sandbox], bool],
+        discard: Callable[[Sandbox], None],
+    ) -> None:
+        self.size = size
+        self._start, self._alive, self._discard = start, alive, discard
+        self._ready: queue.SimpleQueue[Sandbox] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(size):
+            self._refill()
+
+    def take(self) -> Sandbox:
+        """A waiting sandbox (started now when none comes in time); a replacement starts in the background.
+
+        The pool owns `size` sandboxes, waiting or starting: every take starts one replacement, so it
+        never grows past that, and a take waits for one being started rather than starting another.
+        """
+        if not self.size:
+            return self._start()
+        self._refill()
+        while True:
+            try:
+                sandbox = self._ready.get(timeout=START_WAIT_SECONDS)
+            except queue.Empty:  # the engine is slow or failing: start one here, and report its fault
+                return self._start()
+            if self._alive(sandbox):
+                return sandbox
+            self._discard(sandbox)  # it died while waiting (the engine restarted, say): never give it a task
+            self._refill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                self._discard(self._ready.get_nowait())
+            except queue.Empty:
+                return
+
+    def _refill(self) -> None:
+        threading.Thread(target=self._add_one, daemon=True, name="sandbox-warm-pool").start()
+
+    def _add_one(self) -> None:
+        try:
+            sandbox = self._start()
+        except InfrastructureError as exc:  # a take will start one itself, and report the fault
+            log.warning("could not start a sandbox ahead of its task: %s", exc)
+            return
+        with self._lock:
+            if not self._closed:
+                self._ready.put(sandbox)
+                return
+        self._discard(sandbox)
 
 
 def host_time_limit(config: SandboxConfig) -> float:

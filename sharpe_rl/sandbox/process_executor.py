@@ -41,7 +41,15 @@ from typing import IO
 from sharpe_rl.config import SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import SANDBOX_ENV
-from sharpe_rl.sandbox.executor import PRELOAD, STDERR_TAIL_BYTES, RawOutcome, decode_tail, host_time_limit
+from sharpe_rl.sandbox.executor import (
+    HOST_GRACE_SECONDS,
+    PRELOAD,
+    STDERR_TAIL_BYTES,
+    RawOutcome,
+    WarmPool,
+    decode_tail,
+    host_time_limit,
+)
 from sharpe_rl.sandbox.image import HARNESS_FILES
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,7 @@ class ProcessExecutor:
             raise InfrastructureError(
                 "the process executor needs bubblewrap: `apt-get install bubblewrap` (or use the Docker executor)"
             )
+        self.pool = WarmPool(config.workers if config.warm_pool else 0, self._start, _waiting, _discard)
 
     def command(self) -> list[str]:
         """The bwrap command line that runs the harness."""
@@ -98,23 +107,29 @@ class ProcessExecutor:
             command += ["--setenv", key, value]
         return [*command, sys.executable, "-s", f"{SANDBOX_HARNESS_DIR}/harness.py"]
 
-    def execute(self, task: bytes) -> RawOutcome:
+    def _start(self) -> subprocess.Popen:
+        """A new sandbox whose harness waits for its task on stdin."""
         cfg = self.config
         limits = [
-            f"--cpu={int(cfg.timeout_seconds) + 2}",
+            # CPU time counts from the start, imports while waiting included: the harness's wall clock is the limit
+            f"--cpu={int(2 * cfg.timeout_seconds + HOST_GRACE_SECONDS)}",
             f"--as={cfg.memory_mb * 2**20}",
             f"--fsize={cfg.tmpfs_mb * 2**20}",
             f"--nproc={cfg.pids_limit + _tasks_of(os.getuid())}",
             "--core=0",
         ]
-        started = time.perf_counter()
-        process = subprocess.Popen(
+        return subprocess.Popen(
             ["prlimit", *limits, "--", *self.command()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # one process group to kill on timeout
         )
+
+    def execute(self, task: bytes) -> RawOutcome:
+        cfg = self.config
+        started = time.perf_counter()
+        process = self.pool.take()
         stdout = _TailReader(process.stdout, cfg.output_limit_kb * 1024)
         stderr = _TailReader(process.stderr, STDERR_TAIL_BYTES)
         threading.Thread(target=_feed, args=(process.stdin, task), daemon=True).start()
@@ -124,8 +139,7 @@ class ProcessExecutor:
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            _kill_group(process.pid)  # bwrap dies, and with it (--die-with-parent) the whole sandbox
-            process.wait()
+            _kill(process)  # bwrap dies, and with it (--die-with-parent) the whole sandbox
         stdout.join()
         stderr.join()
         returncode = process.returncode
@@ -138,6 +152,27 @@ class ProcessExecutor:
             oom_killed=False,
             wall_seconds=time.perf_counter() - started,
         )
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _waiting(process: subprocess.Popen) -> bool:
+    return process.poll() is None
+
+
+def _kill(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _discard(process: subprocess.Popen) -> None:
+    """Kill a sandbox that never got its task, and close the pipes nobody reads."""
+    _kill(process)
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _feed(pipe: IO[bytes] | None, task: bytes) -> None:
@@ -173,11 +208,6 @@ class _TailReader:
 
     def data(self) -> bytes:
         return bytes(self._buffer[-self._limit :])
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _tasks_of(uid: int) -> int:

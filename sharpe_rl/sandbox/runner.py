@@ -119,6 +119,16 @@ class SandboxRunner:
         self._panel = panel
         self.reward_view = make_view(panel, self.plan.reward_end)
 
+    def close(self) -> None:
+        """Remove the sandboxes started ahead of their tasks (a runner can still run after this)."""
+        self.executor.close()
+
+    def __enter__(self) -> SandboxRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @cached_property
     def holdout_view(self) -> DataView:
         """The whole panel: the holdout run trains on the reward window and steps through the holdout."""
