@@ -57,10 +57,11 @@ def local_timezone() -> str:
 
 
 def orchestration_environment(runs_dir: Path, *, use_running_server: bool = True) -> dict[str, str]:
-    """Environment for Prefect: state under runs_dir, no telemetry, the local server when it is up."""
+    """Environment for Prefect and MLflow: state under runs_dir, no telemetry, the local server when it is up."""
     env = {
         "PREFECT_HOME": os.environ.get("PREFECT_HOME", str((runs_dir / "prefect").resolve())),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "SHARPE_RL_HOME": str(PROJECT_ROOT),
         "SHARPE_RL_TIMEZONE": os.environ.get("SHARPE_RL_TIMEZONE", local_timezone()),
     }
