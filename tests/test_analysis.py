@@ -295,6 +295,18 @@ def test_markdown_with_embedded_plots_carries_every_plot_as_a_data_uri(tmp_path)
     assert re.sub(r"\(data:image/png;base64,[^)]*\)", "", embedded) == without_images  # nothing else changed
 
 
+def test_a_one_cycle_run_gets_one_integer_cycle_tick():
+    from matplotlib.figure import Figure
+
+    from sharpe_rl.analysis.plots import _label
+
+    axes = Figure().subplots()
+    axes.bar([0], [1.0], width=0.85)  # as the per-cycle bar plots draw one cycle
+    _label(axes, "one cycle", "cycle")
+    low, high = axes.get_xlim()
+    assert [tick for tick in axes.get_xticks() if low <= tick <= high] == [0.0]
+
+
 def test_report_compares_two_runs(tmp_path):
     v2_rows = [
         (0, 0, "sklearn/trees", "rsi", None, 0.4, 1.2, 0.6, 0.2),
