@@ -140,7 +140,7 @@ def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
         )
         _wait_until(f"http://127.0.0.1:{MLFLOW_PORT}/health", services, "the MLflow UI")
         say(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (deployments: nightly run, reset, rerun, report)")
-        say(f"MLflow UI:  http://127.0.0.1:{MLFLOW_PORT}  (experiment 'sharpe-rl')")
+        say(f"MLflow UI:  http://127.0.0.1:{MLFLOW_PORT}  (Model training > experiment 'sharpe-rl')")
         say(f"logs in {logs}/; Ctrl-C stops everything")
         while all(process.poll() is None for process in services.values()):
             time.sleep(1)
