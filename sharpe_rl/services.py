@@ -57,10 +57,11 @@ def local_timezone() -> str:
 
 
 def orchestration_environment(runs_dir: Path, *, use_running_server: bool = True) -> dict[str, str]:
-    """Environment for Prefect: state under runs_dir, no telemetry, the local server when it is up."""
+    """Environment for Prefect and MLflow: state under runs_dir, no telemetry, the local server when it is up."""
     env = {
         "PREFECT_HOME": os.environ.get("PREFECT_HOME", str((runs_dir / "prefect").resolve())),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "SHARPE_RL_HOME": str(PROJECT_ROOT),
         "SHARPE_RL_TIMEZONE": os.environ.get("SHARPE_RL_TIMEZONE", local_timezone()),
     }
@@ -139,7 +140,7 @@ def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
         )
         _wait_until(f"http://127.0.0.1:{MLFLOW_PORT}/health", services, "the MLflow UI")
         say(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (deployments: nightly run, reset, rerun, report)")
-        say(f"MLflow UI:  http://127.0.0.1:{MLFLOW_PORT}  (experiment 'sharpe-rl')")
+        say(f"MLflow UI:  http://127.0.0.1:{MLFLOW_PORT}  (Model training > experiment 'sharpe-rl')")
         say(f"logs in {logs}/; Ctrl-C stops everything")
         while all(process.poll() is None for process in services.values()):
             time.sleep(1)

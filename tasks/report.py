@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import Artifact, MarkdownArtifact, TableArtifact
 from prefect.cache_policies import NONE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.runtime import flow_run
 
 from sharpe_rl.analysis.report import Report, build_report
 from sharpe_rl.config import RunConfig
@@ -20,13 +24,35 @@ def artifact_key(*parts: str) -> str:
 
 
 def post_report(report: Report) -> None:
-    """Post a report as a markdown artifact and one table artifact per table (the same keys update in place)."""
-    create_markdown_artifact(
-        report.markdown, key=artifact_key(report.run, "post-mortem"), description=f"Post-mortem of {report.run}"
+    """Post a report as a markdown artifact (plots embedded) and one table artifact per table.
+
+    Posting again from the same flow run updates those artifacts in place, so a run's Artifacts tab
+    holds one current post-mortem rather than one per cycle (which the UI lists in no useful order).
+    """
+    artifacts: list[Artifact] = [
+        MarkdownArtifact(
+            key=artifact_key(report.run, "post-mortem"),
+            markdown=report.markdown_with_embedded_plots(),
+            description=f"Post-mortem of {report.run}",
+        )
+    ]
+    artifacts += [
+        TableArtifact(key=artifact_key(report.run, name), table=rows, description=f"{report.run}: {name}")
+        for name, rows in report.tables.items()
+        if rows
+    ]
+    mine = ArtifactFilter(
+        key=ArtifactFilterKey(any_=[artifact.key for artifact in artifacts]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
     )
-    for name, rows in report.tables.items():
-        if rows:
-            create_table_artifact(rows, key=artifact_key(report.run, name), description=f"{report.run}: {name}")
+    with get_client(sync_client=True) as client:
+        posted = {artifact.key: artifact.id for artifact in client.read_artifacts(artifact_filter=mine)}
+        for artifact in artifacts:
+            if artifact.key in posted:
+                update = ArtifactUpdate(data=artifact.format(), description=artifact.description)
+                client.update_artifact(posted[artifact.key], update)
+            else:
+                artifact.create()
 
 
 @task(cache_policy=NONE)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -117,3 +121,41 @@ def pipeline_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 PIPELINE_POLICY_STEPS = 700
+
+
+# ---- serve: `sharpe-rl serve` (Prefect server, deployments, worker, MLflow UI) on its fixed ports ----
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """`sharpe-rl serve` on a fresh runs folder, yielding (process, what it printed, runs folder).
+
+    Once per module: the ports are fixed (4200, 5000), so two can never run at once. Afterwards it
+    is stopped as Ctrl-C stops it, so its server, worker and MLflow UI stop with it.
+    """
+    from sharpe_rl.services import MLFLOW_PORT, is_up, prefect_api_url
+
+    if is_up(f"{prefect_api_url()}/health") or is_up(f"http://127.0.0.1:{MLFLOW_PORT}/health"):
+        pytest.skip("a Prefect server or MLflow UI already runs on this machine's default ports")
+    runs = tmp_path_factory.mktemp("serve") / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sharpe_rl.cli", "serve", "--runs-dir", str(runs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 240
+    while not any("Ctrl-C" in line for line in lines):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+        lines.append(process.stdout.readline())
+    yield process, "".join(lines), runs
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

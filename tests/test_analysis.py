@@ -5,7 +5,9 @@ and metrics are written down per row. Every expected number is recomputed here i
 from those true labels (not from the classifier), then compared with the polars tables.
 """
 
+import base64
 import math
+import re
 import statistics
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -278,6 +280,31 @@ def test_report_files_tables_and_missing_holdout(tmp_path):
     assert {"headline", "family_usage", "feature_usage", "failure_taxonomy", "cycles"} <= report.tables.keys()
     assert "rsi <b>bold</b> \\| piped" in report.markdown
     assert "<b>bold</b>" not in report.html and "&lt;b&gt;bold&lt;/b&gt;" in report.html
+
+
+def test_markdown_with_embedded_plots_carries_every_plot_as_a_data_uri(tmp_path):
+    report = build_report(make_frame(), tmp_path)
+    embedded = report.markdown_with_embedded_plots()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", embedded)
+    assert len(images) == len(report.plots) == 4
+    assert sorted(base64.b64decode(src.split(",", 1)[1]) for src in images) == sorted(
+        path.read_bytes() for path in report.plots.values()
+    )
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    without_images = re.sub(r"\(plots/[a-z]+\.png\)", "", report.markdown)
+    assert re.sub(r"\(data:image/png;base64,[^)]*\)", "", embedded) == without_images  # nothing else changed
+
+
+def test_a_one_cycle_run_gets_one_integer_cycle_tick():
+    from matplotlib.figure import Figure
+
+    from sharpe_rl.analysis.plots import _label
+
+    axes = Figure().subplots()
+    axes.bar([0], [1.0], width=0.85)  # as the per-cycle bar plots draw one cycle
+    _label(axes, "one cycle", "cycle")
+    low, high = axes.get_xlim()
+    assert [tick for tick in axes.get_xticks() if low <= tick <= high] == [0.0]
 
 
 def test_report_compares_two_runs(tmp_path):

@@ -177,6 +177,17 @@ def test_two_cycles_fill_the_buffer_mlflow_and_the_checkpoint(finished_run):
     assert (runs / "reports" / "e2e" / "report.html").is_file()
 
 
+def test_the_run_keeps_one_post_mortem_artifact_current_with_its_plots(finished_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        posted = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["e2e-post-mortem"])))
+    assert len(posted) == 1  # updated in place every cycle, not one artifact per cycle
+    assert "| experiments | 8 |" in posted[0].data  # the last cycle's numbers
+    assert "](data:image/png;base64," in posted[0].data and "](plots/" not in posted[0].data
+
+
 def test_a_past_cycle_reruns_and_reproduces(finished_run):
     from flows.rerun import rerun
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -25,29 +21,6 @@ def post(path: str, body: dict) -> list[dict]:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
-
-
-@pytest.fixture
-def served(tmp_path: Path):
-    if is_up(f"{API}/health") or is_up(f"http://127.0.0.1:{MLFLOW_PORT}/health"):
-        pytest.skip("a Prefect server or MLflow UI already runs on this machine's default ports")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sharpe_rl.cli", "serve", "--runs-dir", str(tmp_path / "runs")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines = []
-    deadline = time.monotonic() + 240
-    while not any("Ctrl-C" in line for line in lines):
-        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        lines.append(process.stdout.readline())
-    yield process, "".join(lines), tmp_path / "runs"
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_serve_deploys_schedules_and_stops_cleanly(served):

@@ -142,7 +142,7 @@ def _label(axes: Axes, title: str, xlabel: str) -> None:
     axes.set_xlabel(xlabel)
     axes.grid(alpha=0.3)
     if xlabel == "cycle":
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no cycle 1.5
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no cycle 1.5, no -0.4 (1 cycle)
 
 
 def _save(figure: Figure, path: Path) -> Path:

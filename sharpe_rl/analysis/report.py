@@ -1,14 +1,15 @@
 """The post-mortem report: Markdown and HTML files with their PNG plots, the table data, a Rich view.
 
 `build_report` writes `report.md`, `report.html` and `plots/*.png` under `out_dir` and returns a
-`Report`: its `markdown` can be posted as a Prefect markdown artifact, its `tables` (rows as
-lists of dicts) as Prefect table artifacts, and its files logged as MLflow artifacts of the
-parent run. One list of sections feeds every output, so the Markdown, the HTML, the table data
+`Report`: its `markdown_with_embedded_plots()` can be posted as a Prefect markdown artifact, its
+`tables` (rows as lists of dicts) as Prefect table artifacts, and its files logged as MLflow
+artifacts of the parent run. One list of sections feeds every output, so the Markdown, the HTML, the table data
 and the terminal always show the same numbers.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -93,6 +94,19 @@ class Report:
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         """Every table's rows by table name, for table artifacts."""
         return {table.name: table.records() for section in self.sections for table in section.tables}
+
+    def markdown_with_embedded_plots(self) -> str:
+        """The Markdown with each plot inside it as a data URI, for viewers that have no plots/ folder beside it.
+
+        A Prefect markdown artifact is shown at a URL of the Prefect UI, where `plots/x.png` resolves
+        to nothing: a person would see broken images. The four PNGs add about 150 kB.
+        """
+        markdown = self.markdown
+        for path in self.plots.values():
+            link = path.relative_to(self.markdown_path.parent).as_posix()
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            markdown = markdown.replace(f"]({link})", f"](data:image/png;base64,{data})")
+        return markdown
 
 
 def select_run(frame: pl.DataFrame, run: str | None = None) -> pl.DataFrame:
