@@ -229,13 +229,13 @@ def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run
     real_execute = DockerExecutor.execute
     faults = {"left": 1}
 
-    def flaky_execute(self, task_path, data_path):
-        name = json.loads(Path(task_path).read_text())["spec"]["name"]
+    def flaky_execute(self, task: bytes):
+        name = "raises" if b"fails on purpose" in task else "ok"
         calls[name] += 1
         if name == "ok" and faults["left"]:
             faults["left"] -= 1
             raise InfrastructureError("Docker API error (injected): the engine restarted")
-        return real_execute(self, task_path, data_path)
+        return real_execute(self, task)
 
     monkeypatch.setattr(DockerExecutor, "execute", flaky_execute)
     monkeypatch.setattr("tasks.steps.execute_experiment.retry_delay_seconds", [0, 0, 0, 0])

@@ -68,7 +68,7 @@ Sandbox = TypeVar("Sandbox")
 
 
 class WarmPool(Generic[Sandbox]):
-    """Sandboxes started ahead of their tasks, each taken once; every take starts a replacement.
+    """Sandboxes started ahead of their tasks (from the first task on), each taken once, each take replaced.
 
     `start` makes a sandbox whose harness waits for its task, `alive` says whether one still waits,
     `discard` removes one. With size 0 every take starts a sandbox on the spot.
@@ -86,18 +86,20 @@ class WarmPool(Generic[Sandbox]):
         self._ready: queue.SimpleQueue[Sandbox] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        for _ in range(size):
-            self._refill()
+        self._filled = False  # filled at the first take: a run whose results all come from the cache starts nothing
 
     def take(self) -> Sandbox:
         """A waiting sandbox (started now when none comes in time); a replacement starts in the background.
 
-        The pool owns `size` sandboxes, waiting or starting: every take starts one replacement, so it
-        never grows past that, and a take waits for one being started rather than starting another.
+        After the first take the pool owns `size` sandboxes, waiting or starting: every take starts one
+        replacement, so it never grows past that, and a take waits for one being started rather than
+        starting another.
         """
         if not self.size:
             return self._start()
-        self._refill()
+        for _ in range(1 if self._filled else self.size + 1):
+            self._refill()
+        self._filled = True
         while True:
             try:
                 sandbox = self._ready.get(timeout=START_WAIT_SECONDS)
