@@ -209,3 +209,9 @@ def test_the_static_checks_are_safe_on_a_thread_pool():
         gc.set_threshold(*thresholds)
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+@pytest.mark.parametrize("expression", ["-" * 3000 + "1", "1" + " + 1" * 3000])
+def test_code_nested_too_deeply_to_compile_is_a_syntax_error(expression):
+    """A policy stuck repeating one token writes this; the parser gives up with RecursionError, not SyntaxError."""
+    assert error_of(completion(model=f"{LOGISTIC}\nx = {expression}\n")).error_class == "syntax"
