@@ -30,13 +30,15 @@ from prefect.testing.utilities import prefect_test_harness
 from sandbox_fixtures import HONEST_FEATURES, LOGISTIC
 from transformers import AutoTokenizer
 
-from sharpe_rl import session as session_module
+from sharpe_rl import steps as run_steps
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import EvalConfig, PolicyConfig, RunConfig, SandboxConfig
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy import generation as generation_module
+from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, make_generator
+from sharpe_rl.policy.steps import Batch
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import RUN_LABEL, DockerExecutor
 from sharpe_rl.tracking import EXPERIMENT_NAME, default_tracking_uri
@@ -56,10 +58,10 @@ def prefect_server():
 
 
 @pytest.fixture(autouse=True)
-def fresh_sessions():
-    session_module.close_sessions()
+def fresh_policies():
+    policy_steps.release()
     yield
-    session_module.close_sessions()
+    policy_steps.release()
 
 
 def make_config(runs_dir: Path, dataset: Path, policy: Path, name: str, **updates) -> RunConfig:
@@ -89,10 +91,9 @@ def finished_run(tmp_path_factory, pipeline_dataset: Path, pipeline_policy: Path
     """A run of two cycles of the tiny policy with the Docker executor, through the rl_run flow."""
     from flows.rl_run import rl_run
 
-    session_module.close_sessions()
     config = make_config(tmp_path_factory.mktemp("e2e") / "runs", pipeline_dataset, pipeline_policy, "e2e")
     assert rl_run(config) == "e2e"
-    session_module.close_sessions()
+    policy_steps.release()
     return config
 
 
@@ -123,11 +124,21 @@ class ScriptedGenerator:
         return out
 
 
-def scripted(config: RunConfig, completions: list[str]) -> None:
-    """Open the run's session and make its policy write `completions` every cycle."""
-    session = session_module.open_session(config)
-    tokenizer = AutoTokenizer.from_pretrained(config.policy.model)
-    session.generator = ScriptedGenerator(tokenizer, completions)
+def scripted(monkeypatch, config: RunConfig, completions: list[str]) -> None:
+    """Make the policy write `completions` every cycle (the update still trains the real policy on them)."""
+    scripted_generator = ScriptedGenerator(AutoTokenizer.from_pretrained(config.policy.model), completions)
+
+    def generate(policy, prompt, n, *, cycle, seed):
+        return Batch(cycle=cycle, generations=scripted_generator.generate([prompt] * n, seed), seconds=0.0)
+
+    monkeypatch.setattr(policy_steps, "generate", generate)
+
+
+def run_one_cycle(config: RunConfig) -> None:
+    from flows.cycle import cycle
+
+    run = run_steps.start(config)
+    cycle(run, run.policy, 0)
 
 
 def children(runs_dir: Path, run: str) -> list:
@@ -158,11 +169,14 @@ def test_two_cycles_fill_the_buffer_mlflow_and_the_checkpoint(finished_run):
     assert parent.info.status == "FINISHED"
     for key in (
         "reward_mean",
-        "failure_rate_json_parse",
-        "family_entropy",
+        "ok_pct",
+        "failure_pct_json_parse",
+        "entropy_bits",
         "ppo_kl",
         "ppo_policy_loss",
         "time_generate",
+        "time_execute",
+        "time_update",
     ):
         assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, key)) == [0, 1], key
     assert len(children(runs, "e2e")) == 8
@@ -200,19 +214,17 @@ def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_bas
     assert Path(archived["replay buffer"], "e2e").is_dir()
     assert Path(archived["holdout scores"], "e2e.parquet").is_file()  # the end of the run scored the holdout
     assert ReplayBuffer(runs).frame().is_empty() and Checkpoints(runs, "e2e").latest_cycle() is None
-    session = session_module.open_session(finished_run.model_copy(update={"runs_dir": runs}))
-    assert session.pending_cycles() == [0, 1]
-    assert all((p == 0).all() for n, p in session.policy.named_parameters() if "lora_B" in n)
+    run = run_steps.start(finished_run.model_copy(update={"runs_dir": runs}))
+    assert run.pending_cycles == [0, 1] and run.policy.cycle is None  # the base policy
 
 
 # ---- retries: infrastructure faults only ----
 
 
 def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run_config, monkeypatch):
-    from flows.cycle import cycle
-
     config = run_config("retry", cycles=1, batch_size=2)
-    scripted(config, [spec_completion("ok", HONEST_FEATURES, LOGISTIC), spec_completion("raises", RAISES, LOGISTIC)])
+    completions = [spec_completion("ok", HONEST_FEATURES, LOGISTIC), spec_completion("raises", RAISES, LOGISTIC)]
+    scripted(monkeypatch, config, completions)
 
     calls: Counter[str] = Counter()
     real_execute = DockerExecutor.execute
@@ -227,8 +239,8 @@ def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run
         return real_execute(self, task_path, data_path)
 
     monkeypatch.setattr(DockerExecutor, "execute", flaky_execute)
-    monkeypatch.setattr("tasks.steps.execute_experiment.retry_delay_seconds", [0, 0, 0, 0])
-    cycle(config, 0)
+    monkeypatch.setattr("tasks.execute.execute_experiment.retry_delay_seconds", [0, 0, 0, 0])
+    run_one_cycle(config)
 
     experiences = {e.name: e for e in ReplayBuffer(config.runs_dir).experiences("retry", 0)}
     assert experiences["ok"].error_class is None  # retried after the fault, then ran
@@ -241,19 +253,16 @@ def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run
 # ---- cache: what already ran never runs again ----
 
 
-def test_a_cycle_of_already_executed_specs_starts_no_container(run_config):
-    from flows.cycle import cycle
-
+def test_a_cycle_of_already_executed_specs_starts_no_container(run_config, monkeypatch):
     completions = [spec_completion("logistic", HONEST_FEATURES, LOGISTIC), spec_completion("raises", RAISES, LOGISTIC)]
     first = run_config("cache-a", cycles=1, batch_size=2)
-    scripted(first, completions)
-    cycle(first, 0)
+    scripted(monkeypatch, first, completions)
+    run_one_cycle(first)
 
     engine = docker.from_env()
     since = time.time()
     second = run_config("cache-b", cycles=1, batch_size=2)
-    scripted(second, completions)
-    cycle(second, 0)
+    run_one_cycle(second)
     started = engine.events(
         since=since, until=time.time(), decode=True, filters={"type": "container", "event": "start"}
     )
@@ -289,22 +298,24 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
     config = config.model_copy(
         update={"policy": config.policy.model_copy(update={"backend": "vllm", "max_new_tokens": 32})}
     )
-    session = session_module.RunSession(config)
-    assert RecordingVLLM.adapters == [None]  # a fresh run samples the base policy
-    generations = session.generate(0)
+    run = run_steps.start(config)
+    batch = policy_steps.generate(run.policy, run.prompt, 2, cycle=0, seed=0)
+    assert RecordingVLLM.adapters == []  # a fresh run samples the base policy
     rewarded = [
         Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v2_rules", reward=float(i))
-        for i, g in enumerate(generations)
+        for i, g in enumerate(batch.generations)
     ]
-    session.update(0, rewarded)
+    update = policy_steps.update(run.policy, 0, rewarded)
     adapter = Checkpoints(config.runs_dir, "vllm").path(0) / "adapter"
-    assert RecordingVLLM.adapters == [None, adapter]
+    assert RecordingVLLM.adapters == [adapter]  # the next cycle samples the adapter just saved
     assert LoraConfig.from_pretrained(str(adapter)).r == config.policy.lora_r  # what vLLM's LoRARequest loads
-    session.finish()
+    run_steps.finish(run)
 
-    resumed = session_module.RunSession(config)
-    assert resumed.next_cycle == 1 and RecordingVLLM.adapters[-1] == adapter  # a resumed run starts from it
-    resumed.finish()
+    resumed = run_steps.start(config)  # a new process: nothing in memory
+    assert resumed.policy == update.policy and resumed.pending_cycles == [1]
+    policy_steps.generate(resumed.policy, resumed.prompt, 2, cycle=1, seed=1)
+    assert RecordingVLLM.adapters[-1] == adapter  # a resumed run samples its latest adapter
+    run_steps.finish(resumed)
 
 
 # ---- resume after a real kill ----
