@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 RUN_LABEL = "sharpe-rl.run"
 CREATED_LABEL = "sharpe-rl.created"
 SANDBOX_USER = "10001:10001"
+#: What the Docker SDK raises when the engine fails or goes away (a lost connection is a requests error).
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 class DockerExecutor:
@@ -96,7 +98,7 @@ class DockerExecutor:
                 ),
                 labels={RUN_LABEL: self.run_id, CREATED_LABEL: str(int(time.time()))},
             )
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"the Docker engine could not create the sandbox container: {exc}") from exc
         try:
             container.start()
@@ -117,12 +119,12 @@ class DockerExecutor:
                 oom_killed=bool(state.get("OOMKilled")),
                 wall_seconds=time.perf_counter() - started,
             )
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"the Docker engine failed while running the sandbox: {exc}") from exc
         finally:
             try:
                 container.remove(force=True)
-            except docker.errors.DockerException as exc:
+            except ENGINE_ERRORS as exc:
                 # never hide the outcome: the reaper removes what is left (labels name the run)
                 log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
 
