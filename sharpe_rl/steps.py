@@ -54,7 +54,7 @@ from sharpe_rl.policy.prompts import PROMPTS_DIR, render_prompt
 from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
-from sharpe_rl.sandbox.docker_executor import reap_containers
+from sharpe_rl.sandbox.docker_executor import ENGINE_ERRORS, reap_containers
 from sharpe_rl.scoring import deflate
 from sharpe_rl.spec import ExperimentSpec
 from sharpe_rl.tracking import Tracker
@@ -177,11 +177,19 @@ def start(config: RunConfig) -> RunRef:
 
 
 def finish(run: RunRef, *, failed: bool = False) -> None:
-    """Close the run: its MLflow parent FINISHED (or FAILED), its policy out of memory, its containers gone."""
-    run.tracker().finish(failed=failed)
+    """Close the run: its MLflow parent FINISHED (or FAILED), its policy out of memory, its containers gone.
+
+    Closing a failed run never raises: what made it fail is the error to show, not a cleanup's.
+    """
     policy_steps.release(run.name)
-    if run.config.task_runner.kind == "threads":
-        _reap_local_containers(run.name)
+    try:
+        run.tracker().finish(failed=failed)
+        if run.config.task_runner.kind == "threads":
+            _reap_local_containers(run.name)
+    except Exception:
+        if not failed:
+            raise
+        logger.exception("could not mark run %s FAILED in MLflow", run.name)
 
 
 def generation_seed(run: RunRef, cycle: int) -> int:
@@ -330,7 +338,7 @@ def _remember_config(config: RunConfig, path: Path) -> bool:
 
 
 def _reap_local_containers(run: str) -> None:
-    with contextlib.suppress(InfrastructureError):  # no engine here: nothing of this run can be running on it
+    with contextlib.suppress(InfrastructureError, *ENGINE_ERRORS):  # no engine here: nothing of this run runs on it
         reap_containers(run_id=run)
 
 

@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sharpe_rl.config import RunConfig
-from sharpe_rl.data.atomic import write_bytes_atomic
+from sharpe_rl.data.atomic import DiskFull, write_bytes_atomic
 from sharpe_rl.experience import Experience
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,12 @@ class Tracker:
         return self.parent_run_id
 
     def finish(self, failed: bool = False) -> None:
-        """Mark the parent run FINISHED, or FAILED for a run that died."""
-        status = RunStatus.FAILED if failed else RunStatus.FINISHED
-        self._write({"op": "terminate", "status": RunStatus.to_string(status)})
+        """Mark the parent run FINISHED, or FAILED for a run that died (sent directly when the disk is full)."""
+        status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+        try:
+            self._write({"op": "terminate", "status": status})
+        except DiskFull:
+            self.client.set_terminated(self._parent(), status=status)
 
     @property
     def run_url_hint(self) -> str:

@@ -10,6 +10,7 @@ MLflow catches up through its outbox).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -19,6 +20,7 @@ from prefect.utilities.annotations import unmapped
 
 from sharpe_rl import progress
 from sharpe_rl import steps as run_steps
+from sharpe_rl.data.atomic import DiskFull
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.steps import Executions, Logged, RunRef, Scored
@@ -49,12 +51,25 @@ def score_batch(run: RunRef, batch: Batch, executions: Executions) -> Scored:
     return run_steps.score(run, batch, executions)
 
 
-@task(
-    cache_policy=NONE,
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    task_run_name="log (cycle {scored.cycle})",
-)
+def is_worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Any failure of a log step but a full disk (waiting does not free it)."""
+    try:
+        state.result()
+    except DiskFull:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+_logging_retries = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_condition_fn": is_worth_retrying,
+}
+
+
+@task(cache_policy=NONE, **_logging_retries, task_run_name="log (cycle {scored.cycle})")
 def log_cycle(run: RunRef, batch: Batch, executions: Executions, scored: Scored) -> Logged:
     timings = {"generate": batch.seconds, "execute": executions.seconds, "score": scored.seconds}
     return run_steps.log(run, scored, timings)
@@ -65,7 +80,7 @@ def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
     return policy_steps.update(policy, cycle, scored.experiences)
 
 
-@task(cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@task(cache_policy=NONE, **_logging_retries)
 def log_update(run: RunRef, update: Update, logged: Logged) -> dict[str, float]:
     numbers = run_steps.log_update(run, update, logged)
     progress.cycle_finished(logged.cycle, numbers)
