@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 from datetime import timedelta
 from functools import cached_property
@@ -103,7 +102,6 @@ class Outcome(BaseModel):
     message: str | None = None
     result: ExecutionResult | None = None
     metrics: Metrics | None = None  # the reward window's score, when it ran and could be scored
-    evaluated_by: str = ""  # host:pid of the process that evaluated it
 
     @property
     def ok(self) -> bool:
@@ -168,35 +166,32 @@ def load_evaluation(ref: EvaluationRef) -> Evaluation:
 
 def evaluate(completion: str, evaluation: EvaluationRef) -> Outcome:
     """Check, run and score one completion; see the module docstring for what raises and what is an Outcome."""
-    where = f"{socket.gethostname()}:{os.getpid()}"
     try:
         spec = check_completion(completion, OHLCV_COLUMNS)
     except SpecError as exc:
-        return Outcome(error_class=exc.error_class, message=str(exc), evaluated_by=where)
+        return Outcome(error_class=exc.error_class, message=str(exc))
     except Exception as exc:
-        return _host_error("the static checks", exc, where)
+        return _host_error("the static checks", exc)
     loaded = load_evaluation(evaluation)
     try:
         result = loaded.runner.run(spec)
     except (InfrastructureError, OSError):
         raise
     except Exception as exc:
-        return _host_error("the sandbox runner", exc, where, spec=spec)
+        return _host_error("the sandbox runner", exc, spec=spec)
     if not result.ok:
         error = result.error_class
-        return Outcome(spec=spec, error_class=error, message=result.message, result=result, evaluated_by=where)
+        return Outcome(spec=spec, error_class=error, message=result.message, result=result)
     try:
         metrics = loaded.score(result)
     except OSError:
         raise
     except Exception as exc:
-        return _host_error("scoring", exc, where, spec=spec, result=result)
+        return _host_error("scoring", exc, spec=spec, result=result)
     if metrics is None or not metrics.valid:
         reason = metrics.message if metrics is not None else "no predictions"
-        return Outcome(
-            spec=spec, error_class=ErrorClass.bad_predictions, message=reason, result=result, evaluated_by=where
-        )
-    return Outcome(spec=spec, result=result, metrics=metrics, evaluated_by=where)
+        return Outcome(spec=spec, error_class=ErrorClass.bad_predictions, message=reason, result=result)
+    return Outcome(spec=spec, result=result, metrics=metrics)
 
 
 def evaluate_holdout(spec: ExperimentSpec, evaluation: EvaluationRef) -> dict[str, Any]:
@@ -216,9 +211,9 @@ def metric_numbers(metrics: Metrics) -> dict[str, float | None]:
 
 
 def _host_error(
-    stage: str, exc: Exception, where: str, *, spec: ExperimentSpec | None = None, result: ExecutionResult | None = None
+    stage: str, exc: Exception, *, spec: ExperimentSpec | None = None, result: ExecutionResult | None = None
 ) -> Outcome:
     """An unexpected exception on the host, recorded against the one experiment it happened to."""
     log.exception("host error in %s while evaluating %s", stage, spec.name if spec else "a completion")
     message = f"host error in {stage}: {type(exc).__name__}: {exc}"[:2000]
-    return Outcome(spec=spec, error_class=ErrorClass.runtime_error, message=message, result=result, evaluated_by=where)
+    return Outcome(spec=spec, error_class=ErrorClass.runtime_error, message=message, result=result)
