@@ -31,6 +31,9 @@ class DiskFull(OSError):
         self.errno = errno.ENOSPC
         self.filename = str(path)
 
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 28] None: path"
+        return str(self.args[0])
+
 
 #: Less free space than this where a write just failed means the disk is why.
 _NEARLY_FULL_BYTES = 1 << 20
