@@ -89,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     args.policy, args.data = args.policy.resolve(), args.data.resolve()
 
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-cycle-phases-"))
     use_orchestration_environment(scratch)
     print(f"policy {args.policy}, data {args.data}, {args.workers} workers, load average {os.getloadavg()}")

@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["threads-1", "threads-2", "dask-2"])
     args = parser.parse_args()
 
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-throughput-"))
     use_orchestration_environment(scratch / "runs")
     from sharpe_rl.sandbox.image import docker_client, ensure_image
