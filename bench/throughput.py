@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
-from sharpe_rl.services import use_orchestration_environment
+from sharpe_rl.services import orchestration_environment
 
 FEATURES = """
 import numpy as np
@@ -148,7 +148,8 @@ def main() -> None:
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-throughput-"))
-    use_orchestration_environment(scratch / "runs")
+    os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
+    os.environ.update(orchestration_environment(scratch, use_running_server=False))
     from sharpe_rl.sandbox.image import docker_client, ensure_image
 
     ensure_image(docker_client())
