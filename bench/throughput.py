@@ -150,6 +150,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-throughput-"))
     os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
     os.environ.update(orchestration_environment(scratch, use_running_server=False))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine starts it slowly
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     from sharpe_rl.sandbox.image import docker_client, ensure_image
 
     ensure_image(docker_client())
