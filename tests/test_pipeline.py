@@ -203,7 +203,10 @@ def test_a_cycle_of_already_executed_specs_starts_no_container(run_config, monke
     second = run_config("cache-b", cycles=1, batch_size=2)
     run_cycles(second)
     started = engine.events(
-        since=since, until=time.time(), decode=True, filters={"type": "container", "event": "start"}
+        since=since,
+        until=time.time(),
+        decode=True,
+        filters={"type": "container", "event": "start", "label": f"{RUN_LABEL}=cache-b"},  # not others' on the engine
     )
     assert list(started) == []
     a = {e.name: e for e in ReplayBuffer(first.runs_dir).experiences("cache-a", 0)}
