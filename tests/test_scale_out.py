@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 from pipeline_fixtures import RAISES, children, make_config, run_cycles, scripted, spec_completion
-from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC, features_doing
+from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
 from service_fixtures import DaskCluster
 
 from sharpe_rl.buffer import ReplayBuffer
@@ -31,8 +31,20 @@ from sharpe_rl.sandbox.docker_executor import RUN_LABEL, reap_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image", "prefect_server")]
 
-#: Busy for several seconds inside the sandbox, so a worker can be killed while it runs.
-SLOW_FEATURES = features_doing("", "sum(i * i for i in range(12_000_000))")
+#: Busy for several seconds inside the sandbox (in `fit`, called once per fold), so a worker can be killed meanwhile.
+SLOW_MODEL = """
+from sklearn.linear_model import LogisticRegression
+
+
+class SlowLogistic(LogisticRegression):
+    def fit(self, X, y):
+        sum(i * i for i in range(6_000_000))
+        return super().fit(X, y)
+
+
+def make_model():
+    return SlowLogistic(max_iter=500)
+"""
 
 
 @pytest.fixture
@@ -129,7 +141,7 @@ def test_a_worker_killed_mid_experiment_its_experiment_runs_on_the_other_once(
     config = make_config(runs, pipeline_dataset, pipeline_policy, "worker-lost", cycles=1, batch_size=4)
     config = config.model_copy(update=on_dask(dask_cluster.address))
     completions = [
-        spec_completion("slow", SLOW_FEATURES, LOGISTIC),
+        spec_completion("slow", HONEST_FEATURES, SLOW_MODEL),
         spec_completion("logistic", HONEST_FEATURES, LOGISTIC),
         spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"]),
         spec_completion("raises", RAISES, LOGISTIC),
