@@ -1,7 +1,8 @@
 """Experiments per minute through the pipeline's execute step, against what the machine can do at best.
 
 The same batch of distinct honest experiments (several model families, each with its own
-parameters, so nothing is cached) goes through `tasks.execute.execute_experiment` on the task
+parameters, so nothing is cached) goes, after a warm-up (Prefect's temporary server, the
+workers' imports), through `tasks.execute.execute_experiment` on the task
 runners a run can use: local threads with 1 and with 2 workers, and a two-worker Dask cluster
 on this machine (a scheduler and two worker processes of one thread each). Each mode starts from
 an empty cache. Printed per mode: wall time, experiments per minute, and the CPU the containers,
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
+from sharpe_rl.evaluation import EvaluationRef
 from sharpe_rl.services import orchestration_environment
 
 FEATURES = """
@@ -97,7 +99,6 @@ def run_mode(mode: str, texts: list[str], data: Path, scratch: Path) -> dict:
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect.utilities.annotations import unmapped
 
-    from sharpe_rl.evaluation import EvaluationRef
     from tasks.execute import execute_experiment
 
     kind, workers = mode.split("-")
@@ -116,13 +117,16 @@ def run_mode(mode: str, texts: list[str], data: Path, scratch: Path) -> dict:
         runner = ThreadPoolTaskRunner(max_workers=int(workers))
 
     @flow(name=f"throughput-{mode}", task_runner=runner)
-    def execute_all() -> list[str]:
-        futures = execute_experiment.map(texts, unmapped(ref))
+    def execute_all(batch: list[str], evaluation: EvaluationRef) -> list[str]:
+        futures = execute_experiment.map(batch, unmapped(evaluation))
         return [future.result().status for future in futures]
 
     try:
+        # warm up what a long run pays once: Prefect's server, the workers' imports, the data views
+        warm_up = ref.model_copy(update={"cache_dir": scratch / mode / "warm-up"})
+        execute_all(texts[-int(workers) :], warm_up)
         before, started = cpu_counters(), time.time()
-        statuses = execute_all()
+        statuses = execute_all(texts, ref)
         wall, after = time.time() - started, cpu_counters()
     finally:
         if cluster is not None:
