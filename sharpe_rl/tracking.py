@@ -122,7 +122,7 @@ class Tracker:
         self.client = MlflowClient(self.tracking_uri)
         self.parent_run_id = parent_run_id
         self.outbox = self.runs_dir / "tracking-outbox"
-        self._embedded = tracking_uri is None
+        self._server = self.tracking_uri.startswith(("http://", "https://", "databricks"))
         self._experiment_id: str | None = None
 
     @property
@@ -130,8 +130,9 @@ class Tracker:
         if self._experiment_id is None:
             experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
             if experiment is None:
-                # An explicit artifact location: the embedded store keeps artifacts beside its database.
-                location = (self.runs_dir / "mlartifacts").resolve().as_uri() if self._embedded else None
+                # A local store (SQLite, files) keeps artifacts under the runs directory, not in ./mlruns of
+                # whatever directory the run was started from; a tracking server decides for itself.
+                location = None if self._server else (self.runs_dir / "mlartifacts").resolve().as_uri()
                 self._experiment_id = self.client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
             else:
                 self._experiment_id = experiment.experiment_id
@@ -202,7 +203,7 @@ class Tracker:
     def reachable(self) -> bool:
         """Whether the tracking store answers now (a server's /health; the embedded store always does)."""
         if not self.tracking_uri.startswith(("http://", "https://")):
-            return True
+            return True  # a local store (or one the client reaches by other means) is always there
         try:
             return requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=5).ok
         except requests.RequestException:
