@@ -141,7 +141,7 @@ def make_features(df):
 # The original post-mortem's failure mix: 43% failed, mostly KeyError, syntax, type errors, bad JSON.
 ERRORS = (
     [None] * 57 + ["missing_column"] * 15 + ["syntax"] * 5 + ["type_error"] * 5 + ["json_parse"] * 4
-    + ["value_error"] * 3 + ["timeout"] * 2 + ["schema"] * 2 + ["bad_predictions"] * 2 + ["lookahead"] * 2
+    + ["value_error"] * 3 + ["timeout"] * 2 + ["schema"] * 2 + ["bad_predictions"] * 4
     + ["forbidden_import"] * 2 + ["runtime_error"]
 )  # fmt: skip
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sharpe_rl.config import RunConfig
-from tasks.steps import execute_batch, generate_batch, log_cycle, score_batch, update_policy
+from sharpe_rl.policy.steps import PolicyRef
+from sharpe_rl.steps import RunRef
+from tasks.steps import execute_batch, generate_batch, log_cycle, log_update, score_batch, update_policy
 
 
-@flow(name="cycle", flow_run_name="{config.name} cycle {index}")
-def cycle(config: RunConfig, index: int) -> dict[str, float]:
-    """Run cycle `index` of the run named in `config`; returns the policy update's stats."""
-    generations = generate_batch(config, index)
-    outcomes = execute_batch(config, index, generations)
-    experiences = score_batch(config, index, generations, outcomes)
-    log_cycle(config, index, experiences)
-    return update_policy(config, index, experiences)
+@flow(name="cycle", flow_run_name="{run.name} cycle {index}")
+def cycle(run: RunRef, policy: PolicyRef, index: int) -> PolicyRef:
+    """Run cycle `index` of `run` from `policy`; returns the policy its update committed."""
+    batch = generate_batch(run, policy, index)
+    executions = execute_batch(run, batch)
+    scored = score_batch(run, batch, executions)
+    logged = log_cycle(run, batch, executions, scored)
+    update = update_policy(policy, index, scored)
+    log_update(run, update, logged)
+    return update.policy

@@ -28,6 +28,7 @@ import pandas as pd
 
 from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES, ErrorClass
 from sharpe_rl.spec import ExperimentSpec, SpecError, parse_spec
+from sharpe_rl.syntax import parse_python
 
 #: Names that reach the import machinery (or run code the import check never sees).
 DYNAMIC_IMPORT_NAMES = frozenset({"__import__", "__builtins__", "__loader__", "__spec__", "exec", "eval", "compile"})
@@ -66,11 +67,13 @@ def check_completion(text: str, columns: Sequence[str]) -> ExperimentSpec:
 
 def _parse(part: str, source: str) -> ast.Module:
     try:
-        return ast.parse(source, filename=f"<{part}>")
+        return parse_python(source, filename=f"<{part}>")
     except SyntaxError as exc:
         raise SpecError(ErrorClass.syntax, f"the {part} source does not parse: line {exc.lineno}: {exc.msg}") from exc
     except ValueError as exc:  # e.g. a NUL byte in the source
         raise SpecError(ErrorClass.syntax, f"the {part} source does not parse: {exc}") from exc
+    except (RecursionError, MemoryError) as exc:  # nested too deeply for the parser: Python cannot compile it either
+        raise SpecError(ErrorClass.syntax, f"the {part} source is nested too deeply to compile") from exc
 
 
 def _check_imports(part: str, tree: ast.Module) -> None:

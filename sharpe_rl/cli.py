@@ -266,50 +266,53 @@ def exec_spec(
     ] = _DEFAULT_EXECUTOR,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Check and run one experiment, print its result. Exits 0 whenever it was run, whatever the outcome;
-    non-zero only when the sandbox itself cannot run (no engine, no image), saying why."""
+    """Check, run and score one experiment as a run would, print the result and the score on the reward window.
+    Exits 0 whenever it was run, whatever the outcome; non-zero only when the sandbox itself cannot run."""
     # Imported here so that the other commands do not pay for the Docker SDK.
-    from sharpe_rl.checks import check_completion
+    from sharpe_rl.evaluation import DatasetMismatch, EvaluationRef, evaluate
     from sharpe_rl.sandbox import InfrastructureError
-    from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
-    from sharpe_rl.sandbox.runner import SandboxRunner
-    from sharpe_rl.spec import SpecError
 
     stdout = Console()
-    try:
-        panel = load_panel(data)
-    except PanelError as exc:
-        _fail(exc)
-    try:
-        spec = check_completion(spec_file.read_text(), OHLCV_COLUMNS)
-    except SpecError as exc:
-        # a static failure is an outcome too: nothing ran, the class says why
-        found = {"status": exc.error_class.value, "error_class": exc.error_class.value, "message": str(exc)}
-        if as_json:
-            typer.echo(json.dumps(found, indent=2))
-        else:
-            stdout.print(f"[bold red]{exc.error_class}[/bold red] (static check, nothing ran): ", end="")
-            stdout.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        return
     # one experiment: no sandbox need be started ahead for a next one
     sandbox = _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "warm_pool": False})
     try:
-        runner = SandboxRunner(
-            panel, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
+        ref = EvaluationRef.of(
+            data, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
         )
-        result = runner.run(spec)
+        outcome = evaluate(spec_file.read_text(), ref)
+    except (PanelError, DatasetMismatch, OSError) as exc:
+        _fail(exc)
     except InfrastructureError as exc:
         _fail(exc, 2)
+    metrics, result = outcome.metrics, outcome.result
+    score = {
+        name: getattr(metrics, name) if metrics is not None else None
+        for name in ("sharpe_net", "sharpe_gross", "turnover", "hit_rate")
+    } | {"reward": outcome.reward(_RUN_DEFAULTS.reward)}
     if as_json:
-        typer.echo(result.model_dump_json(indent=2))
+        found = {"status": outcome.status, "error_class": outcome.error_class, "message": outcome.message}
+        shown = result.model_dump(mode="json") if result is not None else found
+        typer.echo(json.dumps(shown | {"outcome": outcome.status, "score": score}, indent=2))
+        return
+    if result is None:  # a static failure is an outcome too: nothing ran, the class says why
+        stdout.print(f"[bold red]{outcome.error_class}[/bold red] (static check, nothing ran): ", end="")
+        stdout.print(outcome.message or "", markup=False, highlight=False, soft_wrap=True)
+        stdout.print(f"reward {score['reward']:+.3f}", highlight=False)
         return
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    style = "green" if result.ok else "red"
-    table.add_row("status", f"[{style}]{result.status}[/{style}]" + (" (cached)" if result.cached else ""))
-    if result.message:
-        table.add_row("message", result.message)
+    style = "green" if outcome.ok else "red"
+    table.add_row("status", f"[{style}]{outcome.status}[/{style}]" + (" (cached)" if result.cached else ""))
+    if outcome.message:
+        table.add_row("message", escape(outcome.message))
+    if metrics is not None:
+        table.add_row(
+            "score",
+            f"net Sharpe {metrics.sharpe_net:.3f} (gross {metrics.sharpe_gross:.3f}), turnover {metrics.turnover:.3f}, "
+            f"hit rate {100 * metrics.hit_rate:.1f}% on the reward window",
+        )
+    table.add_row("reward", f"{score['reward']:+.3f}")
     table.add_row("timings", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
     if result.peak_memory_mb is not None:
         table.add_row("peak memory", f"{result.peak_memory_mb:.0f} MB")
@@ -357,7 +360,7 @@ def sample(
     from sharpe_rl.policy.preview import OK, preview
     from sharpe_rl.policy.prompts import render_prompt
     from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
-    from sharpe_rl.session import run_config_path
+    from sharpe_rl.steps import run_config_path
 
     stdout = Console()
     _quiet_libraries()
@@ -427,7 +430,7 @@ def report(
     top: Annotated[int, typer.Option(min=1, help="How many top experiments to list.")] = 10,
 ) -> None:
     """Print a run's post-mortem and write it as Markdown + HTML with its plots."""
-    # Imported here so that the other commands do not pay for loading the session's model stack.
+    # Imported here so that the other commands do not pay for loading the policy's model stack.
     from sharpe_rl.analysis.report import build_report, print_report, select_run
     from sharpe_rl.holdout import report_frame
 
@@ -453,6 +456,14 @@ class SchemeName(StrEnum):
 _DEFAULT_SCHEME = SchemeName(_RUN_DEFAULTS.eval.scheme)
 
 
+class TaskRunnerName(StrEnum):
+    threads = "threads"
+    dask = "dask"
+
+
+_DEFAULT_TASK_RUNNER = TaskRunnerName(_RUN_DEFAULTS.task_runner.kind)
+
+
 @app.command("run")
 def run(
     cycles: Annotated[int, typer.Option(min=1, help="Cycles to run.")] = _RUN_DEFAULTS.cycles,
@@ -473,8 +484,17 @@ def run(
         str, typer.Option(help="Base policy: a local path or Hugging Face id (from_pretrained).")
     ] = _RUN_DEFAULTS.policy.model,
     workers: Annotated[
-        int, typer.Option(min=1, help="Experiments executed in parallel.")
+        int, typer.Option(min=1, help="Experiments executed in parallel (threads task runner).")
     ] = _RUN_DEFAULTS.sandbox.workers,
+    task_runner: Annotated[
+        TaskRunnerName, typer.Option(help="Where executions run: local threads, or a Dask cluster (--dask-address).")
+    ] = _DEFAULT_TASK_RUNNER,
+    dask_address: Annotated[
+        str | None, typer.Option(help="The Dask scheduler for --task-runner dask, e.g. tcp://HOST:8786.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking server, e.g. http://HOST:5000 (default: SQLite under runs).")
+    ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
 ) -> None:
@@ -485,9 +505,12 @@ def run(
     if not verbose:
         _quiet_libraries()
     from flows.rl_run import rl_run
-    from sharpe_rl import session
+    from sharpe_rl.data.atomic import DiskFull
+    from sharpe_rl.evaluation import DatasetMismatch
     from sharpe_rl.progress import RunProgress
     from sharpe_rl.sandbox import InfrastructureError
+    from sharpe_rl.steps import RunError
+    from sharpe_rl.tracking import TrackingUnavailable
 
     stdout, stderr = Console(), Console(stderr=True)
     config = _RUN_DEFAULTS.model_copy(
@@ -501,19 +524,21 @@ def run(
             "runs_dir": runs_dir,
             "eval": _RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
             "sandbox": _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
+            "task_runner": {"kind": task_runner.value, "dask_address": dask_address},
+            "tracking_uri": tracking_uri,
             "policy": _RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
         }
     )
-    config = RunConfig.model_validate(config.model_dump())  # re-validate the options
+    try:
+        config = RunConfig.model_validate(config.model_dump())  # re-validate the options
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     stderr.print(f"Prefect: {api or 'a temporary local server (start `sharpe-rl serve` to keep a UI)'}", soft_wrap=True)
     try:
-        with RunProgress(stderr) as progress:
-            session.listeners.append(progress)
+        with RunProgress(stderr):
             run_name = rl_run(config)
-    except (session.RunError, InfrastructureError, PanelError) as exc:
+    except (RunError, InfrastructureError, PanelError, DiskFull, TrackingUnavailable, DatasetMismatch) as exc:
         _fail(exc)
-    finally:
-        session.listeners.clear()
     report = runs_dir / "reports" / run_name / "report.html"
     stdout.print(
         f"run {run_name} finished.\n  MLflow: `sharpe-rl serve` then http://127.0.0.1:5000 "
@@ -561,7 +586,7 @@ def rerun(
     """Re-execute a past cycle (or one experiment) from the replay buffer and show whether it reproduces."""
     from sharpe_rl.rerun import rerun_experiments
     from sharpe_rl.sandbox import InfrastructureError
-    from sharpe_rl.session import RunError
+    from sharpe_rl.steps import RunError
 
     stdout = Console()
     try:

@@ -72,6 +72,21 @@ class SandboxConfig(_Settings):
     )
 
 
+class TaskRunnerConfig(_Settings):
+    """Where a cycle's executions run. The other steps (generation, PPO, logging) stay in the flow's process."""
+
+    kind: Literal["threads", "dask"] = Field(
+        "threads", description="threads: `sandbox.workers` threads here; dask: the workers of a Dask cluster."
+    )
+    dask_address: str | None = Field(None, description="The Dask scheduler, e.g. tcp://HOST:8786 (kind dask).")
+
+    @model_validator(mode="after")
+    def _dask_has_an_address(self) -> TaskRunnerConfig:
+        if self.kind == "dask" and not self.dask_address:
+            raise ValueError("the dask task runner needs the scheduler's address (dask_address, e.g. tcp://HOST:8786)")
+        return self
+
+
 class RewardConfig(_Settings):
     """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures."""
 
@@ -184,6 +199,7 @@ class RunConfig(_Settings):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite under runs_dir).")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)

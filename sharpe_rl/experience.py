@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 class Experience(BaseModel):
     """One experiment of one cycle of one run."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities (timings reported from inside the sandbox may hold them) stay visible in JSON
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
     run: str = Field(description="Run name.")
     cycle: int = Field(ge=0, description="Cycle number, from 0.")

@@ -16,13 +16,11 @@ import numpy as np
 import polars as pl
 
 from sharpe_rl.buffer import ReplayBuffer
-from sharpe_rl.checks import check_completion
 from sharpe_rl.config import RunConfig
+from sharpe_rl.evaluation import EvaluationRef, close_evaluation, evaluate, load_evaluation
 from sharpe_rl.experience import Experience
-from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.sandbox.result import ExecutionResult
-from sharpe_rl.session import Evaluation, Outcome, RunError, outcome_error, run_config_path
-from sharpe_rl.spec import SpecError
+from sharpe_rl.steps import RunError, run_config_path
 
 #: Largest difference of a probability between two runs that still counts as the same prediction.
 PREDICTION_TOLERANCE = 1e-9
@@ -62,45 +60,38 @@ def rerun_experiments(
         which = f"experiment {index} of cycle {cycle}" if index is not None else f"cycle {cycle}"
         raise RunError(f"the replay buffer has no {which} of run {run}")
     config = saved_config(runs_dir, run)
-    if executor is not None:
-        config = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"executor": executor})})
-    # the original run's results are only read from its cache: no sandbox need wait for a task there
-    cold = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"warm_pool": False})})
-    original = Evaluation(cold, run_id=run)
+    sandbox = config.sandbox if executor is None else config.sandbox.model_copy(update={"executor": executor})
+    original = EvaluationRef.of(config.dataset, config.eval, sandbox, runs_dir / "cache", seed=config.seed, run_id=run)
     with tempfile.TemporaryDirectory(prefix="sharpe-rl-rerun-") as scratch:
-        fresh = Evaluation(config, run_id=f"{run}-rerun", cache_dir=Path(scratch))
+        fresh = original.model_copy(update={"cache_dir": Path(scratch), "run_id": f"{run}-rerun"})
         try:
             return [_rerun_one(e, original, fresh) for e in experiences]
         finally:
-            fresh.runner.close()
+            close_evaluation(fresh)
 
 
-def _rerun_one(experience: Experience, original: Evaluation, fresh: Evaluation) -> Rerun:
+def _rerun_one(experience: Experience, original: EvaluationRef, fresh: EvaluationRef) -> Rerun:
     before = experience.error_class.value if experience.error_class else "ok"
     sharpe_before = experience.metrics.get("sharpe_net")
-    try:
-        spec = check_completion(experience.completion, OHLCV_COLUMNS)
-    except SpecError as exc:
-        after = exc.error_class.value
-        return _row(experience, before, after, sharpe_before, None, None, reproduces=after == before)
-    result = fresh.runner.run(spec)
-    metrics = fresh.score(result)
-    error, _ = outcome_error(Outcome(spec=spec, result=result), metrics)
-    after = error.value if error else "ok"
-    sharpe_after = metrics.sharpe_net if error is None and metrics is not None else None
-    diff = _prediction_diff(original, experience, fresh, result) if after == before == "ok" else None
+    outcome = evaluate(experience.completion, fresh)
+    after = outcome.status
+    sharpe_after = outcome.metrics.sharpe_net if outcome.metrics is not None and outcome.ok else None
+    diff = None
+    if after == before == "ok" and outcome.result is not None:
+        diff = _prediction_diff(original, experience, fresh, outcome.result)
     same = after == before and (diff is None or diff <= PREDICTION_TOLERANCE)
     return _row(experience, before, after, sharpe_before, sharpe_after, diff, reproduces=same)
 
 
 def _prediction_diff(
-    original: Evaluation, experience: Experience, fresh: Evaluation, result: ExecutionResult
+    original: EvaluationRef, experience: Experience, fresh: EvaluationRef, result: ExecutionResult
 ) -> float | None:
-    cached = original.runner.cached(experience.cache_key) if experience.cache_key else None
+    runner = load_evaluation(original).runner
+    cached = runner.cached(experience.cache_key) if experience.cache_key else None
     if cached is None or not cached.ok:
         return None  # the original predictions are gone (cache cleared): compare the Sharpe only
-    before = original.runner.predictions(cached)
-    after = fresh.runner.predictions(result)
+    before = runner.predictions(cached)
+    after = load_evaluation(fresh).runner.predictions(result)
     joined = before.join(after, on=["timestamp", "symbol", "fold"], how="full", suffix="_rerun", coalesce=True)
     a, b = joined.get_column("p_up").to_numpy(), joined.get_column("p_up_rerun").to_numpy()
     both_nan = np.isnan(a) & np.isnan(b)

@@ -150,17 +150,14 @@ def score_predictions(
     panel: pl.DataFrame,
     cfg: EvalConfig,
     *,
-    n_trials: int = 1,
-    trials_sharpe_variance: float = 0.0,
     bar_interval: timedelta | None = None,
 ) -> Metrics:
     """Score out-of-sample predictions `(timestamp, symbol, fold, p_up)` against `panel`; never raises.
 
-    Pass the reward-window panel for the reward and the full panel for the holdout. `n_trials` and
-    `trials_sharpe_variance` (the variance of the trials' annualised net Sharpe ratios, as
-    `Metrics.sharpe_net` reports them) set the deflated Sharpe ratio's benchmark; with one trial
-    DSR equals PSR. `bar_interval` skips re-detecting the panel's interval when the caller scores
-    many prediction sets on one panel (it must be `detect_interval(panel)`, e.g. from the data card).
+    Pass the reward-window panel for the reward and the full panel for the holdout. The DSR is that
+    of one trial (equal to the PSR): `deflate` sets it once the run's trial count is known.
+    `bar_interval` skips re-detecting the panel's interval when the caller scores many prediction
+    sets on one panel (it must be `detect_interval(panel)`, e.g. from the data card).
     """
     try:
         book = _run_book(predictions, panel, cfg, bar_interval)
@@ -173,7 +170,7 @@ def score_predictions(
             message="the net returns never move: every position is flat or the strategy cannot trade",
             n_bars=len(book.net),
         )
-    return _metrics(book, n_trials, trials_sharpe_variance)
+    return _metrics(book)
 
 
 def backtest(
@@ -332,7 +329,7 @@ def _target_weights(
     return np.divide(demeaned, gross, out=np.zeros_like(demeaned), where=(gross > 0) & (n_usable >= 2))
 
 
-def _metrics(book: _Book, n_trials: int, trials_sharpe_variance: float) -> Metrics:
+def _metrics(book: _Book) -> Metrics:
     ppy = book.periods_per_year
     net = book.net
     n_bars = len(net)
@@ -341,6 +338,7 @@ def _metrics(book: _Book, n_trials: int, trials_sharpe_variance: float) -> Metri
     kurt = float(kurtosis(net, fisher=False, bias=True))
     in_market = np.abs(book.weights).sum(axis=1) > 0
     hit_rate = float((book.gross[in_market] > 0).mean()) if in_market.any() else 0.0
+    psr = probabilistic_sharpe_ratio(sharpe_per_bar, n_bars, skewness, kurt)
     return Metrics(
         valid=True,
         n_bars=n_bars,
@@ -353,8 +351,8 @@ def _metrics(book: _Book, n_trials: int, trials_sharpe_variance: float) -> Metri
         hit_rate=hit_rate,
         skewness=skewness,
         kurtosis=kurt,
-        psr=probabilistic_sharpe_ratio(sharpe_per_bar, n_bars, skewness, kurt),
-        dsr=deflated_sharpe_ratio(sharpe_per_bar, n_bars, skewness, kurt, n_trials, trials_sharpe_variance / ppy),
+        psr=psr,
+        dsr=psr,  # one trial: `deflate` sets the DSR once the run's trial count is known
     )
 
 

@@ -13,9 +13,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.runtime import flow_run
 
 from sharpe_rl.analysis.report import Report, build_report
-from sharpe_rl.config import RunConfig
 from sharpe_rl.holdout import report_frame
-from sharpe_rl.session import open_session
+from sharpe_rl.steps import RunRef
 
 
 def artifact_key(*parts: str) -> str:
@@ -56,13 +55,11 @@ def post_report(report: Report) -> None:
 
 
 @task(cache_policy=NONE)
-def publish_report(config: RunConfig, final: bool = False) -> str:
-    """Rebuild the run's post-mortem; at the end of the run, first score the best experiments on the holdout."""
-    session = open_session(config)
-    if final:
-        session.evaluate_holdout()
-    out_dir = config.runs_dir / "reports" / session.name
-    report = build_report(report_frame(config.runs_dir, session.name), out_dir, run=session.name)
+def publish_report(run: RunRef) -> str:
+    """Rebuild the run's post-mortem from the buffer (and holdout scores), post it, attach it to MLflow."""
+    runs_dir = run.config.runs_dir
+    out_dir = runs_dir / "reports" / run.name
+    report = build_report(report_frame(runs_dir, run.name), out_dir, run=run.name)
     post_report(report)
-    session.tracker.log_artifacts(out_dir, "report")
+    run.tracker().log_artifacts(out_dir, "report")
     return str(report.html_path)

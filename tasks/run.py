@@ -1,4 +1,4 @@
-"""Tasks that open, pace and close an RL run."""
+"""Tasks that open and close an RL run, and score its best experiments on the final holdout."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
+from sharpe_rl import steps as run_steps
 from sharpe_rl.config import RunConfig
-from sharpe_rl.session import open_session
+from sharpe_rl.steps import Candidate, RunRef
 
 
 def run_name_for_flow_run() -> str:
@@ -20,20 +21,24 @@ def run_name_for_flow_run() -> str:
 
 
 @task(cache_policy=NONE)
-def start_run(config: RunConfig) -> RunConfig:
-    """Name the run (after its flow run when unnamed) and open it: data, sandbox, policy, tracking, resume point."""
+def start_run(config: RunConfig) -> RunRef:
+    """Name the run (after its flow run when unnamed) and open it: settings, data, policy, tracking, resume point."""
     named = config if config.name else config.model_copy(update={"name": flow_run.name or run_name_for_flow_run()})
-    session = open_session(named)
-    print(session.describe())
-    return named
+    run = run_steps.start(named)
+    print(run.description)
+    return run
 
 
 @task(cache_policy=NONE)
-def pending_cycles(config: RunConfig) -> list[int]:
-    """The cycles still to run: from the first one without a checkpoint."""
-    return open_session(config).pending_cycles()
+def finish_run(run: RunRef, failed: bool = False) -> None:
+    run_steps.finish(run, failed=failed)
 
 
 @task(cache_policy=NONE)
-def finish_run(config: RunConfig) -> None:
-    open_session(config).finish()
+def holdout_candidates(run: RunRef, top_n: int) -> list[Candidate]:
+    return run_steps.holdout_candidates(run, top_n)
+
+
+@task(cache_policy=NONE)
+def save_holdout(run: RunRef, candidates: list[Candidate], scores: list[dict]) -> int:
+    return run_steps.save_holdout(run, candidates, scores).height

@@ -1,15 +1,15 @@
-"""The steps of a cycle as Prefect tasks: thin wrappers over `RunSession` with retries.
+"""The steps of a cycle as Prefect tasks: thin wrappers over `sharpe_rl.steps` and `sharpe_rl.policy.steps`.
 
-Only infrastructure faults are retried (with backoff): a failing experiment is a result, never a
-task failure. Executions are cached by the sandbox runner, on disk, by the content hash of what
-they run (spec + data + harness + protocol + limits), so a repeated or resumed cycle reuses them
-and starts no container. Prefect's own result cache is deliberately not used on top of it: a
-second copy of the same cache, kept elsewhere (PREFECT_HOME), could outlive the first and hand
-back results whose predictions are gone. Time limits are the sandbox's, not the task's.
+Every input is a value the flow passes (the run, the policy ref, the previous step's result);
+progress is reported from the values the steps return. Generation, scoring, logging and the
+update run in the flow's process; the executions fan out over the flow's task runner
+(`execute_batch`). Logging is retried on any error (the replay buffer write is idempotent, and
+MLflow catches up through its outbox).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import task
@@ -18,61 +18,70 @@ from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
-from sharpe_rl.config import RunConfig
-from sharpe_rl.experience import Experience
-from sharpe_rl.policy.generation import Generation
-from sharpe_rl.sandbox import InfrastructureError
-from sharpe_rl.session import Outcome, open_session
+from sharpe_rl import progress
+from sharpe_rl import steps as run_steps
+from sharpe_rl.data.atomic import DiskFull
+from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy.steps import Batch, PolicyRef, Update
+from sharpe_rl.steps import Executions, Logged, RunRef, Scored
+from tasks.execute import execute_experiment
 
 
-def is_infrastructure_fault(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only when the sandbox itself failed (engine down, Docker API error)."""
+@task(cache_policy=NONE, task_run_name="generate (cycle {cycle})")
+def generate_batch(run: RunRef, policy: PolicyRef, cycle: int) -> Batch:
+    config = run.config
+    progress.cycle_started(run.name, cycle, config.cycles, config.batch_size)
+    return policy_steps.generate(
+        policy, run.prompt, config.batch_size, cycle=cycle, seed=run_steps.generation_seed(run, cycle)
+    )
+
+
+def execute_batch(run: RunRef, batch: Batch) -> Executions:
+    """Fan the batch out over the flow's task runner (its workers are the concurrency limit)."""
+    started = time.perf_counter()
+    completions = [generation.completion for generation in batch.generations]
+    futures = execute_experiment.map(completions, unmapped(run.evaluation))
+    for future in as_completed(futures):  # cached ones too, so progress counts every experiment
+        progress.experiment_done(batch.cycle, future.result().status)
+    return Executions(outcomes=[future.result() for future in futures], seconds=time.perf_counter() - started)
+
+
+@task(cache_policy=NONE, task_run_name="score (cycle {batch.cycle})")
+def score_batch(run: RunRef, batch: Batch, executions: Executions) -> Scored:
+    return run_steps.score(run, batch, executions)
+
+
+def is_worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Any failure of a log step but a full disk (waiting does not free it)."""
     try:
         state.result()
-    except InfrastructureError:
-        return True
-    except Exception:
+    except DiskFull:
         return False
+    except Exception:
+        return True
     return False
 
 
-@task(cache_policy=NONE)
-def generate_batch(config: RunConfig, cycle: int) -> list[Generation]:
-    return open_session(config).generate(cycle)
+_logging_retries = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_condition_fn": is_worth_retrying,
+}
 
 
-@task(
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_condition_fn=is_infrastructure_fault,
-    cache_policy=NONE,
-    task_run_name="execute (cycle {cycle})",
-)
-def execute_experiment(config: RunConfig, cycle: int, generation: Generation) -> Outcome:
-    return open_session(config).execute(generation)
+@task(cache_policy=NONE, **_logging_retries, task_run_name="log (cycle {scored.cycle})")
+def log_cycle(run: RunRef, batch: Batch, executions: Executions, scored: Scored) -> Logged:
+    timings = {"generate": batch.seconds, "execute": executions.seconds, "score": scored.seconds}
+    return run_steps.log(run, scored, timings)
 
 
-def execute_batch(config: RunConfig, cycle: int, generations: list[Generation]) -> list[Outcome]:
-    """Fan the batch out over the flow's task runner (its worker count is the concurrency limit)."""
-    session = open_session(config)
-    futures = execute_experiment.map(unmapped(config), unmapped(cycle), generations)
-    for future in as_completed(futures):  # cached ones too, so progress counts every experiment
-        session.experiment_done(cycle, future.result())
-    return [future.result() for future in futures]
+@task(cache_policy=NONE, task_run_name="update (cycle {cycle})")
+def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
+    return policy_steps.update(policy, cycle, scored.experiences)
 
 
-@task(cache_policy=NONE)
-def score_batch(
-    config: RunConfig, cycle: int, generations: list[Generation], outcomes: list[Outcome]
-) -> list[Experience]:
-    return open_session(config).score(cycle, generations, outcomes)
-
-
-@task(cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
-def log_cycle(config: RunConfig, cycle: int, experiences: list[Experience]) -> dict[str, float]:
-    return open_session(config).log(cycle, experiences)
-
-
-@task(cache_policy=NONE)
-def update_policy(config: RunConfig, cycle: int, experiences: list[Experience]) -> dict[str, float]:
-    return open_session(config).update(cycle, experiences)
+@task(cache_policy=NONE, **_logging_retries)
+def log_update(run: RunRef, update: Update, logged: Logged) -> dict[str, float]:
+    numbers = run_steps.log_update(run, update, logged)
+    progress.cycle_finished(logged.cycle, numbers)
+    return numbers

@@ -159,3 +159,44 @@ def served(tmp_path_factory: pytest.TempPathFactory):
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+# ---- the pipeline under Prefect: one temporary Prefect server, and a reference run on threads ----
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect server for every test that runs flows (started once: it takes seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, prefect_server, sandbox_image, pipeline_dataset: Path, pipeline_policy: Path):
+    """Four cycles of the tiny policy through the rl_run flow, executions on local threads in Docker.
+
+    The end-to-end checks read it, and the Dask run must reproduce its rewards exactly.
+    """
+    from pipeline_fixtures import make_config
+
+    from flows.rl_run import rl_run
+    from sharpe_rl.policy import steps as policy_steps
+
+    config = make_config(tmp_path_factory.mktemp("e2e") / "runs", pipeline_dataset, pipeline_policy, "e2e", cycles=4)
+    assert rl_run(config) == "e2e"
+    policy_steps.release()
+    return config
+
+
+# ---- faults and scale-out: a second Docker engine (ours to restart) ----
+
+
+@pytest.fixture(scope="session")
+def second_engine(sandbox_image: str):
+    """A dockerd of the tests' own, with the sandbox image loaded; stopped and removed at the end."""
+    from service_fixtures import second_docker_engine
+
+    with second_docker_engine(sandbox_image) as engine:
+        yield engine

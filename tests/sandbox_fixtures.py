@@ -29,7 +29,7 @@ def make_model():
     return LogisticRegression(max_iter=500)
 """
 
-#: One honest model per allowed family; all must run, and none may trip the lookahead guard.
+#: One honest model per allowed family; all must run.
 HONEST_MODELS = {
     "logistic": LOGISTIC,
     "random_forest": """

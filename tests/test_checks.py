@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
@@ -165,3 +168,50 @@ def test_no_false_positive_and_every_missing_column_caught_on_the_policy_corpus(
         with pytest.raises(SpecError) as caught:
             check_completion(mistaken.model_dump_json(), COLUMNS)
         assert caught.value.error_class == "missing_column"
+
+
+# ---- concurrency: the static checks run on the task runner's threads ----
+
+
+class _CyclicGarbage:
+    """Garbage only the cycle collector frees, whose finalizer runs Python code: a thread switch can happen there."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        sum(range(1000))
+
+
+def test_the_static_checks_are_safe_on_a_thread_pool():
+    """CPython 3.11 before 3.11.8 (gh-106905): `ast.parse` in several threads at once can raise
+    `SystemError: AST constructor recursion depth mismatch` when the garbage collector runs a
+    finalizer, which switches threads, in the middle of building the tree. An overnight run died of
+    it. Frequent collections with finalizers and a tiny switch interval make it happen in seconds."""
+    texts = [completion(features=HONEST_FEATURES, model=model) for model in HONEST_MODELS.values()]
+    errors: list[BaseException] = []
+
+    def check_many(_: int) -> None:
+        for text in texts * 5:
+            _CyclicGarbage()
+            try:
+                check_completion(text, COLUMNS)
+            except Exception as exc:  # anything but a pass is the failure this test is about
+                errors.append(exc)
+
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(50)
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(check_many, range(8)))
+    finally:
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+@pytest.mark.parametrize("expression", ["-" * 3000 + "1", "1" + " + 1" * 3000])
+def test_code_nested_too_deeply_to_compile_is_a_syntax_error(expression):
+    """A policy stuck repeating one token writes this; the parser gives up with RecursionError, not SyntaxError."""
+    assert error_of(completion(model=f"{LOGISTIC}\nx = {expression}\n")).error_class == "syntax"

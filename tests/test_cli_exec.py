@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 from sandbox_fixtures import features_doing, spec
 from typer.testing import CliRunner
 
 from sharpe_rl.cli import app
+from sharpe_rl.config import RunConfig
+from sharpe_rl.data.splits import plan_evaluation, reward_panel, timeline
+from sharpe_rl.scoring import score_predictions, shape_reward
 
 cli = CliRunner()
 
@@ -32,12 +36,21 @@ def exec_(*args: str):
 
 
 @pytest.mark.filterwarnings("ignore:the process executor is NOT a security boundary")
-def test_an_ok_run_prints_the_result_as_json(workdir):
+def test_an_ok_run_prints_the_result_and_the_score_a_run_gives_it_as_json(workdir, sandbox_panel):
     result = exec_(write_spec(workdir, spec("honest").model_dump_json()), "--executor", "process", "--json")
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[result.output.index("{") :])
     assert printed["status"] == "ok" and printed["executor"] == "process"
     assert (workdir / "runs" / "cache" / "results" / f"{printed['cache_key']}.json").is_file()
+
+    # the score a run would give it: the predictions scored on the reward window, on the host
+    config = RunConfig()
+    predictions = pl.read_parquet(printed["predictions_path"])
+    plan = plan_evaluation(timeline(sandbox_panel), config.eval)
+    metrics = score_predictions(predictions, reward_panel(sandbox_panel, plan), config.eval)
+    expected = {name: getattr(metrics, name) for name in ("sharpe_net", "sharpe_gross", "turnover", "hit_rate")}
+    assert printed["score"] == pytest.approx(expected | {"reward": shape_reward(metrics, config.reward)})
+    assert printed["outcome"] == "ok"
 
 
 @pytest.mark.filterwarnings("ignore:the process executor is NOT a security boundary")
@@ -52,7 +65,11 @@ def test_a_static_failure_runs_nothing_and_exits_zero(workdir):
     text = "Sure! " + json.dumps({"name": "x", "features": "import os\ndef make_features(df): ...", "model": "..."})
     result = exec_(write_spec(workdir, text), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["status"] == "forbidden_import"
+    printed = json.loads(result.output)
+    assert printed["status"] == "forbidden_import"
+    assert printed["score"] == {"sharpe_net": None, "sharpe_gross": None, "turnover": None, "hit_rate": None} | {
+        "reward": RunConfig().reward.penalty_format
+    }
     assert not (workdir / "runs").exists()
 
 
@@ -69,3 +86,4 @@ def test_a_docker_run_prints_a_table(workdir):
     result = exec_(write_spec(workdir, spec("honest").model_dump_json()))
     assert result.exit_code == 0, result.output
     assert "status" in result.output and "ok" in result.output and "docker" in result.output
+    assert "net Sharpe" in result.output and "reward" in result.output

@@ -24,8 +24,8 @@ from sharpe_rl.policy.ppo import PPOTrainer
 from sharpe_rl.policy.preview import preview
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
-from sharpe_rl.session import run_config_path
 from sharpe_rl.spec import SpecError
+from sharpe_rl.steps import run_config_path
 
 cli = CliRunner()
 SYMBOLS = ("BTCUSDT", "ETHUSDT")

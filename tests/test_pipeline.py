@@ -1,17 +1,17 @@
 """The pipeline end to end: Prefect flows over the real sandbox, policy, buffer, MLflow and checkpoints.
 
-Under one `prefect_test_harness` (a temporary Prefect server for the whole module):
-- two cycles of the tiny policy with the Docker executor leave the buffer, MLflow and the checkpoint
-  in the state a user relies on;
+Under the session's temporary Prefect server:
+- four cycles of the tiny policy with the Docker executor (the `reference_run`) leave the buffer,
+  MLflow and the checkpoint in the state a user relies on;
 - an injected transient Docker fault is retried and succeeds; an experiment that raises is a result,
-  recorded once with its error class and never retried;
+  recorded once with its error class and never retried; an unexpected host-side exception in one
+  experiment's checks is recorded against it and the cycle goes on;
 - a cycle whose specs were all executed before starts no container.
 The resume test kills a real `sharpe-rl run` process mid-cycle and restarts it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,56 +24,40 @@ from typing import ClassVar
 
 import docker
 import pytest
-from mlflow.tracking import MlflowClient
 from peft import LoraConfig
-from prefect.testing.utilities import prefect_test_harness
+from pipeline_fixtures import (
+    RAISES,
+    children,
+    make_config,
+    mlflow_client,
+    parent_run,
+    run_cycles,
+    scripted,
+    spec_completion,
+)
 from sandbox_fixtures import HONEST_FEATURES, LOGISTIC
-from transformers import AutoTokenizer
 
-from sharpe_rl import session as session_module
+from sharpe_rl import evaluation
+from sharpe_rl import steps as run_steps
 from sharpe_rl.buffer import ReplayBuffer
-from sharpe_rl.config import EvalConfig, PolicyConfig, RunConfig, SandboxConfig
+from sharpe_rl.config import PolicyConfig, RunConfig, SandboxConfig
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy import generation as generation_module
+from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, make_generator
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import RUN_LABEL, DockerExecutor
-from sharpe_rl.tracking import EXPERIMENT_NAME, default_tracking_uri
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image")]
-
-RAISES = """
-def make_features(df):
-    raise ValueError("this experiment fails on purpose")
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image", "prefect_server")]
 
 
 @pytest.fixture(autouse=True)
-def fresh_sessions():
-    session_module.close_sessions()
+def fresh_policies():
+    policy_steps.release()
     yield
-    session_module.close_sessions()
-
-
-def make_config(runs_dir: Path, dataset: Path, policy: Path, name: str, **updates) -> RunConfig:
-    config = RunConfig(
-        name=name,
-        cycles=2,
-        batch_size=4,
-        dataset=dataset,
-        runs_dir=runs_dir,
-        eval=EvalConfig(n_folds=2),
-        sandbox=SandboxConfig(executor="docker", workers=2, timeout_seconds=90, memory_mb=1024),
-        policy=PolicyConfig(model=str(policy), max_new_tokens=700),
-    )
-    return config.model_copy(update=updates)
+    policy_steps.release()
+    evaluation.close_evaluations()
 
 
 @pytest.fixture
@@ -84,115 +68,61 @@ def run_config(tmp_path: Path, pipeline_dataset: Path, pipeline_policy: Path):
     return make
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, pipeline_dataset: Path, pipeline_policy: Path) -> RunConfig:
-    """A run of two cycles of the tiny policy with the Docker executor, through the rl_run flow."""
-    from flows.rl_run import rl_run
-
-    session_module.close_sessions()
-    config = make_config(tmp_path_factory.mktemp("e2e") / "runs", pipeline_dataset, pipeline_policy, "e2e")
-    assert rl_run(config) == "e2e"
-    session_module.close_sessions()
-    return config
+# ---- four cycles end to end ----
 
 
-def spec_completion(name: str, features: str, model: str) -> str:
-    return json.dumps({"name": name, "features": features, "model": model})
-
-
-class ScriptedGenerator:
-    """Generations of fixed completions, tokenised as the policy would: the pipeline around the policy, pinned."""
-
-    def __init__(self, tokenizer, completions: list[str]) -> None:
-        self.tokenizer = tokenizer
-        self.completions = completions
-
-    def generate(self, prompts: list[str], seed: int) -> list[Generation]:
-        out = []
-        for prompt, completion in zip(prompts, self.completions, strict=False):
-            completion_ids = self.tokenizer(completion)["input_ids"] + [self.tokenizer.eos_token_id]
-            out.append(
-                Generation(
-                    prompt=prompt,
-                    completion=completion,
-                    prompt_token_ids=self.tokenizer(prompt)["input_ids"],
-                    completion_token_ids=completion_ids,
-                    logprobs=[0.0] * len(completion_ids),
-                )
-            )
-        return out
-
-
-def scripted(config: RunConfig, completions: list[str]) -> None:
-    """Open the run's session and make its policy write `completions` every cycle."""
-    session = session_module.open_session(config)
-    tokenizer = AutoTokenizer.from_pretrained(config.policy.model)
-    session.generator = ScriptedGenerator(tokenizer, completions)
-
-
-def children(runs_dir: Path, run: str) -> list:
-    client = MlflowClient(default_tracking_uri(runs_dir))
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    return client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`sharpe_rl.run` = '{run}' and tags.`sharpe_rl.kind` = 'experiment'",
-    )
-
-
-# ---- two cycles end to end ----
-
-
-def test_two_cycles_fill_the_buffer_mlflow_and_the_checkpoint(finished_run):
-    runs = finished_run.runs_dir
+def test_four_cycles_fill_the_buffer_mlflow_and_the_checkpoint(reference_run):
+    runs = reference_run.runs_dir
     frame = ReplayBuffer(runs).frame(run="e2e")
-    assert frame.height == 8 and sorted(Counter(frame["cycle"].to_list()).items()) == [(0, 4), (1, 4)]
+    assert frame.height == 16 and sorted(Counter(frame["cycle"].to_list()).items()) == [(c, 4) for c in range(4)]
     assert frame["reward"].is_finite().all()
-    statuses = Counter(frame["error_class"].fill_null("ok").to_list())
-    assert sum(statuses.values()) == 8
 
-    client = MlflowClient(default_tracking_uri(runs))
-    parent = client.search_runs(
-        [client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id],
-        filter_string="tags.`sharpe_rl.kind` = 'parent' and tags.`sharpe_rl.run` = 'e2e'",
-    )[0]
+    client = mlflow_client(runs)
+    parent = parent_run(client, "e2e")
     assert parent.info.status == "FINISHED"
     for key in (
         "reward_mean",
-        "failure_rate_json_parse",
-        "family_entropy",
+        "ok_pct",
+        "failure_pct_json_parse",
+        "entropy_bits",
         "ppo_kl",
         "ppo_policy_loss",
         "time_generate",
+        "time_execute",
+        "time_update",
     ):
-        assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, key)) == [0, 1], key
-    assert len(children(runs, "e2e")) == 8
+        assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, key)) == [0, 1, 2, 3], key
+    logged = children(runs, "e2e")
+    assert len(logged) == 16
+    assert sorted(float(c.data.metrics["reward"]) for c in logged) == sorted(frame["reward"].to_list())
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.json", "cycles", "adapter", "report", "prompts"} <= artifacts
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "adapter")} == {
-        "adapter/cycle-000",
-        "adapter/cycle-001",
+        f"adapter/cycle-{c:03d}" for c in range(4)
     }
+    assert list((runs / "tracking-outbox").glob("*.json")) == []
 
-    assert Checkpoints(runs, "e2e").latest_cycle() == 1
+    assert Checkpoints(runs, "e2e").latest_cycle() == 3
     assert (runs / "reports" / "e2e" / "report.html").is_file()
 
 
-def test_the_run_keeps_one_post_mortem_artifact_current_with_its_plots(finished_run):
+def test_the_run_keeps_one_post_mortem_artifact_current_with_its_plots(reference_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         posted = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["e2e-post-mortem"])))
     assert len(posted) == 1  # updated in place every cycle, not one artifact per cycle
-    assert "| experiments | 8 |" in posted[0].data  # the last cycle's numbers
+    experiments = reference_run.cycles * reference_run.batch_size
+    assert f"| experiments | {experiments} |" in posted[0].data  # the last cycle's numbers
     assert "](data:image/png;base64," in posted[0].data and "](plots/" not in posted[0].data
 
 
-def test_a_past_cycle_reruns_and_reproduces(finished_run):
+def test_a_past_cycle_reruns_and_reproduces(reference_run):
     from flows.rerun import rerun
 
-    rows = rerun("e2e", 1, runs_dir=finished_run.runs_dir)
-    before = {e.index: e for e in ReplayBuffer(finished_run.runs_dir).experiences("e2e", 1)}
+    rows = rerun("e2e", 1, runs_dir=reference_run.runs_dir)
+    before = {e.index: e for e in ReplayBuffer(reference_run.runs_dir).experiences("e2e", 1)}
     assert [row["index"] for row in rows] == sorted(before)
     for row in rows:
         assert row["original_status"] == (before[row["index"]].error_class or "ok")
@@ -201,29 +131,27 @@ def test_a_past_cycle_reruns_and_reproduces(finished_run):
             assert row["max_prediction_diff"] == 0.0 and row["rerun_sharpe"] == row["original_sharpe"]
 
 
-def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_base(finished_run, tmp_path):
+def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_base(reference_run, tmp_path):
     from flows.reset import reset
 
     runs = tmp_path / "runs"
-    shutil.copytree(finished_run.runs_dir, runs)
+    shutil.copytree(reference_run.runs_dir, runs)
     archived = reset(runs)
     assert archived["checkpoints of e2e"] and Path(archived["checkpoints of e2e"]).is_dir()
     assert Path(archived["replay buffer"], "e2e").is_dir()
     assert Path(archived["holdout scores"], "e2e.parquet").is_file()  # the end of the run scored the holdout
     assert ReplayBuffer(runs).frame().is_empty() and Checkpoints(runs, "e2e").latest_cycle() is None
-    session = session_module.open_session(finished_run.model_copy(update={"runs_dir": runs}))
-    assert session.pending_cycles() == [0, 1]
-    assert all((p == 0).all() for n, p in session.policy.named_parameters() if "lora_B" in n)
+    run = run_steps.start(reference_run.model_copy(update={"runs_dir": runs}))
+    assert run.pending_cycles == [0, 1, 2, 3] and run.policy.cycle is None  # the base policy
 
 
 # ---- retries: infrastructure faults only ----
 
 
 def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run_config, monkeypatch):
-    from flows.cycle import cycle
-
     config = run_config("retry", cycles=1, batch_size=2)
-    scripted(config, [spec_completion("ok", HONEST_FEATURES, LOGISTIC), spec_completion("raises", RAISES, LOGISTIC)])
+    completions = [spec_completion("ok", HONEST_FEATURES, LOGISTIC), spec_completion("raises", RAISES, LOGISTIC)]
+    scripted(monkeypatch, config, completions)
 
     calls: Counter[str] = Counter()
     real_execute = DockerExecutor.execute
@@ -238,8 +166,8 @@ def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run
         return real_execute(self, task)
 
     monkeypatch.setattr(DockerExecutor, "execute", flaky_execute)
-    monkeypatch.setattr("tasks.steps.execute_experiment.retry_delay_seconds", [0, 0, 0, 0])
-    cycle(config, 0)
+    monkeypatch.setattr("tasks.execute.execute_experiment.retry_delay_seconds", [0, 0, 0, 0])
+    run_cycles(config)
 
     experiences = {e.name: e for e in ReplayBuffer(config.runs_dir).experiences("retry", 0)}
     assert experiences["ok"].error_class is None  # retried after the fault, then ran
@@ -249,24 +177,48 @@ def test_a_transient_docker_fault_is_retried_and_a_failing_experiment_is_not(run
     assert len(children(config.runs_dir, "retry")) == 2
 
 
+def test_a_host_error_in_one_experiment_is_recorded_against_it_and_the_cycle_goes_on(run_config, monkeypatch):
+    """The overnight run that died at cycle 26: `ast.parse` raised SystemError inside one execute task."""
+    config = run_config("host-error", cycles=1, batch_size=2)
+    completions = [spec_completion("ok", HONEST_FEATURES, LOGISTIC), spec_completion("unlucky", RAISES, LOGISTIC)]
+    scripted(monkeypatch, config, completions)
+    real_check = evaluation.check_completion
+
+    def check(text, columns):
+        if "unlucky" in text:
+            raise SystemError("AST constructor recursion depth mismatch (before=24, after=19)")
+        return real_check(text, columns)
+
+    monkeypatch.setattr(evaluation, "check_completion", check)
+    run_cycles(config)
+
+    experiences = {e.name or "unparsed": e for e in ReplayBuffer(config.runs_dir).experiences("host-error", 0)}
+    assert experiences["ok"].error_class is None
+    unlucky = experiences["unparsed"]
+    assert unlucky.error_class == "runtime_error" and unlucky.reward == config.reward.penalty_runtime
+    assert unlucky.error_message.startswith("host error in the static checks: SystemError: AST constructor")
+    assert len(children(config.runs_dir, "host-error")) == 2
+    assert Checkpoints(config.runs_dir, "host-error").latest_cycle() == 0
+
+
 # ---- cache: what already ran never runs again ----
 
 
-def test_a_cycle_of_already_executed_specs_starts_no_container(run_config):
-    from flows.cycle import cycle
-
+def test_a_cycle_of_already_executed_specs_starts_no_container(run_config, monkeypatch):
     completions = [spec_completion("logistic", HONEST_FEATURES, LOGISTIC), spec_completion("raises", RAISES, LOGISTIC)]
     first = run_config("cache-a", cycles=1, batch_size=2)
-    scripted(first, completions)
-    cycle(first, 0)
+    scripted(monkeypatch, first, completions)
+    run_cycles(first)
 
     engine = docker.from_env()
     since = time.time()
     second = run_config("cache-b", cycles=1, batch_size=2)
-    scripted(second, completions)
-    cycle(second, 0)
+    run_cycles(second)
     started = engine.events(
-        since=since, until=time.time(), decode=True, filters={"type": "container", "event": "start"}
+        since=since,
+        until=time.time(),
+        decode=True,
+        filters={"type": "container", "event": "start", "label": f"{RUN_LABEL}=cache-b"},  # not others' on the engine
     )
     assert list(started) == []
     a = {e.name: e for e in ReplayBuffer(first.runs_dir).experiences("cache-a", 0)}
@@ -300,22 +252,24 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
     config = config.model_copy(
         update={"policy": config.policy.model_copy(update={"backend": "vllm", "max_new_tokens": 32})}
     )
-    session = session_module.RunSession(config)
-    assert RecordingVLLM.adapters == [None]  # a fresh run samples the base policy
-    generations = session.generate(0)
+    run = run_steps.start(config)
+    batch = policy_steps.generate(run.policy, run.prompt, 2, cycle=0, seed=0)
+    assert RecordingVLLM.adapters == []  # a fresh run samples the base policy
     rewarded = [
         Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v2_rules", reward=float(i))
-        for i, g in enumerate(generations)
+        for i, g in enumerate(batch.generations)
     ]
-    session.update(0, rewarded)
+    update = policy_steps.update(run.policy, 0, rewarded)
     adapter = Checkpoints(config.runs_dir, "vllm").path(0) / "adapter"
-    assert RecordingVLLM.adapters == [None, adapter]
+    assert RecordingVLLM.adapters == [adapter]  # the next cycle samples the adapter just saved
     assert LoraConfig.from_pretrained(str(adapter)).r == config.policy.lora_r  # what vLLM's LoRARequest loads
-    session.finish()
+    run_steps.finish(run)
 
-    resumed = session_module.RunSession(config)
-    assert resumed.next_cycle == 1 and RecordingVLLM.adapters[-1] == adapter  # a resumed run starts from it
-    resumed.finish()
+    resumed = run_steps.start(config)  # a new process: nothing in memory
+    assert resumed.policy == update.policy and resumed.pending_cycles == [1]
+    policy_steps.generate(resumed.policy, resumed.prompt, 2, cycle=1, seed=1)
+    assert RecordingVLLM.adapters[-1] == adapter  # a resumed run samples its latest adapter
+    run_steps.finish(resumed)
 
 
 # ---- resume after a real kill ----
@@ -377,14 +331,11 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_anything(run_config,
     assert resumed.height == straight.height == 8
     assert resumed.select("cycle", "index", "completion").equals(straight.select("cycle", "index", "completion"))
     assert len(children(runs, "killed")) == len(children(runs, "straight")) == 8
-    client = MlflowClient(default_tracking_uri(runs))
+    client = mlflow_client(runs)
     for run in ("straight", "killed"):
-        parent = client.search_runs(
-            [client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id],
-            filter_string=f"tags.`sharpe_rl.kind` = 'parent' and tags.`sharpe_rl.run` = '{run}'",
-        )
-        assert len(parent) == 1
-        steps = [m.step for m in client.get_metric_history(parent[0].info.run_id, "reward_mean")]
+        parent = parent_run(client, run)
+        assert parent.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(parent.info.run_id, "reward_mean")]
         assert sorted(steps) == [0, 1], run
     assert docker.from_env().containers.list(all=True, filters={"label": f"{RUN_LABEL}=killed"}) == []
     assert checkpoints.latest_cycle() == 1

@@ -136,7 +136,7 @@ def test_score_reports_psr_and_a_lower_dsr_for_many_trials():
     panel = make_panel({"BTC": closes_from_returns(list(rng.normal(0.002, 0.02, 400)))})
     predictions = make_predictions({"BTC": list(rng.uniform(0.55, 1.0, 400))})
     one = score_predictions(predictions, panel, NO_FEES)
-    many = score_predictions(predictions, panel, NO_FEES, n_trials=200, trials_sharpe_variance=1.0)
+    many = deflate(one, 200, 1.0)
     assert one.valid and one.dsr == pytest.approx(one.psr)
     assert 0 < many.dsr < one.psr < 1
 
@@ -394,15 +394,16 @@ def test_reward_scoring_on_the_reward_panel_cannot_see_the_holdout():
     )
 
 
-def test_deflate_recomputes_dsr_from_the_trials_and_agrees_with_scoring_them_directly():
+def test_deflate_recomputes_dsr_from_the_trials_and_leaves_everything_else():
     panel = _deflate_panel()
     predictions = panel.select(
         "timestamp", "symbol", pl.lit(0).alias("fold"), (pl.col("close").rank() / 1e4).alias("p_up")
     )
-    cfg = EvalConfig(scheme="per_asset")
-    alone = score_predictions(predictions, panel, cfg)
-    direct = score_predictions(predictions, panel, cfg, n_trials=50, trials_sharpe_variance=0.8)
-    assert deflate(alone, 50, 0.8) == direct
+    alone = score_predictions(predictions, panel, EvalConfig(scheme="per_asset"))
+    assert alone.dsr == alone.psr  # scored alone: one trial
+    few, many = deflate(alone, 10, 0.8), deflate(alone, 50, 0.8)
+    assert alone.psr > few.dsr > many.dsr > 0
+    assert many.model_copy(update={"dsr": alone.dsr}) == alone
     assert deflate(alone, 1, 0.0).dsr == alone.psr
 
 

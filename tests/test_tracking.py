@@ -118,3 +118,53 @@ def test_a_run_started_afresh_under_an_old_name_gets_a_new_parent(tracker, tmp_p
     assert again.client.get_run(old_parent).data.tags["sharpe_rl.kind"] == "archived-parent"
     assert [m.value for m in again.client.get_metric_history(new_parent, "reward_mean")] == [0.7]
     assert len(children(again)) == 1 and len(children(tracker)) == 1
+
+
+# ---- one experiment's record never fails a cycle's logging ----
+
+
+def hostile(cycle: int, index: int) -> Experience:
+    """What code in the sandbox could make of its record: 1,200 timings, odd keys, non-finite values, huge text."""
+    timings = {f"t{i}": float(i) for i in range(1_190)}
+    timings |= {"with space": 1.0, "a/b": 2.0, "../up": 3.0, "nan": float("nan"), "inf": float("inf"), "": 4.0}
+    timings |= {"x" * 300: 5.0, "fit": 0.5}
+    record = experience(cycle, index, 1.0).model_dump()
+    return Experience.model_validate(
+        record | {"timings": timings, "name": "n\n" * 50_000, "error_message": "e" * 1_000_000}
+    )
+
+
+def test_invalid_values_are_recorded_as_such_and_never_raise(tracker, tmp_path):
+    batch = [hostile(0, 0), experience(0, 1, 0.5)]
+    tracker.log_cycle(0, {"reward_mean": 0.1, "broken": float("nan")}, batch)
+    tracker.log_cycle(0, {"reward_mean": 0.1, "broken": float("nan")}, batch)  # a resumed cycle logs it again
+
+    assert tracker.pending() == [] and not (tracker.outbox / "rejected").exists()
+    logged = {c.data.tags["sharpe_rl.index"]: c for c in children(tracker)}
+    assert sorted(logged) == ["0", "1"] and all(c.info.status == "FINISHED" for c in logged.values())
+    child = logged["0"].data
+    assert child.metrics["reward"] == pytest.approx(1 / 3) and child.metrics["sharpe_net"] == 1.0
+    assert len(child.metrics) <= 100
+    invalid = child.tags["sharpe_rl.invalid_values"]
+    assert invalid.startswith("1101 values not logged")
+    assert "not a plain metric name: 4 ('time_with space', 'time_a/b', 'time_../up', 'time_xxx" in invalid
+    assert "not finite: 2 ('time_nan', 'time_inf')" in invalid and "over the limit of 100 metrics: 1095" in invalid
+    assert "sharpe_rl.invalid_values" not in logged["1"].data.tags
+    history = tracker.client.get_metric_history(tracker.parent_run_id, "reward_mean")
+    assert [m.value for m in history] == [0.1]
+
+    from sharpe_rl.buffer import ReplayBuffer  # the buffer keeps the record whole, NaN included
+
+    buffer = ReplayBuffer(tmp_path / "runs")
+    buffer.write("night-1", 0, batch)
+    assert buffer.experiences("night-1", 0)[0].timings.keys() == batch[0].timings.keys()
+
+
+def test_writes_wait_in_the_outbox_while_the_server_is_down(tmp_path):
+    down = Tracker(tmp_path / "runs", "http://127.0.0.1:9", parent_run_id="0123")  # port 9: nothing listens
+    down.log_metrics(0, {"reward_mean": 0.1})
+    down.log_cycle(0, {"reward_mean": 0.1}, [experience(0, 0, 1.2)])
+    down.finish(failed=True)
+    waiting = down.pending()
+    assert [json.loads(p.read_text())["op"] for p in waiting] == ["metrics", "cycle", "terminate"]
+    assert down.sync() == 3

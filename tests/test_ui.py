@@ -53,7 +53,7 @@ def finished_run(served, pipeline_dataset: Path, pipeline_policy: Path, sandbox_
         batch_size=BATCH_SIZE,
         dataset=pipeline_dataset,
         runs_dir=runs,
-        eval=EvalConfig(n_folds=2, lookahead_check=False),
+        eval=EvalConfig(n_folds=2),
         sandbox=SandboxConfig(executor="docker", image=sandbox_image, workers=2, timeout_seconds=90, memory_mb=1024),
         policy=PolicyConfig(model=str(pipeline_policy), max_new_tokens=700),
     )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import ExperimentSpec
+from sharpe_rl.syntax import parse_python
 
 #: Model families, in the order the report lists them.
 MODEL_FAMILIES = ("lightgbm", "xgboost", "sklearn", "torch", "statsmodels", "ensemble", "other", "unknown")
@@ -129,8 +130,8 @@ def classify_spec_json(spec_json: str) -> Classification:
 def classify_model(source: str) -> ModelClass:
     """The family of the model `make_model()` in `source` returns ("unknown" if there is none to read)."""
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):  # ValueError: null bytes in the source
+        tree = parse_python(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: null bytes in the source
         return ModelClass("unknown")
     return _ModelReader(tree).read()
 
@@ -138,8 +139,8 @@ def classify_model(source: str) -> ModelClass:
 def classify_features(source: str) -> FeatureClass:
     """The kinds of feature `make_features(df)` in `source` outputs."""
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+        tree = parse_python(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return FeatureClass()
     kinds = _FeatureReader(tree).read()
     if kinds is None:

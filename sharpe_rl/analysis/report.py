@@ -23,6 +23,7 @@ from rich.table import Table as RichTable
 
 from sharpe_rl.analysis.plots import write_plots
 from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
+from sharpe_rl.data.atomic import staged_files
 
 MISSING = "—"
 
@@ -147,16 +148,16 @@ def build_report(
     if compare_frame is not None or compare_run is not None:
         other = compare_frame if compare_frame is not None else frame
         compare = analyse(select_run(other, compare_run), top_n)
-    plots = write_plots(analysis, out_dir / "plots")
-    sections = _sections(
-        analysis, compare, {name: path.relative_to(out_dir).as_posix() for name, path in plots.items()}
-    )
-    context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
-    markdown = _environment().get_template("report.md.j2").render(context)
-    html = _environment().get_template("report.html.j2").render(context)
+    with staged_files(out_dir) as staging:  # a reader never finds half a report, even on a full disk
+        plots = {name: path.relative_to(staging) for name, path in write_plots(analysis, staging / "plots").items()}
+        sections = _sections(analysis, compare, {name: path.as_posix() for name, path in plots.items()})
+        context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
+        markdown = _environment().get_template("report.md.j2").render(context)
+        html = _environment().get_template("report.html.j2").render(context)
+        (staging / "report.md").write_text(markdown, encoding="utf-8")
+        (staging / "report.html").write_text(html, encoding="utf-8")
     markdown_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    markdown_path.write_text(markdown, encoding="utf-8")
-    html_path.write_text(html, encoding="utf-8")
+    plots = {name: out_dir / path for name, path in plots.items()}
     return Report(
         run=analysis.run,
         compare_run=compare.run if compare else None,

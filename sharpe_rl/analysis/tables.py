@@ -290,6 +290,24 @@ def cycle_summary(annotated: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def cycle_metrics(annotated: pl.DataFrame, cycle: int) -> dict[str, float]:
+    """One cycle's headline numbers as MLflow logs them at step=cycle: the numeric columns of its row of
+    `cycle_summary` (the report's Cycles table, same rules) and `failure_pct_<class>` for every error class.
+
+    Pass the run's experiments up to and including `cycle`: `seen_before` looks at the earlier cycles.
+    """
+    rows = cycle_summary(annotated).filter(pl.col("cycle") == cycle).to_dicts()
+    if not rows:
+        raise ValueError(f"there are no experiments of cycle {cycle}")
+    numbers = {
+        key: float(value)
+        for key, value in rows[0].items()
+        if key != "cycle" and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    failures = failure_taxonomy(annotated.filter(pl.col("cycle") == cycle)).filter(pl.col("status") != "ok")
+    return numbers | {f"failure_pct_{row['status']}": float(row["pct"]) for row in failures.to_dicts()}
+
+
 @dataclass(frozen=True)
 class RunAnalysis:
     """Every table of one run, computed once; the report, the plots and the terminal read these."""

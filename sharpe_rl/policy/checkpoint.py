@@ -33,7 +33,7 @@ from peft import LoraConfig, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 
-from sharpe_rl.data.atomic import write_bytes_atomic
+from sharpe_rl.data.atomic import DiskFull, disk_full_names, is_disk_full, write_bytes_atomic
 from sharpe_rl.policy.ppo import PPOTrainer
 
 _ADAPTER = "default"
@@ -72,10 +72,16 @@ class Checkpoints:
                 f"run {self.run!r} already has a checkpoint at cycle {latest}; saving cycle {cycle} would apply "
                 f"an update twice. Call load_latest() and continue from cycle {latest + 1}, or reset the run"
             )
+        final = self.path(cycle)
+        with disk_full_names(final):
+            self._save(trainer, cycle, final)
+        write_bytes_atomic(self.directory / "latest", f"{final.name}\n".encode())
+        return final
+
+    def _save(self, trainer: PPOTrainer, cycle: int, final: Path) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob(".cycle-*.tmp-*"):  # left by a save that crashed
             shutil.rmtree(stale)
-        final = self.path(cycle)
         staging = self.directory / f".{final.name}.tmp-{uuid.uuid4().hex}"
         try:
             staging.mkdir()
@@ -89,17 +95,23 @@ class Checkpoints:
             else:
                 os.replace(staging, final)
             _fsync_dir(self.directory)
+        except Exception as exc:
+            if is_disk_full(exc, staging):  # checked before the cleanup below frees the space again
+                raise DiskFull(final) from exc
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        write_bytes_atomic(self.directory / "latest", f"{final.name}\n".encode())
-        return final
 
     def load_latest(self, trainer: PPOTrainer) -> int | None:
         """Restore the trainer in place from the checkpoint `latest` names; returns its cycle (None: nothing saved)."""
         cycle = self.latest_cycle()
         if cycle is not None:
-            _read_checkpoint(self.path(cycle), trainer)
+            self.load(trainer, cycle)
         return cycle
+
+    def load(self, trainer: PPOTrainer, cycle: int) -> None:
+        """Restore the trainer in place from the checkpoint of `cycle`."""
+        _read_checkpoint(self.path(cycle), trainer)
 
     def reset(self, trainer: PPOTrainer | None = None) -> Path | None:
         """Archive this run's checkpoints (returns where, None if there were none) and reset `trainer` to base."""

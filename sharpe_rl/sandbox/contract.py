@@ -73,6 +73,9 @@ RESULT_MARKER = "@@SHARPE_RL_RESULT@@"
 TASK_MAGIC = b"SHARPE-RL-TASK/1"
 #: The harness's exit code when it could not read its task (a host bug, never the experiment's fault).
 BAD_TASK_EXIT = 3
+#: Seconds a sandbox started ahead of its task waits for it before exiting on its own (an abandoned
+#: warm sandbox, say on a cluster worker whose run ended, does not wait forever).
+IDLE_SECONDS = 900
 
 #: Error classes the experiment's own process may report about itself (its exceptions and its
 #: interface). Anything else it claims is recorded as runtime_error.

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 RUN_LABEL = "sharpe-rl.run"
 CREATED_LABEL = "sharpe-rl.created"
 SANDBOX_USER = "10001:10001"
+#: What the Docker SDK raises when the engine fails or goes away (a lost connection is a requests error).
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 class DockerExecutor:
@@ -89,7 +91,7 @@ class DockerExecutor:
                 oom_killed=bool(state.get("OOMKilled")),
                 wall_seconds=time.perf_counter() - started,
             )
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"the Docker engine failed while running the sandbox: {exc}") from exc
         finally:
             _remove(container)
@@ -123,11 +125,11 @@ class DockerExecutor:
                 ),
                 labels={RUN_LABEL: self.run_id, CREATED_LABEL: str(int(time.time()))},
             )
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"the Docker engine could not create the sandbox container: {exc}") from exc
         try:
             container.start()
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             _remove(container)
             raise InfrastructureError(f"the Docker engine could not start the sandbox container: {exc}") from exc
         return container
@@ -146,7 +148,7 @@ class DockerExecutor:
 def _waiting(container: Container) -> bool:
     try:
         container.reload()
-    except docker.errors.DockerException:
+    except ENGINE_ERRORS:
         return False
     return container.status == "running"
 
@@ -156,7 +158,7 @@ def _remove(container: Container) -> None:
         container.remove(force=True)
     except docker.errors.NotFound:
         pass
-    except docker.errors.DockerException as exc:
+    except ENGINE_ERRORS as exc:
         # never hide the outcome: the reaper removes what is left (labels name the run)
         log.warning("could not remove sandbox container %s (%s); reap_containers will", container.id, exc)
 

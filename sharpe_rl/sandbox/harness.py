@@ -12,7 +12,8 @@ reading the future impossible rather than detectable:
 2. Starts the worker (stdin /dev/null, stdout = stderr, the two pipe ends its only other files;
    see `worker.py`), which imports its libraries while this process waits.
 3. Reads the task from stdin (`contract.encode_task`: spec, folds, horizon, seed, time limit,
-   lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox.
+   lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A sandbox whose
+   task does not come within `contract.IDLE_SECONDS` exits without a word.
 4. Labels every bar itself: 1 if the close `horizon` bars later on the union timeline is higher,
    0 if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
 5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the
@@ -39,6 +40,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -49,7 +51,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import protocol
-from contract import BAD_TASK_EXIT, RESULT_MARKER, TASK_MAGIC, WORKER_ERRORS, ErrorClass
+from contract import BAD_TASK_EXIT, IDLE_SECONDS, RESULT_MARKER, TASK_MAGIC, WORKER_ERRORS, ErrorClass
 
 WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 PR_SET_DUMPABLE = 4
@@ -289,6 +291,10 @@ def main() -> None:
     os.dup2(2, 1)
     oom_before = oom_kills()
     worker = Worker()
+    waiting, _, _ = select.select([sys.stdin.buffer], [], [], IDLE_SECONDS)
+    if not waiting:  # nobody came for this sandbox
+        worker.stop()
+        os._exit(0)
     try:
         header, arrays = read_task(sys.stdin.buffer)
     except (ValueError, KeyError, TypeError) as exc:

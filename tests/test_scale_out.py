@@ -1,0 +1,173 @@
+"""Executions on a Dask cluster: a real `dask scheduler` and two `dask worker` processes on this machine,
+each worker with its own Docker engine through DOCKER_HOST (the shared engine, and one the tests own).
+
+- A four-cycle run through the rl_run flow on the cluster gives exactly the rewards of the same run
+  on local threads (the `reference_run`).
+- A worker killed with SIGKILL in the middle of an experiment: the experiment runs on the other
+  worker, once, and the buffer, MLflow and the checkpoint hold every experiment once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import docker
+import pytest
+from pipeline_fixtures import RAISES, children, make_config, run_cycles, scripted, spec_completion
+from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
+from service_fixtures import DaskCluster
+
+from sharpe_rl.buffer import ReplayBuffer
+from sharpe_rl.config import TaskRunnerConfig
+from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy.checkpoint import Checkpoints
+from sharpe_rl.sandbox.docker_executor import RUN_LABEL, reap_containers
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image", "prefect_server")]
+
+#: Busy for several seconds inside the sandbox (in `fit`, called once per fold), so a worker can be killed meanwhile.
+SLOW_MODEL = """
+from sklearn.linear_model import LogisticRegression
+
+
+class SlowLogistic(LogisticRegression):
+    def fit(self, X, y):
+        sum(i * i for i in range(6_000_000))
+        return super().fit(X, y)
+
+
+def make_model():
+    return SlowLogistic(max_iter=500)
+"""
+
+
+@pytest.fixture
+def engines(second_engine) -> list[str]:
+    """The Docker engine of each worker: the shared one, and the tests' own."""
+    return [os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), second_engine.host]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path, engines: list[str]):
+    cluster = DaskCluster(tmp_path / "dask")
+    cluster.directory.mkdir()
+    try:
+        cluster.start([{"DOCKER_HOST": host} for host in engines])
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def on_dask(address: str) -> dict:
+    return {"task_runner": TaskRunnerConfig(kind="dask", dask_address=address)}
+
+
+def test_a_run_on_a_two_worker_dask_cluster_reproduces_the_default_runner_exactly(
+    reference_run, dask_cluster, engines, tmp_path
+):
+    from flows.rl_run import rl_run
+
+    started = int(time.time())
+    config = reference_run.model_copy(update={"runs_dir": tmp_path / "runs"} | on_dask(dask_cluster.address))
+    assert rl_run(config) == "e2e"
+    policy_steps.release()
+
+    columns = ["cycle", "index", "completion", "error_class", "reward", "metric_sharpe_net", "metric_dsr"]
+    threads = ReplayBuffer(reference_run.runs_dir).frame(run="e2e").select(columns)
+    dask = ReplayBuffer(config.runs_dir).frame(run="e2e").select(columns)
+    assert threads.height == 16 and dask.equals(threads)
+    assert Checkpoints(config.runs_dir, "e2e").latest_cycle() == 3
+    assert len(children(config.runs_dir, "e2e")) == 16
+    for host in engines:  # both workers ran experiments, each in its own engine
+        events = docker.DockerClient(base_url=host).events(
+            since=started, until=int(time.time()) + 1, decode=True, filters={"event": "start", "label": RUN_LABEL}
+        )
+        assert any(event.get("Actor", {}).get("Attributes", {}).get(RUN_LABEL) == "e2e" for event in events), host
+
+
+class ContainerWatcher:
+    """Notes which experiment runs in which engine (from each container's task file), and kills the worker
+    whose engine runs `target` the first time it starts."""
+
+    def __init__(self, hosts: list[str], run: str, target: str, kill) -> None:
+        self.clients = [docker.DockerClient(base_url=host) for host in hosts]
+        self.run, self.target, self.kill = run, target, kill
+        self.seen: dict[str, tuple[int, str]] = {}  # container id -> (engine, experiment name)
+        self.killed_engine: int | None = None
+        self.running_at_kill: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> ContainerWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def runs_of(self, name: str) -> list[int]:
+        return sorted(engine for engine, seen in self.seen.values() if seen == name)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for engine, client in enumerate(self.clients):
+                with contextlib.suppress(docker.errors.DockerException, OSError, KeyError, ValueError):
+                    for container in client.containers.list(filters={"label": f"{RUN_LABEL}={self.run}"}):
+                        if container.id not in self.seen:
+                            self.seen[container.id] = (engine, self._experiment(container))
+                        if self.killed_engine is None and self.seen[container.id][1] == self.target:
+                            self.running_at_kill = {n for i, (e, n) in self.seen.items() if e == engine}
+                            self.killed_engine = engine
+                            self.kill(engine)
+            time.sleep(0.1)
+
+    @staticmethod
+    def _experiment(container) -> str:
+        task = next(m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/task/task.json")
+        return json.loads(Path(task).read_text())["spec"]["name"]
+
+
+def test_a_worker_killed_mid_experiment_its_experiment_runs_on_the_other_once(
+    dask_cluster, engines, tmp_path, pipeline_dataset, pipeline_policy, monkeypatch
+):
+    runs = tmp_path / "runs"
+    config = make_config(runs, pipeline_dataset, pipeline_policy, "worker-lost", cycles=1, batch_size=4)
+    config = config.model_copy(update=on_dask(dask_cluster.address))
+    completions = [
+        spec_completion("slow", HONEST_FEATURES, SLOW_MODEL),
+        spec_completion("logistic", HONEST_FEATURES, LOGISTIC),
+        spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"]),
+        spec_completion("raises", RAISES, LOGISTIC),
+    ]
+    scripted(monkeypatch, config, completions)
+    try:
+        with ContainerWatcher(engines, "worker-lost", "slow", dask_cluster.kill) as watcher:
+            run_cycles(config)
+    finally:
+        for host in engines:  # the lost worker's containers outlive it; nothing else removes them here
+            reap_containers(docker.DockerClient(base_url=host), run_id="worker-lost")
+
+    lost = watcher.killed_engine
+    assert lost is not None, "the slow experiment never started"
+    assert watcher.runs_of("slow") == sorted([lost, 1 - lost])  # started on the lost worker, ran again on the other
+    for name in ("logistic", "forest", "raises"):
+        again = [1 - lost] if name in watcher.running_at_kill else []
+        assert len(watcher.runs_of(name)) == 1 + len(again), name
+
+    experiences = ReplayBuffer(runs).experiences("worker-lost", 0)
+    assert [e.index for e in experiences] == [0, 1, 2, 3]
+    statuses = {e.name: e.error_class or "ok" for e in experiences}
+    assert statuses == {"slow": "ok", "logistic": "ok", "forest": "ok", "raises": "value_error"}
+    logged = children(runs, "worker-lost")
+    assert Counter(c.data.tags["sharpe_rl.index"] for c in logged) == Counter({"0": 1, "1": 1, "2": 1, "3": 1})
+    rewards = {int(c.data.tags["sharpe_rl.index"]): c.data.metrics["reward"] for c in logged}
+    assert rewards == {e.index: e.reward for e in experiences}
+    assert len(list((runs / "cache" / "results").glob("*.json"))) == 4  # one result per experiment
+    assert Checkpoints(runs, "worker-lost").latest_cycle() == 0
