@@ -144,6 +144,9 @@ class PPOConfig(_Settings):
     epochs: int = Field(2, ge=1, description="Passes over the batch per update.")
     minibatch_size: int = Field(4, ge=1, description="Experiences per gradient step.")
     clip_coef: float = Field(0.2, gt=0, description="Surrogate clipping range for the probability ratio.")
+    clip_coef_high: float | None = Field(
+        None, gt=0, description="Upper clipping range (DAPO's clip-higher, e.g. 0.28); None: clip_coef both ways."
+    )
     vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
     vf_clip: float = Field(0.2, gt=0, description="Clipping range for the value update.")
     ent_coef: float = Field(0.001, ge=0, description="Weight of the entropy bonus.")
