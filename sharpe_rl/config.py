@@ -68,7 +68,11 @@ class SandboxConfig(_Settings):
 
 
 class RewardConfig(_Settings):
-    """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures."""
+    """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures.
+
+    Options (off by default): a correction for the luck of selection among many trials
+    (`sharpe_rl.scoring.shape_reward`).
+    """
 
     sharpe_clip: float = Field(3.0, gt=0, description="Net Sharpe is clipped to ±this and scaled to [-1, 1].")
     penalty_runtime: float = Field(
@@ -78,6 +82,12 @@ class RewardConfig(_Settings):
         -1.5, description="Reward of an experiment that never ran (unparseable JSON, schema, syntax, imports)."
     )
     penalty_lookahead: float = Field(-2.0, description="Reward of an experiment that reads the future.")
+    luck_correction: Literal["none", "deflated", "shrunk"] = Field(
+        "none",
+        description="Reward skill, not luck: none (clipped net Sharpe); deflated (2 x deflated Sharpe - 1, given "
+        "the run's trials so far); shrunk (net Sharpe minus the expected best Sharpe of that many zero-skill "
+        "trials, then clipped).",
+    )
 
     @model_validator(mode="after")
     def _ladder_is_ordered(self) -> RewardConfig:
