@@ -71,7 +71,7 @@ class RewardConfig(_Settings):
     """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures.
 
     Options (off by default): a correction for the luck of selection among many trials
-    (`sharpe_rl.scoring.shape_reward`).
+    (`sharpe_rl.scoring.shape_reward`), and diversity terms (`sharpe_rl.diversity`).
     """
 
     sharpe_clip: float = Field(3.0, gt=0, description="Net Sharpe is clipped to ±this and scaled to [-1, 1].")
@@ -87,6 +87,12 @@ class RewardConfig(_Settings):
         description="Reward skill, not luck: none (clipped net Sharpe); deflated (2 x deflated Sharpe - 1, given "
         "the run's trials so far); shrunk (net Sharpe minus the expected best Sharpe of that many zero-skill "
         "trials, then clipped).",
+    )
+    novelty_weight: float = Field(
+        0.0, ge=0, description="Bonus x 1/sqrt(visits) for a scored experiment in a rarely visited cell (0: off)."
+    )
+    copy_penalty: float = Field(
+        0.0, ge=0, description="Taken off a scored experiment whose normalised code already ran (floor -1; 0: off)."
     )
 
     @model_validator(mode="after")
