@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sharpe_rl.analysis.classify import GRID_CELLS
+from sharpe_rl.analysis.classify import FEATURE_BLOCKS, GRID_CELLS
+from sharpe_rl.analysis.quality_diversity import archive_by_cycle, elite_grid, grid_table
+from sharpe_rl.analysis.tables import annotate
 from sharpe_rl.archive import (
     EliteArchive,
     archive_path,
@@ -190,3 +192,37 @@ def test_reset_archives_the_elites(tmp_path):
     assert load_archive(tmp_path, "run").elites == []
     kept = Path(archived["elite archives"], "run.json")
     assert EliteArchive.model_validate_json(kept.read_text()) == filled()
+
+
+# -- the report's tables --------------------------------------------------------------------------
+
+
+def test_the_per_cycle_table_follows_the_archive(tmp_path):
+    buffer = ReplayBuffer(tmp_path)
+    for cycle, experiences in CYCLES.items():
+        buffer.write("run", cycle, experiences)
+    table = archive_by_cycle(annotate(buffer.frame()))
+    assert table.select("cycle", "filled", "new_cells", "improved_cells").rows() == [
+        (0, 3, 3, 0),
+        (1, 3, 0, 2),  # the logistic model's two cells got a better elite
+        (2, 4, 1, 0),
+    ]
+    final = filled()
+    assert table["coverage_pct"][-1] == pytest.approx(100 * final.coverage)
+    assert table["qd_score"][-1] == pytest.approx(final.qd_score)
+    assert table["qd_score"].is_sorted()  # an archive never loses quality
+
+
+def test_the_grid_counts_visits_and_shows_each_cells_elite(tmp_path):
+    buffer = ReplayBuffer(tmp_path)
+    for cycle, experiences in CYCLES.items():
+        buffer.write("run", cycle, experiences)
+    grid = elite_grid(buffer.frame())
+    assert grid.height == len(GRID_CELLS)
+    visited = {(r["model_family"], r["block"]): (r["visits"], r["sharpe"]) for r in grid.iter_rows(named=True)}
+    assert visited[("lightgbm", "trend")] == (5, 1.2)  # five LightGBM experiments ran; the failure did not
+    assert visited[("sklearn/linear", "volume")] == (2, 2.0)
+    assert visited[("torch", "trend")] == (0, None)
+    table = grid_table(grid)
+    assert table["model_family"].to_list() == ["lightgbm", "sklearn/linear"]
+    assert table.columns == ["model_family", *FEATURE_BLOCKS]
