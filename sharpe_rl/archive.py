@@ -19,8 +19,8 @@ Measures (per cycle in `sharpe_rl.analysis.quality_diversity`):
   non-negative, `qd_fitness(sharpe) = (clip(sharpe, ±3) + 3) / 6` ∈ [0, 1], so it grows both
   when a new cell is filled and when a cell's elite improves, and is at most the cell count.
 
-`EliteArchive.inspiration` draws a few elites of other cells for a prompt (the `v3_inspiration`
-template renders them); nothing in the run uses it yet.
+`EliteArchive.inspiration` draws a few elites of other cells for a prompt that shows them
+(`v3_inspiration`, `render_prompt(..., elites=...)`).
 """
 
 from __future__ import annotations
