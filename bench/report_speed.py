@@ -4,7 +4,7 @@ Builds a synthetic replay-buffer frame (the columns `ReplayBuffer.frame()` yield
 are realistic code: several model families, wrappers and pipelines, template and custom
 features, with parameters varied so most programs are distinct and some repeat, the original
 post-mortem's failure mix, and metrics on the experiments that ran. Then times `build_report`
-(classification, tables, four PNGs, Markdown and HTML) end to end. Goal: under 10 s.
+(classification, tables, every PNG, Markdown and HTML) end to end. Goal: under 10 s.
 
     .venv/bin/python bench/report_speed.py [--cycles 48] [--batch 16] [--out DIR]
 """

@@ -88,7 +88,11 @@ class TaskRunnerConfig(_Settings):
 
 
 class RewardConfig(_Settings):
-    """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures."""
+    """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures.
+
+    Options (off by default): a correction for the luck of selection among many trials
+    (`sharpe_rl.scoring.shape_reward`), and diversity terms (`sharpe_rl.diversity`).
+    """
 
     sharpe_clip: float = Field(3.0, gt=0, description="Net Sharpe is clipped to ±this and scaled to [-1, 1].")
     penalty_runtime: float = Field(
@@ -96,6 +100,18 @@ class RewardConfig(_Settings):
     )
     penalty_format: float = Field(
         -1.5, description="Reward of an experiment that never ran (unparseable JSON, schema, syntax, imports)."
+    )
+    luck_correction: Literal["none", "deflated", "shrunk"] = Field(
+        "none",
+        description="Reward skill, not luck: none (clipped net Sharpe); deflated (2 x deflated Sharpe - 1, given "
+        "the run's trials so far); shrunk (net Sharpe minus the expected best Sharpe of that many zero-skill "
+        "trials, then clipped).",
+    )
+    novelty_weight: float = Field(
+        0.0, ge=0, description="Bonus x 1/sqrt(visits) for a scored experiment in a rarely visited cell (0: off)."
+    )
+    copy_penalty: float = Field(
+        0.0, ge=0, description="Taken off a scored experiment whose normalised code already ran (floor -1; 0: off)."
     )
 
     @model_validator(mode="after")
@@ -162,6 +178,9 @@ class PPOConfig(_Settings):
     epochs: int = Field(2, ge=1, description="Passes over the batch per update.")
     minibatch_size: int = Field(4, ge=1, description="Experiences per gradient step.")
     clip_coef: float = Field(0.2, gt=0, description="Surrogate clipping range for the probability ratio.")
+    clip_coef_high: float | None = Field(
+        None, gt=0, description="Upper clipping range (DAPO's clip-higher, e.g. 0.28); None: clip_coef both ways."
+    )
     vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
     vf_clip: float = Field(0.2, gt=0, description="Clipping range for the value update.")
     ent_coef: float = Field(0.001, ge=0, description="Weight of the entropy bonus.")

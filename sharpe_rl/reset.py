@@ -11,7 +11,7 @@ from sharpe_rl.policy.checkpoint import Checkpoints
 
 
 def reset_runs(runs_dir: Path) -> dict[str, str | None]:
-    """Archive every run's checkpoints (adapter, value head, optimizer), the replay buffer and holdout scores."""
+    """Archive every run's checkpoints (adapter, value head, optimizer), the buffer, holdout scores and elites."""
     archived: dict[str, str | None] = {}
     checkpoints = runs_dir / "checkpoints"
     runs = sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) if checkpoints.exists() else []
@@ -21,12 +21,18 @@ def reset_runs(runs_dir: Path) -> dict[str, str | None]:
     buffer = ReplayBuffer(runs_dir)
     had_experiences = not buffer.frame().is_empty()
     archived["replay buffer"] = str(buffer.clear()) if had_experiences else None
-    # holdout scores are keyed by (run, cycle, index): they belong to the experiences just archived
-    holdout = runs_dir / "holdout"
-    archived["holdout scores"] = None
-    if holdout.is_dir():
-        target = runs_dir / "holdout-archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(holdout, target)
-        archived["holdout scores"] = str(target)
+    # holdout scores and elites are keyed by (run, cycle, index): they belong to the experiences just archived
+    archived["holdout scores"] = _archive_folder(runs_dir, "holdout")
+    archived["elite archives"] = _archive_folder(runs_dir, "elites")
     return archived
+
+
+def _archive_folder(runs_dir: Path, name: str) -> str | None:
+    """Move `runs_dir/<name>` to `runs_dir/<name>-archive/<timestamp>`; the destination, or None if there was none."""
+    folder = runs_dir / name
+    if not folder.is_dir():
+        return None
+    target = runs_dir / f"{name}-archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(folder, target)
+    return str(target)

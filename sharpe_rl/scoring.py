@@ -459,18 +459,43 @@ PENALTY_RUNG: dict[ErrorClass, Literal["format", "runtime"]] = {
 }
 
 
-def shape_reward(outcome: Metrics | ErrorClass, cfg: RewardConfig) -> float:
+def shape_reward(
+    outcome: Metrics | ErrorClass, cfg: RewardConfig, *, n_trials: int = 1, trials_sharpe_variance: float = 0.0
+) -> float:
     """The RL reward of one experiment, in [penalty_format, 1]; never NaN.
 
-    A valid model earns clip(net Sharpe, ±sharpe_clip) / sharpe_clip ∈ [−1, 1], monotone in the
-    net Sharpe. A failure earns its rung of the fixed ladder (RewardConfig guarantees
-    format < runtime < −1): errors found before anything ran (FORMAT_ERRORS) → `penalty_format`;
-    everything that ran and failed, including degenerate (invalid) Metrics, which are
-    `bad_predictions` → `penalty_runtime`. So any valid model, however bad, beats any failure.
+    A valid model earns a score in [−1, 1], monotone in the net Sharpe, by `cfg.luck_correction`:
+
+    - ``none``: clip(net Sharpe, ±sharpe_clip) / sharpe_clip;
+    - ``deflated``: 2 × DSR − 1, the deflated Sharpe ratio (the probability that the true Sharpe
+      beats the expected best of `n_trials` zero-skill trials whose annualised Sharpe ratios vary by
+      `trials_sharpe_variance`) mapped to [−1, 1]; 0 for a coin flip;
+    - ``shrunk``: as ``none``, on the net Sharpe minus that expected best Sharpe
+      (`expected_max_sharpe`).
+
+    Pass the run's trial count so far and the variance of its Sharpe ratios (what `deflate` takes):
+    as trials accumulate, the same Sharpe is worth less, because the best of many tries is
+    expected to look good by luck alone. With one trial, ``deflated`` is 2 × PSR − 1 and
+    ``shrunk`` is ``none``.
+
+    A failure earns its rung of the fixed ladder (RewardConfig guarantees format < runtime < −1):
+    errors found before anything ran (FORMAT_ERRORS) → `penalty_format`; everything that ran and
+    failed, including degenerate (invalid) Metrics, which are `bad_predictions` → `penalty_runtime`.
+    So any valid model, however bad, beats any failure.
     """
     if isinstance(outcome, ErrorClass):
         return cfg.penalty_format if PENALTY_RUNG[outcome] == "format" else cfg.penalty_runtime
     if not outcome.valid:
         return cfg.penalty_runtime
-    clipped = min(max(outcome.sharpe_net, -cfg.sharpe_clip), cfg.sharpe_clip)
+    sharpe = outcome.sharpe_net
+    if cfg.luck_correction == "deflated":
+        if outcome.skewness is None or outcome.kurtosis is None or outcome.periods_per_year <= 0:
+            raise ValueError(
+                "the deflated reward needs the metrics' skewness, kurtosis and periods per year "
+                "(score_predictions sets them)"
+            )
+        return 2.0 * deflate(outcome, n_trials, trials_sharpe_variance).dsr - 1.0
+    if cfg.luck_correction == "shrunk":
+        sharpe -= expected_max_sharpe(n_trials, trials_sharpe_variance)
+    clipped = min(max(sharpe, -cfg.sharpe_clip), cfg.sharpe_clip)
     return clipped / cfg.sharpe_clip

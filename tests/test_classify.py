@@ -8,6 +8,7 @@ from fixtures.labelled_specs import labelled_specs
 from sharpe_rl.analysis.classify import (
     FEATURE_BLOCKS,
     FEATURE_KIND_BLOCK,
+    GRID_CELLS,
     MODEL_FAMILIES,
     SKLEARN_KINDS,
     TEMPLATE_FEATURE_KINDS,
@@ -94,6 +95,21 @@ def test_results_use_the_documented_vocabulary():
         assert model.family in MODEL_FAMILIES
         assert (model.kind in SKLEARN_KINDS) if model.family == "sklearn" else model.kind is None
         assert set(model.members) <= {case["family"], *case["members"]}
+
+
+def test_an_experiment_occupies_one_grid_cell_per_feature_block():
+    for case in CASES:
+        found = classify(ExperimentSpec(**case["spec"]))
+        if found.model.family == "unknown" or found.custom_features is None:
+            assert found.cells == ()
+            continue
+        assert set(found.cells) <= set(GRID_CELLS)
+        assert {block for _, block in found.cells} == set(found.features.blocks or ("other",))
+        assert {family for family, _ in found.cells} == {found.model_family}
+    raw = ExperimentSpec(name="raw", features="def make_features(df):\n    return df\n", model="def make_model(:\n")
+    assert classify(raw).cells == ()  # no model to place
+    model = "from sklearn.linear_model import LogisticRegression\ndef make_model():\n    return LogisticRegression()\n"
+    assert classify(raw.model_copy(update={"model": model})).cells == (("sklearn/linear", "other"),)
 
 
 @pytest.mark.parametrize("source", ["", "def make_model(:\n", "x = 1\x00"])

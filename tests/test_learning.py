@@ -91,7 +91,7 @@ def scored(generations: list[Generation], cycle: int) -> list[Experience]:
 def kl_to_reference(trainer: PPOTrainer, generations: list[Generation]) -> float:
     """KL of the policy to its reference on these samples: summed over each completion, mean over samples."""
     batch = collate(scored(generations, cycle=0), trainer.policy.pad_token_id, trainer.policy.device)
-    logprobs, ref_logprobs, _ = rollout_scores(trainer.policy, batch, chunk_size=16)
+    logprobs, ref_logprobs, *_ = rollout_scores(trainer.policy, batch, chunk_size=16)
     return (logprobs - ref_logprobs).sum(1).mean().item()
 
 

@@ -92,6 +92,39 @@ def test_clipped_surrogate_equals_unclipped_at_ratio_one():
     torch.testing.assert_close(ratio.grad, -advantages / 3)  # the gradient of the unclipped objective
 
 
+def test_clip_higher_clips_the_ratio_asymmetrically():
+    ratio = torch.tensor([[0.7, 0.75, 1.25, 1.3]], requires_grad=True)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    for advantages, clip_coef_high, kept in [
+        # A > 0, DAPO's range [0.8, 1.28]: 1.25 still earns its gain, 1.3 is cut at 1.28; a fall is never clipped
+        (torch.ones(1, 4), 0.28, [0.7, 0.75, 1.25, 1.28]),
+        # A > 0, symmetric [0.8, 1.2]: both rises are cut at 1.2
+        (torch.ones(1, 4), None, [0.7, 0.75, 1.2, 1.2]),
+        # A < 0: the lower bound is 0.8 either way (a fall below it earns nothing more); a rise is never clipped
+        (-torch.ones(1, 4), 0.28, [0.8, 0.8, 1.25, 1.3]),
+    ]:
+        ratio.grad = None
+        loss = clipped_surrogate_loss(ratio, advantages, mask, clip_coef=0.2, clip_coef_high=clip_coef_high)
+        loss.backward()
+        sign = advantages[0, 0].item()
+        assert loss.item() == pytest.approx(-sign * sum(kept) / 4)
+        # a clipped token gets no gradient: the objective no longer moves its ratio
+        unclipped = [r == pytest.approx(k) for r, k in zip(ratio[0].tolist(), kept, strict=True)]
+        assert (ratio.grad[0] != 0).tolist() == unclipped, (advantages, clip_coef_high)
+
+
+def test_clip_fraction_counts_the_asymmetric_range():
+    ratio = torch.tensor([[0.75, 1.25, 1.3]])
+    logits = torch.zeros(1, 3, 2)
+    old_logprobs = math.log(0.5) - ratio.log()
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    args = (logits, torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.long), mask, old_logprobs, torch.zeros(1, 3))
+    higher = ppo_losses(*args, torch.ones(1, 3), None, PPOConfig(clip_coef=0.2, clip_coef_high=0.28))
+    symmetric = ppo_losses(*args, torch.ones(1, 3), None, PPOConfig(clip_coef=0.2))
+    assert higher["clip_fraction"].item() == pytest.approx(2 / 3)  # 0.75 < 0.8 and 1.3 > 1.28
+    assert symmetric["clip_fraction"].item() == pytest.approx(1.0)
+
+
 def test_adaptive_kl_controller_moves_towards_the_target():
     above = AdaptiveKLController(value=0.1, target=6.0, horizon=100)
     above.update(kl=12.0, n_samples=10)  # relative error clipped to +0.2
@@ -139,7 +172,7 @@ PUNISHED = experience([5, 6, 7, 8], [20, 21, 22], -1.0, index=1)
 def test_at_init_the_policy_is_the_reference(base):
     policy = tiny_policy(base)
     batch = collate([REWARDED, PUNISHED], policy.pad_token_id, policy.device)
-    old_logprobs, ref_logprobs, _ = rollout_scores(policy, batch, chunk_size=2)
+    old_logprobs, ref_logprobs, *_ = rollout_scores(policy, batch, chunk_size=2)
     assert torch.equal(old_logprobs, ref_logprobs)
     stats = PPOTrainer(policy, PPOConfig()).update([REWARDED, PUNISHED])
     assert stats.kl == 0.0
@@ -159,6 +192,18 @@ def test_updates_raise_the_rewarded_completion_and_lower_the_punished_one(base, 
     assert stats.kl > 0  # moved away from the reference ...
     assert stats.kl_coef < PPOConfig().init_kl_coef  # ... but far below target_kl, so the penalty relaxes
     assert (stats.value_loss is None) == (advantage == "group")
+
+
+def test_the_rollout_entropy_is_the_sampling_policys_before_the_update(base):
+    policy = tiny_policy(base)
+    batch = collate([REWARDED, PUNISHED], policy.pad_token_id, policy.device)
+    with torch.no_grad():
+        logits, _ = policy.completion_outputs(batch.input_ids, batch.attention_mask, batch.logit_positions)
+    probs = logits.softmax(-1)
+    expected = (-(probs * probs.log()).sum(-1))[batch.completion_mask].mean().item()
+    stats = PPOTrainer(policy, PPOConfig(learning_rate=1e-2)).update([REWARDED, PUNISHED])
+    assert stats.rollout_entropy == pytest.approx(expected, rel=1e-5)
+    assert 0 < stats.rollout_entropy <= math.log(logits.shape[-1])
 
 
 def test_updates_never_touch_the_reference(base):

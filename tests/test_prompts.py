@@ -1,15 +1,17 @@
 """Prompt templates: rendered from the dataset's real schema, versioned, and the v1 example runs."""
 
 import ast
+import json
 from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from sharpe_rl.archive import Elite
 from sharpe_rl.policy.prompts import describe_interval, prompt_versions, render_prompt
 from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES
-from sharpe_rl.spec import parse_spec
+from sharpe_rl.spec import ExperimentSpec, parse_spec
 
 OHLCV = ["open", "high", "low", "close", "volume"]
 
@@ -85,3 +87,61 @@ def test_unknown_version_and_empty_columns_are_refused():
 )
 def test_describe_interval(interval, words):
     assert describe_interval(interval) == words
+
+
+# -- elites of the quality-diversity archive as inspiration -------------------------------------
+
+
+def elite(family: str, block: str, sharpe: float, model: str) -> Elite:
+    spec = ExperimentSpec(
+        name=f"{family} on {block}",
+        features='def make_features(df):\n    return df[["close"]].pct_change()\n',
+        model=f"def make_model():\n    {model}\n",
+    )
+    return Elite(
+        model_family=family,
+        block=block,
+        run="run",
+        cycle=3,
+        index=1,
+        name=spec.name,
+        code_hash=spec.code_hash,
+        sharpe_net=sharpe,
+        spec_json=spec.model_dump_json(),
+    )
+
+
+ELITES = [
+    elite(
+        "sklearn/knn",
+        "volume",
+        0.812,
+        "from sklearn.neighbors import KNeighborsClassifier\n    return KNeighborsClassifier()",
+    ),
+    elite("torch", "calendar", 1.5, 'return None  # a "quoted" comment'),
+]
+
+
+def test_v3_without_elites_is_v2():
+    assert render("v3_inspiration") == render("v2_rules")
+
+
+def test_v3_shows_each_elite_as_a_spec_in_the_completion_layout_before_the_cue():
+    prompt = render("v3_inspiration", symbols=["BTCUSDT"])
+    with_elites = render_prompt("v3_inspiration", OHLCV, timedelta(days=1), 1, ["BTCUSDT"], elites=ELITES)
+    rules, block = with_elites.split("Experiments of earlier cycles that made money", 1)
+    assert rules == prompt.removesuffix("Experiment:\n") + "\n"  # the rules unchanged, a blank line, the block
+    assert with_elites.endswith("\nExperiment:\n")
+    assert "sklearn/knn model on volume features, net Sharpe 0.81:" in block
+    assert "torch model on calendar features, net Sharpe 1.50:" in block
+    shown = [line for line in block.splitlines() if line.startswith("{")]
+    assert len(shown) == 2
+    for line, e in zip(shown, ELITES, strict=True):
+        assert parse_spec(line) == ExperimentSpec.model_validate_json(e.spec_json)
+        spec = ExperimentSpec.model_validate_json(e.spec_json)
+        assert line == json.dumps({"name": spec.name, "features": spec.features, "model": spec.model})
+
+
+def test_elites_given_to_a_version_that_does_not_show_them_are_refused():
+    with pytest.raises(ValueError, match="v3_inspiration"):
+        render_prompt("v2_rules", OHLCV, timedelta(days=1), 1, ["BTCUSDT"], elites=ELITES)

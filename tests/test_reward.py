@@ -8,7 +8,7 @@ import pytest
 
 from sharpe_rl.config import RewardConfig
 from sharpe_rl.sandbox.contract import FORMAT_ERRORS, ErrorClass
-from sharpe_rl.scoring import PENALTY_RUNG, Degenerate, Metrics, shape_reward
+from sharpe_rl.scoring import PENALTY_RUNG, Degenerate, Metrics, probabilistic_sharpe_ratio, shape_reward
 
 CFG = RewardConfig()
 
@@ -68,3 +68,50 @@ def test_reward_is_monotone_bounded_and_finite_over_many_sharpes(cfg):
     assert len(inside) > 100
     assert all(r_a < r_b for (s_a, r_a), (s_b, r_b) in pairwise(inside) if s_a < s_b)
     assert all(cfg.penalty_runtime < -1.0 <= r for r in rewards)
+
+
+# -- a reward for skill, not luck -------------------------------------------------------------
+
+
+def daily(sharpe_net: float) -> Metrics:
+    """Metrics of two years of daily net returns, normal (skewness 0, kurtosis 3)."""
+    return Metrics(valid=True, n_bars=730, periods_per_year=365.0, sharpe_net=sharpe_net, skewness=0.0, kurtosis=3.0)
+
+
+@pytest.mark.parametrize("correction", ["deflated", "shrunk"])
+def test_the_same_sharpe_earns_less_as_the_runs_trials_grow(correction):
+    cfg = RewardConfig(luck_correction=correction)
+    trials = [1, 2, 5, 20, 100, 400, 2000]
+    rewards = [shape_reward(daily(1.5), cfg, n_trials=n, trials_sharpe_variance=0.5) for n in trials]
+    assert all(a > b for a, b in pairwise(rewards)), rewards
+    assert all(-1.0 <= r <= 1.0 for r in rewards)
+    # the best of 2000 zero-skill trials with Sharpe variance 0.5 is expected near 2.4: a 1.5 is luck
+    assert rewards[-1] < 0 < rewards[0]
+
+
+def test_with_one_trial_the_corrections_are_the_psr_and_the_plain_sharpe():
+    metrics = daily(1.5)
+    deflated = shape_reward(metrics, RewardConfig(luck_correction="deflated"), n_trials=1, trials_sharpe_variance=0.5)
+    assert deflated == pytest.approx(2 * _psr(metrics) - 1)
+    shrunk = shape_reward(metrics, RewardConfig(luck_correction="shrunk"), n_trials=1, trials_sharpe_variance=0.5)
+    assert shrunk == shape_reward(metrics, RewardConfig()) == pytest.approx(0.5)
+
+
+def _psr(metrics: Metrics) -> float:
+    return probabilistic_sharpe_ratio(metrics.sharpe_net / math.sqrt(365), metrics.n_bars, 0.0, 3.0)
+
+
+@pytest.mark.parametrize("correction", ["deflated", "shrunk"])
+def test_corrected_rewards_stay_monotone_in_the_sharpe_and_above_every_failure(correction):
+    cfg = RewardConfig(luck_correction=correction)
+    sharpes = np.linspace(-6, 6, 241)
+    rewards = [shape_reward(daily(float(s)), cfg, n_trials=300, trials_sharpe_variance=1.0) for s in sharpes]
+    assert all(a <= b for a, b in pairwise(rewards))
+    assert all(math.isfinite(r) and -1.0 <= r <= 1.0 for r in rewards)
+    for error in ErrorClass:
+        assert shape_reward(error, cfg, n_trials=300, trials_sharpe_variance=1.0) == shape_reward(error, RewardConfig())
+
+
+def test_the_deflated_reward_needs_the_return_moments():
+    with pytest.raises(ValueError, match="skewness"):
+        shape_reward(valid(1.0), RewardConfig(luck_correction="deflated"), n_trials=10, trials_sharpe_variance=1.0)

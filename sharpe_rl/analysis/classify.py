@@ -15,6 +15,12 @@ returned expression) gets one *kind* from the operations that produced it, follo
 local variables, columns written earlier and helper functions. Each kind belongs to one
 building block. The features are *custom* when they use a kind the prompt's worked example does
 not use (`TEMPLATE_FEATURE_KINDS`, checked against `prompts/v1_example.j2` by the tests).
+
+Cells: the quality-diversity grid is (model-family label × feature building block). An experiment
+occupies one cell per building block its features use (`Classification.cells`), so a LightGBM
+model on returns and volume sits in (lightgbm, returns) and (lightgbm, volume). Whole combinations
+of blocks would make nearly every experiment a cell of its own (44 combinations in the 48
+experiments of docs/example-run), leaving nothing to count or compare.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import ExperimentSpec
@@ -36,6 +43,17 @@ MODEL_FAMILIES = ("lightgbm", "xgboost", "sklearn", "torch", "statsmodels", "ens
 SKLEARN_KINDS = ("trees", "boosting", "linear", "knn", "svm", "mlp", "naive_bayes", "other")
 #: Feature building blocks, in the order the report lists them.
 FEATURE_BLOCKS = ("returns", "volatility", "oscillators", "volume", "trend", "calendar", "cross_asset", "other")
+#: The model-family labels a classified experiment can get (`ModelClass.label`), "unknown" excepted.
+MODEL_LABELS = tuple(
+    label
+    for family in MODEL_FAMILIES
+    if family != "unknown"
+    for label in ([f"sklearn/{kind}" for kind in SKLEARN_KINDS] if family == "sklearn" else [family])
+)
+#: One cell of the quality-diversity grid: (model-family label, feature building block).
+Cell = tuple[str, str]
+#: Every cell of the grid, family by family.
+GRID_CELLS: tuple[Cell, ...] = tuple((label, block) for label in MODEL_LABELS for block in FEATURE_BLOCKS)
 #: Each feature kind, and the building block it belongs to.
 FEATURE_KIND_BLOCK = {
     "return": "returns",  # pct_change, diff, log returns, x / x.shift(n)
@@ -115,12 +133,25 @@ class Classification:
         """The value of `Experience.custom_features`."""
         return self.features.is_custom
 
+    @property
+    def cells(self) -> tuple[Cell, ...]:
+        """The grid cells this experiment occupies: one per feature building block, under its model family.
+
+        Empty when the model family is unknown or `make_features` could not be read: there is no
+        choice to place. Features in which the reader finds no operation (`return df`) are raw
+        columns, the "other" block.
+        """
+        if self.model.family == "unknown" or self.features.is_custom is None:
+            return ()
+        return tuple((self.model_family, block) for block in self.features.blocks or ("other",))
+
 
 def classify(spec: ExperimentSpec) -> Classification:
     """Classify an experiment's model and features."""
     return Classification(classify_model(spec.model), classify_features(spec.features))
 
 
+@lru_cache(maxsize=4096)  # the reward and the archive classify every earlier experiment of the run each cycle
 def classify_spec_json(spec_json: str) -> Classification:
     """Classify an experiment stored as JSON (the buffer's `spec_json`)."""
     payload = json.loads(spec_json)

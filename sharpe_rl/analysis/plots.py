@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -30,6 +31,8 @@ def write_plots(analysis: RunAnalysis, directory: Path) -> dict[str, Path]:
         "families": plot_family_share(analysis.family_share_by_cycle, families, directory / "families.png"),
         "failures": plot_failures(analysis.failures_by_cycle, directory / "failures.png"),
         "holdout": plot_holdout_scatter(analysis.top_experiments, directory / "holdout.png"),
+        "elites": plot_elite_grid(analysis.elite_grid, directory / "elites.png"),
+        "archive": plot_archive_by_cycle(analysis.archive_by_cycle, directory / "archive.png"),
     }
 
 
@@ -109,6 +112,53 @@ def plot_holdout_scatter(top: pl.DataFrame, path: Path) -> Path:
         axes.text(0.5, 0.5, "no holdout Sharpe recorded", ha="center", va="center", transform=axes.transAxes)
     _label(axes, "Top experiments: in-sample vs holdout Sharpe", "in-sample net Sharpe")
     axes.set_ylabel("holdout net Sharpe")
+    return _save(figure, path)
+
+
+def plot_elite_grid(grid: pl.DataFrame, path: Path) -> Path:
+    """The archive as a grid: each cell's elite net Sharpe as a colour, its visits as a number.
+
+    Rows are the model families the run used, columns the feature building blocks; a blank cell
+    was never visited by an experiment that ran.
+    """
+    used = set(grid.filter(pl.col("visits") > 0)["model_family"])
+    families = [f for f in grid["model_family"].unique(maintain_order=True) if f in used]
+    blocks = grid["block"].unique(maintain_order=True).to_list()
+    sharpe = np.full((len(families), len(blocks)), np.nan)
+    visits = np.zeros((len(families), len(blocks)), dtype=int)
+    for row in grid.filter(pl.col("model_family").is_in(families)).iter_rows(named=True):
+        at = families.index(row["model_family"]), blocks.index(row["block"])
+        visits[at] = row["visits"]
+        sharpe[at] = np.nan if row["sharpe"] is None else row["sharpe"]
+    figure = Figure(figsize=(9, 1.2 + 0.45 * max(len(families), 1)), dpi=_DPI)
+    axes = figure.subplots()
+    if not families:
+        axes.text(0.5, 0.5, "no experiment ran", ha="center", va="center", transform=axes.transAxes)
+        axes.set_axis_off()
+        return _save(figure, path)
+    limit = max(float(np.nanmax(np.abs(sharpe))) if np.isfinite(sharpe).any() else 1.0, 1e-9)
+    image = axes.imshow(np.ma.masked_invalid(sharpe), cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), n in np.ndenumerate(visits):
+        if n:
+            axes.text(j, i, str(n), ha="center", va="center", fontsize=8)
+    axes.set_xticks(range(len(blocks)), blocks, rotation=30, ha="right", fontsize=8)
+    axes.set_yticks(range(len(families)), families, fontsize=8)
+    axes.set_title("Elite net Sharpe per cell (colour) and experiments that ran in it (number)", fontsize=10)
+    figure.colorbar(image, ax=axes, label="elite net Sharpe")
+    return _save(figure, path)
+
+
+def plot_archive_by_cycle(by_cycle: pl.DataFrame, path: Path) -> Path:
+    """Archive coverage (% of the grid) and QD score after each cycle."""
+    figure = Figure(figsize=(9, 4), dpi=_DPI)
+    coverage_axes, qd_axes = figure.subplots(1, 2)
+    x = by_cycle["cycle"].to_numpy()
+    coverage_axes.plot(x, by_cycle["coverage_pct"].to_numpy(), color="tab:blue", marker="o", markersize=3)
+    _label(coverage_axes, "Archive coverage (% of the grid's cells)", "cycle")
+    coverage_axes.set_ylim(0, None)
+    qd_axes.plot(x, by_cycle["qd_score"].to_numpy(), color="tab:green", marker="o", markersize=3)
+    _label(qd_axes, "QD score (sum of the elites' clipped Sharpe, each in [0, 1])", "cycle")
+    qd_axes.set_ylim(0, None)
     return _save(figure, path)
 
 

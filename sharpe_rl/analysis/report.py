@@ -21,7 +21,9 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from sharpe_rl.analysis.classify import FEATURE_BLOCKS, GRID_CELLS
 from sharpe_rl.analysis.plots import write_plots
+from sharpe_rl.analysis.quality_diversity import grid_table
 from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
 from sharpe_rl.data.atomic import staged_files
 
@@ -223,6 +225,14 @@ _CYCLE_COLUMNS = (
     Column("duplicates", "duplicates", "int"),
     Column("seen_before", "repeats of earlier cycles", "int"),
 )
+_ARCHIVE_COLUMNS = (
+    Column("cycle", "cycle", "int"),
+    Column("filled", "cells filled", "int"),
+    Column("coverage_pct", "coverage", "pct"),
+    Column("qd_score", "QD score", "num"),
+    Column("new_cells", "new cells", "int"),
+    Column("improved_cells", "better elites", "int"),
+)
 _NAME_LENGTH = 48  # experiment names are the policy's free text
 
 
@@ -296,6 +306,26 @@ def _sections(analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[st
             "cycle and repeated from earlier cycles.",
             (_table("cycles", "Cycles", _CYCLE_COLUMNS, a.cycles),),
             (plots["reward"],),
+        ),
+        Section(
+            "Is it exploring?",
+            "A quality-diversity archive (MAP-Elites) over the grid of model family × feature building "
+            "block: an experiment that ran sits in one cell per block its features use, and each cell "
+            "keeps its best experiment by in-sample net Sharpe (its elite). Coverage is the share of "
+            f"the grid's {len(GRID_CELLS)} cells holding an elite; the QD score sums the elites' Sharpe, "
+            "clipped to ±3 and mapped to [0, 1] per cell, so it grows with new cells and better elites. "
+            "The grid shows each elite's Sharpe (one experiment may hold several cells); the plot adds "
+            f"how many experiments ran in each cell. `{MISSING}`: never filled.",
+            (
+                _table("archive_by_cycle", "Archive by cycle", _ARCHIVE_COLUMNS, a.archive_by_cycle),
+                _table(
+                    "elite_grid",
+                    "Elite net Sharpe by model family and feature block",
+                    (Column("model_family", "model family"), *(Column(b, b, "num") for b in FEATURE_BLOCKS)),
+                    grid_table(a.elite_grid),
+                ),
+            ),
+            (plots["archive"], plots["elites"]),
         ),
         Section(
             "Is the reward real?",

@@ -36,6 +36,7 @@ from typing import Any
 import polars as pl
 
 from sharpe_rl.analysis.classify import FEATURE_BLOCKS, classify_spec_json
+from sharpe_rl.analysis.quality_diversity import archive_by_cycle, elite_grid
 from sharpe_rl.sandbox.contract import ErrorClass
 
 REQUIRED_COLUMNS = ("run", "cycle", "index", "spec_json", "error_class", "reward", "code_hash")
@@ -321,6 +322,8 @@ class RunAnalysis:
     failures_by_cycle: pl.DataFrame
     cycles: pl.DataFrame
     top_experiments: pl.DataFrame
+    archive_by_cycle: pl.DataFrame
+    elite_grid: pl.DataFrame
     headline: dict[str, Any]
 
 
@@ -340,6 +343,8 @@ def analyse(frame: pl.DataFrame, top_n: int = 10) -> RunAnalysis:
         failures_by_cycle=failures_by_cycle(annotated),
         cycles=cycle_summary(annotated),
         top_experiments=top_experiments(annotated, top_n),
+        archive_by_cycle=archive_by_cycle(annotated),
+        elite_grid=elite_grid(annotated),
         headline={},
     )
     analysis.headline.update(_headline(analysis))
@@ -363,11 +368,14 @@ HEADLINE_FIELDS = (
     ("top_sharpe_mean", "top experiments: mean in-sample Sharpe", "num"),
     ("top_holdout_mean", "top experiments: mean holdout Sharpe", "num"),
     ("duplicate_pct", "repeated code (seen earlier in the run)", "pct"),
+    ("archive_coverage_pct", "archive coverage (cells with an elite)", "pct"),
+    ("qd_score", "QD score", "num"),
 )
 
 
 def _headline(analysis: RunAnalysis) -> dict[str, Any]:
     annotated, cycles, top = analysis.annotated, analysis.cycles, analysis.top_experiments
+    archive = analysis.archive_by_cycle
     failures = analysis.failure_taxonomy.filter((pl.col("status") != "ok") & (pl.col("experiments") > 0))
     worst = failures.sort("experiments", descending=True).head(1)
     usage = analysis.family_usage.head(1)
@@ -395,6 +403,8 @@ def _headline(analysis: RunAnalysis) -> dict[str, Any]:
         "top_sharpe_mean": top["sharpe"].mean() if top.height else None,
         "top_holdout_mean": top["holdout_sharpe"].mean() if top["holdout_sharpe"].count() else None,
         "duplicate_pct": _pct(repeated, hashed.height),
+        "archive_coverage_pct": archive["coverage_pct"][-1] if archive.height else None,
+        "qd_score": archive["qd_score"][-1] if archive.height else None,
     }
 
 

@@ -4,7 +4,7 @@ The batch arrives already generated, executed and scored (those are separate pip
 so this module never samples. `PPOTrainer.update` reads top to bottom, one function per phase:
 
 1. `collate`            experiences -> right-padded prompt+completion rows, completion masks
-2. `rollout_scores`     no-grad pass: old log-probs, reference log-probs (adapters off), old values
+2. `rollout_scores`     no-grad pass: old log-probs, reference log-probs (adapters off), old values, entropies
 3. `token_rewards`      -kl_coef * (old - ref) on every token, the terminal reward on the last one
 4. `gae` / `group_advantages`, then `whiten`
 5. `ppo_losses`         clipped surrogate, clipped value loss, entropy bonus (per minibatch, epochs)
@@ -30,6 +30,15 @@ Decisions the algorithm leaves open:
   the sample itself and each prompt's advantages sum to zero. Whitening then only rescales (by
   the batch std), never re-centres. No value head is trained in this mode.
 - Losses are means over all completion tokens of the minibatch (long completions weigh more).
+- **Clip-higher** (`clip_coef_high`, DAPO, Yu et al. 2025): the ratio is clipped to
+  [1 - clip_coef, 1 + clip_coef_high]. The upper clip binds on unlikely tokens (at 0.2, a token
+  of probability 0.01 may rise only to 0.012 per update) and hardly on likely ones (0.9 may reach
+  1), so a symmetric range sharpens what the policy already prefers and its entropy collapses;
+  a wider upper range lets rare tokens that earned a positive advantage grow. DAPO uses 0.2
+  below and 0.28 above.
+- **Entropy** is reported twice: `rollout_entropy` is the sampling policy's, on the batch's
+  completions before the update (the per-cycle curve to watch for collapse); `entropy` is the
+  mean over the update's minibatch steps, the quantity the entropy bonus acts on.
 - The value head reads the adapted model's last hidden state, so the value loss trains the
   adapters too (a shared trunk, weighed by vf_coef), as in CleanRL's shared-network agents.
 - Dropout stays off (the model is in eval mode throughout), as in TRL: the rollout log-probs
@@ -61,10 +70,11 @@ class PPOStats:
 
     policy_loss: float
     value_loss: float | None  # None with advantage=group (no critic)
-    entropy: float  # mean per completion token, nats
+    entropy: float  # mean per completion token during the update's steps, nats
+    rollout_entropy: float  # of the policy that sampled the batch, mean per completion token, nats
     kl: float  # to the reference, summed over a completion, mean over the batch (k1)
     approx_kl: float  # new vs old policy per token, k3 estimator
-    clip_fraction: float  # share of tokens whose ratio left [1 - clip, 1 + clip]
+    clip_fraction: float  # share of tokens whose ratio left [1 - clip_coef, 1 + (clip_coef_high or clip_coef)]
     grad_norm: float  # before clipping
     kl_coef: float  # the coefficient used in this update's rewards
     explained_variance: float | None  # of the returns by the old values; None with advantage=group
@@ -167,7 +177,7 @@ class PPOTrainer:
         batch = collate(experiences, policy.pad_token_id, policy.device)
         mask = batch.completion_mask
 
-        old_logprobs, ref_logprobs, old_values = rollout_scores(policy, batch, cfg.minibatch_size)
+        old_logprobs, ref_logprobs, old_values, old_entropy = rollout_scores(policy, batch, cfg.minibatch_size)
         logprob_gap = masked_mean((batch.generation_logprobs - old_logprobs).abs(), mask).item()
         if logprob_gap > cfg.logprob_tolerance:
             log.warning(
@@ -218,6 +228,7 @@ class PPOTrainer:
             policy_loss=mean["policy_loss"],
             value_loss=mean["value_loss"] if cfg.advantage == "gae" else None,
             entropy=mean["entropy"],
+            rollout_entropy=masked_mean(old_entropy, mask).item(),
             kl=kl,
             approx_kl=mean["approx_kl"],
             clip_fraction=mean["clip_fraction"],
@@ -300,17 +311,21 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def rollout_scores(policy: Policy, batch: Batch, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Old log-probs and values from the policy, reference log-probs with its adapters off; `[B, C]` each."""
+def rollout_scores(
+    policy: Policy, batch: Batch, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Old log-probs, values and entropies from the policy, reference log-probs with its adapters off; `[B, C]` each."""
     old_logprobs = torch.zeros_like(batch.generation_logprobs)
     ref_logprobs = torch.zeros_like(batch.generation_logprobs)
     old_values = torch.zeros_like(batch.generation_logprobs)
+    old_entropy = torch.zeros_like(batch.generation_logprobs)
     for rows in torch.arange(len(batch), device=policy.device).split(chunk_size):
         chunk = batch.select(rows)
         width = chunk.completion_ids.shape[1]
         logits, values = policy.completion_outputs(chunk.input_ids, chunk.attention_mask, chunk.logit_positions)
         old_logprobs[rows, :width] = token_logprobs(logits, chunk.completion_ids)
         old_values[rows, :width] = values
+        old_entropy[rows, :width] = token_entropy(logits.log_softmax(-1))
         with policy.reference():
             ref_logits, _ = policy.completion_outputs(chunk.input_ids, chunk.attention_mask, chunk.logit_positions)
         ref_logprobs[rows, :width] = token_logprobs(ref_logits, chunk.completion_ids)
@@ -319,6 +334,7 @@ def rollout_scores(policy: Policy, batch: Batch, chunk_size: int) -> tuple[torch
         torch.where(mask, old_logprobs, 0.0),
         torch.where(mask, ref_logprobs, 0.0),
         torch.where(mask, old_values, 0.0),
+        torch.where(mask, old_entropy, 0.0),
     )
 
 
@@ -389,16 +405,16 @@ def ppo_losses(
     new_logprobs = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     log_ratio = torch.where(mask, new_logprobs - old_logprobs, 0.0)
     ratio = log_ratio.exp()
-    policy_loss = clipped_surrogate_loss(ratio, advantages, mask, cfg.clip_coef)
-    probs = log_probs.exp()
-    entropy = masked_mean(-torch.special.xlogy(probs, probs).sum(-1), mask)  # 0 log 0 = 0, not nan
+    clip_high = cfg.clip_coef if cfg.clip_coef_high is None else cfg.clip_coef_high
+    policy_loss = clipped_surrogate_loss(ratio, advantages, mask, cfg.clip_coef, clip_high)
+    entropy = masked_mean(token_entropy(log_probs), mask)
     if returns is None:
         value_loss = torch.zeros((), device=logits.device)
     else:
         value_loss = clipped_value_loss(values, old_values, returns, mask, cfg.vf_clip)
     with torch.no_grad():
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-        clip_fraction = masked_mean(((ratio - 1).abs() > cfg.clip_coef).float(), mask)
+        clip_fraction = masked_mean(((ratio < 1 - cfg.clip_coef) | (ratio > 1 + clip_high)).float(), mask)
     return {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
@@ -409,11 +425,19 @@ def ppo_losses(
 
 
 def clipped_surrogate_loss(
-    ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_coef: float
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_coef: float,
+    clip_coef_high: float | None = None,
 ) -> torch.Tensor:
-    """PPO's pessimistic objective, negated: max(-A r, -A clip(r, 1 - c, 1 + c)) averaged over tokens."""
+    """PPO's pessimistic objective, negated: max(-A r, -A clip(r, 1 - c, 1 + c_high)) averaged over tokens.
+
+    `clip_coef_high` None is the symmetric range (c_high = c).
+    """
+    high = clip_coef if clip_coef_high is None else clip_coef_high
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    clipped = -advantages * ratio.clamp(1 - clip_coef, 1 + high)
     return masked_mean(torch.max(unclipped, clipped), mask)
 
 
@@ -432,6 +456,12 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     residual = returns - values
     residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return math.nan if variance.item() == 0 else 1.0 - (residual_variance / variance).item()
+
+
+def token_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of the next-token distribution at each position, from log-probs `[..., vocab]`."""
+    probs = log_probs.exp()
+    return -torch.special.xlogy(probs, probs).sum(-1)  # 0 log 0 = 0, not nan
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

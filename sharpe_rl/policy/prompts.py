@@ -5,6 +5,10 @@ A prompt version is a Jinja2 file `prompts/<version>.j2`. Everything that depend
 passed in by the caller from the loaded dataset, never written into a template, so a dataset
 with other columns gets a prompt that lists those columns. The allowed imports are rendered from
 `ALLOWED_PACKAGES`, the same list the static checks enforce.
+
+Partial templates live under `prompts/blocks/` and are not versions: `blocks/inspiration.j2`
+shows a few elites of the run's archive (`EliteArchive.inspiration`); `v3_inspiration` includes
+it when `render_prompt` is given elites.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from collections.abc import Sequence
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
+import jinja2.meta
 
 import sharpe_rl
 from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES
+
+if TYPE_CHECKING:
+    from sharpe_rl.archive import Elite
 
 PROMPTS_DIR = Path(sharpe_rl.__file__).parents[1] / "prompts"
 
@@ -37,7 +46,14 @@ def _environment() -> jinja2.Environment:
     # Worked examples are written as readable code in the template and embedded as exact JSON
     # strings, so the example shows precisely the output format the parser expects.
     env.filters["json_string"] = json.dumps
+    env.filters["experiment_json"] = _experiment_json
     return env
+
+
+def _experiment_json(spec_json: str) -> str:
+    """A stored spec in the layout a completion has: name, features, model, `json.dumps` separators."""
+    spec = json.loads(spec_json)
+    return json.dumps({key: spec[key] for key in ("name", "features", "model")})
 
 
 def prompt_versions() -> list[str]:
@@ -64,11 +80,14 @@ def render_prompt(
     interval: timedelta | str,
     horizon: int,
     symbols: Sequence[str],
+    elites: Sequence[Elite] = (),
 ) -> str:
     """Render prompt `version` for a dataset.
 
     `columns` are exactly the columns the `df` passed to `make_features` has (the panel's
     columns without `timestamp`, which is the index, and `symbol`, which is fixed per call).
+    `elites` (from `EliteArchive.inspiration`) are shown by versions that use them
+    (`v3_inspiration`); giving them to another version is an error, not a silent no-op.
     """
     if version not in prompt_versions():
         raise ValueError(f"unknown prompt version {version!r}; available: {', '.join(prompt_versions())}")
@@ -78,6 +97,8 @@ def render_prompt(
         raise ValueError(f"label horizon must be at least one bar, got {horizon}")
     stdlib = sorted(name for name in ALLOWED_PACKAGES if name in sys.stdlib_module_names)
     packages = sorted(ALLOWED_PACKAGES - set(stdlib))
+    if elites and "elites" not in _template_variables(version):
+        raise ValueError(f"prompt version {version!r} does not show elites; use v3_inspiration or pass none")
     template = _environment().get_template(f"{version}.j2")
     return template.render(
         columns=list(columns),
@@ -86,4 +107,11 @@ def render_prompt(
         symbols=list(symbols),
         packages=packages,
         stdlib=stdlib,
+        elites=list(elites),
     )
+
+
+def _template_variables(version: str) -> set[str]:
+    env = _environment()
+    source, _, _ = env.loader.get_source(env, f"{version}.j2")
+    return jinja2.meta.find_undeclared_variables(env.parse(source))
