@@ -286,7 +286,7 @@ def test_markdown_with_embedded_plots_carries_every_plot_as_a_data_uri(tmp_path)
     report = build_report(make_frame(), tmp_path)
     embedded = report.markdown_with_embedded_plots()
     images = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", embedded)
-    assert len(images) == len(report.plots) == 4
+    assert len(images) == len(report.plots) == 6
     assert sorted(base64.b64decode(src.split(",", 1)[1]) for src in images) == sorted(
         path.read_bytes() for path in report.plots.values()
     )

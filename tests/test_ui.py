@@ -143,7 +143,7 @@ def test_a_finished_runs_artifacts_show_the_post_mortem(page, finished_run, scre
     expect(page.get_by_role("row", name=f"cycles {CYCLES}", exact=True)).to_be_visible()  # the last version
     expect(page.get_by_role("row", name=f"experiments {CYCLES * BATCH_SIZE}", exact=True)).to_be_visible()
     plots = page.get_by_role("img", name=re.compile(r"\?$"))  # each plot is titled by its section's question
-    expect(plots).to_have_count(4)
+    expect(plots).to_have_count(6)
     for plot in plots.all():
         plot.scroll_into_view_if_needed()
         assert plot.evaluate("img => img.complete && img.naturalWidth > 0"), "a plot shows as a broken image"
