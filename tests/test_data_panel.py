@@ -227,7 +227,7 @@ def test_a_failed_write_leaves_the_old_files_and_no_temporaries(tmp_path, monkey
 
     monkeypatch.setattr(DataCard, "save", disk_full)
     new = bars(n=20)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match=r"(?i)no space"):
         write_panel(new, path, DataCard.describe(new, source="file", provenance=[], licence="new"))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 

@@ -10,7 +10,6 @@ each worker with its own Docker engine through DOCKER_HOST (the shared engine, a
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -91,9 +90,19 @@ def test_a_run_on_a_two_worker_dask_cluster_reproduces_the_default_runner_exactl
         assert any(event.get("Actor", {}).get("Attributes", {}).get(RUN_LABEL) == "e2e" for event in events), host
 
 
+def announced(name: str, features: str) -> str:
+    """Features whose module says which experiment it is (the experiment's stdout is the container's stderr):
+    the task reaches a container on its stdin, a warm one before the task exists, so its log is how a
+    watcher can tell."""
+    return f"print('{ANNOUNCE}{name}', flush=True)\n{features}"
+
+
+ANNOUNCE = "experiment-under-watch: "
+
+
 class ContainerWatcher:
-    """Notes which experiment runs in which engine (from each container's task file), and kills the worker
-    whose engine runs `target` the first time it starts."""
+    """Notes which experiment runs in which engine (from what each container announces on stderr), and
+    kills the worker whose engine runs `target` the first time it starts."""
 
     def __init__(self, hosts: list[str], run: str, target: str, kill) -> None:
         self.clients = [docker.DockerClient(base_url=host) for host in hosts]
@@ -120,8 +129,10 @@ class ContainerWatcher:
             for engine, client in enumerate(self.clients):
                 with contextlib.suppress(docker.errors.DockerException, OSError, KeyError, ValueError):
                     for container in client.containers.list(filters={"label": f"{RUN_LABEL}={self.run}"}):
+                        if container.id not in self.seen and (name := self._experiment(container)):
+                            self.seen[container.id] = (engine, name)
                         if container.id not in self.seen:
-                            self.seen[container.id] = (engine, self._experiment(container))
+                            continue
                         if self.killed_engine is None and self.seen[container.id][1] == self.target:
                             self.running_at_kill = {n for i, (e, n) in self.seen.items() if e == engine}
                             self.killed_engine = engine
@@ -129,9 +140,12 @@ class ContainerWatcher:
             time.sleep(0.1)
 
     @staticmethod
-    def _experiment(container) -> str:
-        task = next(m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/task/task.json")
-        return json.loads(Path(task).read_text())["spec"]["name"]
+    def _experiment(container) -> str | None:
+        """The experiment a container runs, once its features module has said so (None while it waits)."""
+        for line in container.logs(stdout=False, stderr=True).decode(errors="replace").splitlines():
+            if line.startswith(ANNOUNCE):
+                return line.removeprefix(ANNOUNCE).strip()
+        return None
 
 
 def test_a_worker_killed_mid_experiment_its_experiment_runs_on_the_other_once(
@@ -141,10 +155,10 @@ def test_a_worker_killed_mid_experiment_its_experiment_runs_on_the_other_once(
     config = make_config(runs, pipeline_dataset, pipeline_policy, "worker-lost", cycles=1, batch_size=4)
     config = config.model_copy(update=on_dask(dask_cluster.address))
     completions = [
-        spec_completion("slow", HONEST_FEATURES, SLOW_MODEL),
-        spec_completion("logistic", HONEST_FEATURES, LOGISTIC),
-        spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"]),
-        spec_completion("raises", RAISES, LOGISTIC),
+        spec_completion("slow", announced("slow", HONEST_FEATURES), SLOW_MODEL),
+        spec_completion("logistic", announced("logistic", HONEST_FEATURES), LOGISTIC),
+        spec_completion("forest", announced("forest", HONEST_FEATURES), HONEST_MODELS["random_forest"]),
+        spec_completion("raises", announced("raises", RAISES), LOGISTIC),
     ]
     scripted(monkeypatch, config, completions)
     try:

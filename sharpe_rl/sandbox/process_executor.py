@@ -12,8 +12,9 @@ tests/test_sandbox_process.py):
   capabilities, sees only its own processes, has no network interface but loopback, and every
   process it starts dies with the harness (PID 1 of the namespace) or with this host process.
 - Limits: a CPU-time rlimit and a host wall clock that kills the sandbox; an address-space rlimit
-  of `memory_mb` per process (virtual memory, stricter than Docker's limit on resident memory;
-  importing torch needs about 1.5 GB of address space); a file-size rlimit; a process-count rlimit.
+  per process of `memory_mb` plus ADDRESS_SPACE_HEADROOM_MB (virtual memory, which libraries reserve
+  far beyond what they use: a torch model fitting after the preloaded libraries peaks above 2 GB of
+  address space with 0.4 GB resident); a file-size rlimit; a process-count rlimit.
 - Output: stdout kept up to `output_limit_kb` (the result is its one line), stderr's tail read
   separately.
 
@@ -55,6 +56,8 @@ from sharpe_rl.sandbox.image import HARNESS_FILES
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
+#: Address space allowed per process beyond `memory_mb`: reserved, not resident (see the module docstring).
+ADDRESS_SPACE_HEADROOM_MB = 2048
 #: Where the harness's files appear inside the sandbox.
 SANDBOX_HARNESS_DIR = "/opt/harness"
 
@@ -113,7 +116,7 @@ class ProcessExecutor:
         limits = [
             # CPU time counts from the start, imports while waiting included: the harness's wall clock is the limit
             f"--cpu={int(2 * cfg.timeout_seconds + HOST_GRACE_SECONDS)}",
-            f"--as={cfg.memory_mb * 2**20}",
+            f"--as={(cfg.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 2**20}",
             f"--fsize={cfg.tmpfs_mb * 2**20}",
             f"--nproc={cfg.pids_limit + _tasks_of(os.getuid())}",
             "--core=0",
