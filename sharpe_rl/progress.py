@@ -49,7 +49,8 @@ class RunProgress:
         sharpe = f", best net Sharpe {summary['sharpe_max']:.2f}" if "sharpe_max" in summary else ""
         self.console.print(
             f"cycle {cycle}: reward mean {summary['reward_mean']:+.3f}{sharpe}; {outcomes}; "
-            f"KL {summary.get('ppo_kl', 0.0):.4f}",
+            # The KL of the policy that wrote this batch to the base policy (PPOStats.kl: k3, never negative).
+            f"KL to base {summary.get('ppo_kl', 0.0):.3f} nats",
             soft_wrap=True,
             highlight=False,
         )
