@@ -1,7 +1,8 @@
 """How fast the tiny policy is on this machine's CPU: build, generation, PPO update, memory.
 
-- build:      the time `sharpe-rl build-policy` took, read from the policy's `build_info.json`;
-              with `--build` (or when there is no policy yet) the build runs here and is timed.
+- build:      the wall-clock and CPU time `sharpe-rl build-policy` took, and the load average at
+              its end, read from the policy's `build_info.json`; with `--build` (or when there is
+              no policy yet) the build runs here.
 - generation: completion tokens per second of the TransformersGenerator sampling `--batch` (16)
               completions of the v2_rules prompt at the default PolicyConfig (temperature 1,
               max_new_tokens), median of `--rounds` cycles after a warm-up cycle.
@@ -43,14 +44,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def build_seconds(policy: Path, build: bool) -> tuple[float, str]:
-    """The build's wall-clock seconds, and where the number comes from."""
+def build_summary(policy: Path, build: bool) -> str:
+    """The build's wall-clock and CPU seconds, its steps, and how busy the machine was."""
     if build or not policy_exists(policy):
-        info = build_tiny_policy(policy, TinyPolicyConfig())
-        return info["seconds"], f"built here, {info['steps_done']} steps"
-    info = json.loads((policy / BUILD_INFO).read_text())
-    cut = ", stopped by its time limit" if info["stopped_by_time_limit"] else ""
-    return info["seconds"], f"from {policy / BUILD_INFO}, {info['steps_done']} steps{cut}"
+        info, source = build_tiny_policy(policy, TinyPolicyConfig()), "built here"
+    else:
+        info, source = json.loads((policy / BUILD_INFO).read_text()), f"from {policy / BUILD_INFO}"
+    if "cpu_seconds" not in info:
+        return f"{info['seconds']:.0f} s ({source}; an older build without CPU time: use --build)"
+    return (
+        f"{info['seconds']:.0f} s, {info['cpu_seconds']:.0f} CPU s on {info['torch_threads']} threads, "
+        f"{info['steps']} steps, load average {info['load_average'][0]:.1f} at the end ({source})"
+    )
 
 
 def scored(generations: list[Generation], rng: random.Random) -> list[Experience]:
@@ -72,8 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
 
-    seconds, source = build_seconds(args.policy, args.build)
-    print(f"build: {seconds:.0f} s ({source})")
+    print(f"build: {build_summary(args.policy, args.build)}")
 
     cfg = PolicyConfig(model=str(args.policy), device="cpu", generation_batch_size=args.batch)
     policy = load_policy(cfg)

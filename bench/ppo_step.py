@@ -74,7 +74,7 @@ def main() -> None:
     # The tiny policy's architecture exactly (its tokenizer sets the vocabulary), with random weights.
     tiny = TinyPolicyConfig()
     corpus = build_corpus(tiny.corpus_size, tiny.seed, tiny.mistake_share)
-    tokenizer = train_tokenizer((text for ex in corpus for text in (ex.prompt, ex.completion)), tiny.vocab_size)
+    tokenizer = train_tokenizer([text for ex in corpus for text in (ex.prompt, ex.completion)], tiny.vocab_size)
     config = model_config(tiny, tokenizer)
     ppo = PPOConfig(advantage=args.advantage)
     with tempfile.TemporaryDirectory() as directory:

@@ -23,6 +23,13 @@ from sharpe_rl.data.panel import PanelError, format_interval, format_time, load_
 from sharpe_rl.data.sources import SourceError, fetch_binance, fetch_sample, import_file
 from sharpe_rl.data.sources.local import UNKNOWN_LICENCE
 
+# Torch's OpenMP threads spin while they wait for work. On a machine that is busy with anything
+# else (the sandbox image's build beside `build-policy` in `make run`, experiments in containers),
+# two spinning threads on two cores fight the other processes and each other: a build step took
+# 4-9 times longer (bench numbers in docs/performance.md). Passive threads sleep instead. It has
+# to be in the environment before torch loads, which the commands below do lazily.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 app = typer.Typer(
     name="sharpe-rl",
     help="Teach a language model to write ML code that trades crypto well.",
@@ -202,9 +209,6 @@ def build_policy(
     seed: Annotated[
         int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")
     ] = _TINY_DEFAULTS.seed,
-    minutes: Annotated[
-        float, typer.Option(min=0.1, max=10, help="Wall-clock cap on training.")
-    ] = _TINY_DEFAULTS.minutes,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when a finished build is there.")
     ] = False,
@@ -219,7 +223,7 @@ def build_policy(
     if if_missing and policy_exists(out):
         stdout.print(f"up to date: {out} (a finished build is there; drop --if-missing to rebuild)", soft_wrap=True)
         return
-    cfg = TinyPolicyConfig(seed=seed, minutes=minutes)
+    cfg = TinyPolicyConfig(seed=seed)
     transformers_logging.disable_progress_bar()  # one progress bar: ours
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True) as progress:
@@ -230,17 +234,10 @@ def build_policy(
 
         info = build_tiny_policy(out, cfg, on_step=report)
     stdout.print(
-        f"wrote {out}: {info['parameters']:,} parameters, {info['steps_done']} steps in {info['seconds']:.0f} s, "
+        f"wrote {out}: {info['parameters']:,} parameters, {info['steps']} steps in {info['seconds']:.0f} s, "
         f"final loss {info['loss']['last_20_mean']:.3f} (details in {out}/build_info.json)",
         soft_wrap=True,
     )
-    if info["stopped_by_time_limit"]:
-        stderr.print(
-            f"warning: the {minutes:g}-minute cap stopped training after {info['steps_done']} of "
-            f"{info['steps_planned']} steps; this build depends on the machine's speed (raise --minutes)",
-            style="yellow",
-            soft_wrap=True,
-        )
 
 
 # ---- sharpe-rl exec: one experiment in the sandbox, its ExecutionResult printed ----

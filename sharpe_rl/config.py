@@ -151,24 +151,29 @@ class TinyPolicyConfig(_Settings):
     """The tiny Mistral-architecture policy `sharpe-rl build-policy` trains on the CPU."""
 
     seed: int = Field(0, description="Seed of the corpus, the initial weights and the data order.")
-    minutes: float = Field(
-        8.0, gt=0, le=10, description="Wall-clock cap on the build; a build it cuts short is recorded as such."
-    )
-    steps: int = Field(2000, ge=1, description="Optimizer steps; the build is deterministic when it completes them.")
+    steps: int = Field(2500, ge=1, description="Optimizer steps; the build always runs all of them.")
     batch_size: int = Field(32, ge=1, description="Examples per optimizer step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (linear warmup, cosine decay).")
     warmup_steps: int = Field(50, ge=0, description="Steps of linear learning-rate warmup.")
     corpus_size: int = Field(4000, ge=1, description="(prompt -> spec) training examples generated.")
     mistake_share: float = Field(
-        0.05, ge=0, lt=1, description="Share of corpus examples with one realistic mistake (see policy/corpus.py)."
+        0.02, ge=0, lt=1, description="Share of corpus examples with one realistic mistake (see policy/corpus.py)."
     )
-    vocab_size: int = Field(4096, ge=300, description="Byte-level BPE vocabulary size.")
+    vocab_size: int = Field(
+        4096, ge=300, description="BPE vocabulary that finds the pieces; the tokenizer keeps those the corpus uses."
+    )
     hidden_size: int = Field(128, ge=16, description="Model width.")
     intermediate_size: int = Field(384, ge=16, description="MLP width.")
     num_layers: int = Field(2, ge=1, description="Transformer blocks.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention, as in Mistral).")
     context_length: int = Field(2048, ge=256, description="Longest prompt + completion the model is built for.")
+
+    @model_validator(mode="after")
+    def _a_batch_fits_in_the_corpus(self) -> TinyPolicyConfig:
+        if self.batch_size > self.corpus_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is larger than corpus_size ({self.corpus_size})")
+        return self
 
 
 class PPOConfig(_Settings):

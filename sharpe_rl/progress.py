@@ -103,7 +103,8 @@ class RunProgress(logging.Handler):
             sharpe = f", best net Sharpe {summary['sharpe_max']:.2f}" if summary.get("sharpe_max") is not None else ""
             self.console.print(
                 f"cycle {cycle}: reward mean {summary['reward_mean']:+.3f}{sharpe}; {outcomes}; "
-                f"KL {summary.get('ppo_kl', 0.0):.4f}",
+                # The KL of the policy that wrote this batch to the base policy (PPOStats.kl: k3, never negative).
+                f"KL to base {summary.get('ppo_kl', 0.0):.3f} nats",
                 soft_wrap=True,
                 highlight=False,
             )

@@ -25,7 +25,7 @@ from sharpe_rl.config import PolicyConfig, PPOConfig
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import Generation, TransformersGenerator
 from sharpe_rl.policy.model import load_policy
-from sharpe_rl.policy.ppo import PPOTrainer, collate, rollout_scores
+from sharpe_rl.policy.ppo import PPOTrainer, collate, rollout_scores, sequence_kl
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import SpecError, parse_spec
@@ -89,10 +89,10 @@ def scored(generations: list[Generation], cycle: int) -> list[Experience]:
 
 
 def kl_to_reference(trainer: PPOTrainer, generations: list[Generation]) -> float:
-    """KL of the policy to its reference on these samples: summed over each completion, mean over samples."""
+    """KL of the policy to its reference on these samples, as `PPOStats.kl` measures it."""
     batch = collate(scored(generations, cycle=0), trainer.policy.pad_token_id, trainer.policy.device)
     logprobs, ref_logprobs, *_ = rollout_scores(trainer.policy, batch, chunk_size=16)
-    return (logprobs - ref_logprobs).sum(1).mean().item()
+    return sequence_kl(logprobs, ref_logprobs, batch.completion_mask).mean().item()
 
 
 @dataclass

@@ -21,6 +21,7 @@ from sharpe_rl.policy.ppo import (
     group_ids,
     ppo_losses,
     rollout_scores,
+    sequence_kl,
     token_rewards,
     whiten,
 )
@@ -49,6 +50,24 @@ def test_gae_on_a_three_token_sequence_and_a_padded_one():
 def test_gae_discounts_with_gamma():
     advantages, _ = gae(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), 0.9, 1.0)
     torch.testing.assert_close(advantages, torch.tensor([[0.9, 1.0]]))
+
+
+def test_the_kl_stat_is_never_negative_and_estimates_the_sequence_kl():
+    # 20,000 three-token completions sampled from p, scored against the reference q; the last token
+    # of every other completion is padding, so those are two-token sequences.
+    p, q = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.3, 0.5])
+    tokens = torch.multinomial(p, 60_000, replacement=True, generator=torch.Generator().manual_seed(0)).view(-1, 3)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[::2, 2] = False
+    logprobs, ref_logprobs = p.log()[tokens], q.log()[tokens]
+    kl = sequence_kl(logprobs, ref_logprobs, mask)
+    token_kl = (p * (p / q).log()).sum()
+    assert (kl >= 0).all()
+    assert kl[::2].mean().item() == pytest.approx(2 * token_kl.item(), rel=0.03)
+    assert kl[1::2].mean().item() == pytest.approx(3 * token_kl.item(), rel=0.03)
+    k1 = torch.where(mask, logprobs - ref_logprobs, 0.0).sum(1)
+    assert (k1 < 0).any()  # what the reward penalty uses can be negative on a completion; the stat cannot
+    assert sequence_kl(logprobs, logprobs, mask).abs().max().item() == 0.0
 
 
 def test_token_rewards_put_the_reward_on_the_last_real_token():

@@ -6,7 +6,8 @@ the RL loop will actually show it. An experiment joins 2-6 feature snippets (ret
 volatility, RSI, z-scores, volume ratios, moving-average ratios, ranges, ...) with one of nine
 model families (LightGBM, XGBoost, random forest, extra trees, histogram gradient boosting,
 logistic regression, k-NN, MLP, a small torch network), all with varied parameters. Families
-are assigned round-robin, so each is about one ninth of the corpus.
+are assigned round-robin, so each is about one ninth of the corpus. An experiment is named
+after its family (`lgbm`, `knn`, ...).
 
 Intermediate variables have fixed names (`delta`, `rolling_mean`, `true_range`, ...), so a
 snippet's lines agree with each other whatever its window. Every feature is causal: the value
@@ -15,7 +16,7 @@ at bar t uses bars up to t only (trailing rolling windows,
 statistics. Models that cannot take NaN (the first bars of rolling features) impute inside a
 pipeline, which is fitted on the training fold only.
 
-A share of the examples (`mistake_share`, 5% by default in `TinyPolicyConfig`) carries exactly
+A share of the examples (`mistake_share`, 2% by default in `TinyPolicyConfig`) carries exactly
 one realistic mistake, so that the RL loop has failures to learn away:
 - `missing_column`: one column reference is replaced by one the dataset lacks (`df['Close']`,
   `df['vwap']`, ...) and fails with KeyError;
@@ -59,29 +60,29 @@ class CorpusExample:
     mistake: str | None  # None, or one of MISTAKE_KINDS
 
 
-# --- feature snippets: (rng) -> (short label, lines inside make_features) -------------------
+# --- feature snippets: (rng) -> lines inside make_features ----------------------------------
 
-Snippet = Callable[[random.Random], tuple[str, list[str]]]
+Snippet = Callable[[random.Random], list[str]]
 
 
-def _returns(rng: random.Random) -> tuple[str, list[str]]:
+def _returns(rng: random.Random) -> list[str]:
     k = rng.choice([1, 2, 3, 5, 10, 20])
-    return f"ret{k}", [f"out['ret_{k}'] = df['close'].pct_change({k})"]
+    return [f"out['ret_{k}'] = df['close'].pct_change({k})"]
 
 
-def _log_returns(rng: random.Random) -> tuple[str, list[str]]:
+def _log_returns(rng: random.Random) -> list[str]:
     k = rng.choice([1, 3, 7, 14])
-    return f"logret{k}", [f"out['logret_{k}'] = np.log(df['close']).diff({k})"]
+    return [f"out['logret_{k}'] = np.log(df['close']).diff({k})"]
 
 
-def _volatility(rng: random.Random) -> tuple[str, list[str]]:
+def _volatility(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 30, 60])
-    return f"vol{w}", [f"out['vol_{w}'] = df['close'].pct_change().rolling({w}).std()"]
+    return [f"out['vol_{w}'] = df['close'].pct_change().rolling({w}).std()"]
 
 
-def _rsi(rng: random.Random) -> tuple[str, list[str]]:
+def _rsi(rng: random.Random) -> list[str]:
     w = rng.choice([7, 14, 21])
-    return f"rsi{w}", [
+    return [
         "delta = df['close'].diff()",
         f"gain = delta.clip(lower=0).rolling({w}).mean()",
         f"loss = (-delta.clip(upper=0)).rolling({w}).mean()",
@@ -89,65 +90,65 @@ def _rsi(rng: random.Random) -> tuple[str, list[str]]:
     ]
 
 
-def _zscore(rng: random.Random) -> tuple[str, list[str]]:
+def _zscore(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 50])
-    return f"z{w}", [
+    return [
         f"rolling_mean = df['close'].rolling({w}).mean()",
         f"rolling_std = df['close'].rolling({w}).std()",
         f"out['zscore_{w}'] = (df['close'] - rolling_mean) / (rolling_std + 1e-12)",
     ]
 
 
-def _volume_ratio(rng: random.Random) -> tuple[str, list[str]]:
+def _volume_ratio(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 50])
-    return f"volratio{w}", [f"out['volume_ratio_{w}'] = df['volume'] / (df['volume'].rolling({w}).mean() + 1e-12)"]
+    return [f"out['volume_ratio_{w}'] = df['volume'] / (df['volume'].rolling({w}).mean() + 1e-12)"]
 
 
-def _volume_zscore(rng: random.Random) -> tuple[str, list[str]]:
+def _volume_zscore(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 50])
-    return f"volz{w}", [
+    return [
         "log_volume = np.log1p(df['volume'])",
         f"out['volume_z_{w}'] = (log_volume - log_volume.rolling({w}).mean()) "
         f"/ (log_volume.rolling({w}).std() + 1e-12)",
     ]
 
 
-def _ma_ratio(rng: random.Random) -> tuple[str, list[str]]:
+def _ma_ratio(rng: random.Random) -> list[str]:
     fast, slow = rng.choice([(3, 10), (5, 20), (10, 50), (20, 100)])
-    return f"ma{fast}_{slow}", [
+    return [
         f"out['ma_ratio_{fast}_{slow}'] = df['close'].rolling({fast}).mean() / df['close'].rolling({slow}).mean() - 1"
     ]
 
 
-def _ema_gap(rng: random.Random) -> tuple[str, list[str]]:
+def _ema_gap(rng: random.Random) -> list[str]:
     span = rng.choice([8, 12, 26, 50])
     ema = f"df['close'].ewm(span={span}, adjust=False).mean()"
-    return f"ema{span}", [f"out['ema_gap_{span}'] = df['close'] / {ema} - 1"]
+    return [f"out['ema_gap_{span}'] = df['close'] / {ema} - 1"]
 
 
-def _range(rng: random.Random) -> tuple[str, list[str]]:
+def _range(rng: random.Random) -> list[str]:
     w = rng.choice([1, 5, 10])
     if w == 1:
-        return "range", ["out['range'] = (df['high'] - df['low']) / df['close']"]
-    return f"range{w}", [f"out['range_{w}'] = ((df['high'] - df['low']) / df['close']).rolling({w}).mean()"]
+        return ["out['range'] = (df['high'] - df['low']) / df['close']"]
+    return [f"out['range_{w}'] = ((df['high'] - df['low']) / df['close']).rolling({w}).mean()"]
 
 
-def _close_location(rng: random.Random) -> tuple[str, list[str]]:
-    return "closeloc", ["out['close_location'] = (df['close'] - df['low']) / (df['high'] - df['low'] + 1e-12)"]
+def _close_location(rng: random.Random) -> list[str]:
+    return ["out['close_location'] = (df['close'] - df['low']) / (df['high'] - df['low'] + 1e-12)"]
 
 
-def _gap(rng: random.Random) -> tuple[str, list[str]]:
-    return "gap", ["out['gap'] = df['open'] / df['close'].shift(1) - 1"]
+def _gap(rng: random.Random) -> list[str]:
+    return ["out['gap'] = df['open'] / df['close'].shift(1) - 1"]
 
 
-def _drawdown(rng: random.Random) -> tuple[str, list[str]]:
+def _drawdown(rng: random.Random) -> list[str]:
     w = rng.choice([20, 50, 100])
-    return f"dd{w}", [f"out['drawdown_{w}'] = df['close'] / df['close'].rolling({w}).max() - 1"]
+    return [f"out['drawdown_{w}'] = df['close'] / df['close'].rolling({w}).max() - 1"]
 
 
-def _atr(rng: random.Random) -> tuple[str, list[str]]:
+def _atr(rng: random.Random) -> list[str]:
     w = rng.choice([7, 14, 28])
-    return f"atr{w}", [
+    return [
         "prev_close = df['close'].shift(1)",
         "true_range = pd.concat([df['high'] - df['low'], (df['high'] - prev_close).abs(), "
         "(df['low'] - prev_close).abs()], axis=1).max(axis=1)",
@@ -155,30 +156,30 @@ def _atr(rng: random.Random) -> tuple[str, list[str]]:
     ]
 
 
-def _stochastic(rng: random.Random) -> tuple[str, list[str]]:
+def _stochastic(rng: random.Random) -> list[str]:
     w = rng.choice([9, 14, 30])
-    return f"stoch{w}", [
+    return [
         f"lowest = df['low'].rolling({w}).min()",
         f"highest = df['high'].rolling({w}).max()",
         f"out['stoch_{w}'] = (df['close'] - lowest) / (highest - lowest + 1e-12)",
     ]
 
 
-def _skew(rng: random.Random) -> tuple[str, list[str]]:
+def _skew(rng: random.Random) -> list[str]:
     w = rng.choice([20, 30, 60])
-    return f"skew{w}", [f"out['skew_{w}'] = df['close'].pct_change().rolling({w}).skew()"]
+    return [f"out['skew_{w}'] = df['close'].pct_change().rolling({w}).skew()"]
 
 
-def _parkinson(rng: random.Random) -> tuple[str, list[str]]:
+def _parkinson(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 30])
-    return f"park{w}", [
+    return [
         f"out['parkinson_{w}'] = np.sqrt((np.log(df['high'] / df['low']) ** 2).rolling({w}).mean() / (4 * np.log(2)))"
     ]
 
 
-def _up_share(rng: random.Random) -> tuple[str, list[str]]:
+def _up_share(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20])
-    return f"up{w}", [f"out['up_share_{w}'] = (df['close'].diff() > 0).astype(float).rolling({w}).mean()"]
+    return [f"out['up_share_{w}'] = (df['close'].diff() > 0).astype(float).rolling({w}).mean()"]
 
 
 #: Each snippet with the columns it reads; a spec only uses snippets its dataset can feed.
@@ -372,15 +373,12 @@ def make_spec(rng: random.Random, family: str, columns: Sequence[str] = OHLCV_CO
     if not usable:
         raise ValueError(f"no feature snippet can be built from columns {list(columns)}")
     chosen = rng.sample(usable, min(len(usable), rng.randint(2, 6)))
-    labels, lines = [], []
-    for name in chosen:
-        label, snippet_lines = FEATURE_SNIPPETS[name][1](rng)
-        labels.append(label)
-        lines.extend(snippet_lines)
+    lines = [line for name in chosen for line in FEATURE_SNIPPETS[name][1](rng)]
     short, make_model_source = MODEL_FAMILIES[family]
-    # A short name (family and first feature): names are free text the tiny policy has to invent
-    # first, and every extra rare token there is a chance to derail before the code starts.
-    return ExperimentSpec(name=f"{short}_{labels[0]}", features=features_source(lines), model=make_model_source(rng))
+    # The name is the family's short name. Names are free text the tiny policy writes first; with
+    # one per family and first feature ("lgbm_rsi14": 500 names, each a rare token), it also wrote
+    # stray names into the code, in about one completion in fifty.
+    return ExperimentSpec(name=short, features=features_source(lines), model=make_model_source(rng))
 
 
 def inject_mistake(spec: ExperimentSpec, family: str, kind: str, rng: random.Random) -> ExperimentSpec:

@@ -5,7 +5,8 @@ so this module never samples. `PPOTrainer.update` reads top to bottom, one funct
 
 1. `collate`            experiences -> right-padded prompt+completion rows, completion masks
 2. `rollout_scores`     no-grad pass: old log-probs, reference log-probs (adapters off), old values, entropies
-3. `token_rewards`      -kl_coef * (old - ref) on every token, the terminal reward on the last one
+3. `token_rewards`      -kl_coef * (old - ref) on every token, the terminal reward on the last one;
+                        `sequence_kl` the KL to the reference the stats and the controller use
 4. `gae` / `group_advantages`, then `whiten`
 5. `ppo_losses`         clipped surrogate, clipped value loss, entropy bonus (per minibatch, epochs)
 6. `AdaptiveKLController.update`  move kl_coef towards target_kl
@@ -22,9 +23,15 @@ Decisions the algorithm leaves open:
   generation log-probs are compared with the recomputed ones (`PPOStats.logprob_gap`) and a
   warning names the usual causes when they diverge: then the samples were not drawn from the
   policy being trained (temperature, top-p/top-k, constrained decoding) and PPO is off-policy.
-- **KL estimator**: k1, `logp_old - logp_ref` per token, as the reward penalty (its sum is an
-  unbiased estimate of the sequence KL, which is what the penalised return needs). The `kl`
-  stat and the controller use its sum per sequence, averaged over the batch.
+- **KL estimators** (Schulman, "Approximating KL divergence"). The reward penalty is k1,
+  `logp_old - logp_ref` per token: its sum over a completion is an unbiased estimate of the
+  sequence KL, and it is the term whose policy gradient is the gradient of the KL, which is what
+  the penalised return needs. It is negative on every token the policy finds less likely than the
+  reference, so its batch mean can be below zero. The `kl` stat (logged as `ppo_kl`, printed
+  per cycle) and the adaptive controller use k3 instead (`sequence_kl`): `(r - 1) - log r` per
+  token with `r = p_ref / p_old`, summed over the completion and averaged over the batch. It has
+  the same expectation, is never negative, and varies less, so the number a user reads and the
+  one the controller steers by are the same, and mean what they say.
 - **Group baseline** (`advantage: group`, RLOO): a sample's advantage is its KL-penalised reward
   minus the mean of the *other* samples of the same prompt, so the baseline does not depend on
   the sample itself and each prompt's advantages sum to zero. Whitening then only rescales (by
@@ -72,7 +79,7 @@ class PPOStats:
     value_loss: float | None  # None with advantage=group (no critic)
     entropy: float  # mean per completion token during the update's steps, nats
     rollout_entropy: float  # of the policy that sampled the batch, mean per completion token, nats
-    kl: float  # to the reference, summed over a completion, mean over the batch (k1)
+    kl: float  # to the reference, summed over a completion, mean over the batch (k3, never negative)
     approx_kl: float  # new vs old policy per token, k3 estimator
     clip_fraction: float  # share of tokens whose ratio left [1 - clip_coef, 1 + (clip_coef_high or clip_coef)]
     grad_norm: float  # before clipping
@@ -188,8 +195,8 @@ class PPOTrainer:
                 logprob_gap,
                 cfg.logprob_tolerance,
             )
-        kl_per_token = torch.where(mask, old_logprobs - ref_logprobs, 0.0)
-        kl = kl_per_token.sum(1).mean().item()
+        kl_per_token = torch.where(mask, old_logprobs - ref_logprobs, 0.0)  # k1: the reward penalty
+        kl = sequence_kl(old_logprobs, ref_logprobs, mask).mean().item()  # k3: the stat and the controller
         kl_coef = self.kl_controller.value
 
         if cfg.advantage == "gae":
@@ -336,6 +343,17 @@ def rollout_scores(
         torch.where(mask, old_values, 0.0),
         torch.where(mask, old_entropy, 0.0),
     )
+
+
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(policy || reference) of each sampled completion [B], Schulman's k3 summed over its tokens.
+
+    With `r = p_ref / p_policy` per token, `(r - 1) - log r` is never negative and its expectation
+    under the policy's samples is the token's KL, so the sum is a non-negative, unbiased estimate
+    of the sequence KL (exactly 0 when the policy is the reference).
+    """
+    log_ratio = torch.where(mask, ref_logprobs - logprobs, 0.0)
+    return (log_ratio.exp() - 1 - log_ratio).sum(1)
 
 
 def token_rewards(
