@@ -253,7 +253,7 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
         update={"policy": config.policy.model_copy(update={"backend": "vllm", "max_new_tokens": 32})}
     )
     run = run_steps.start(config)
-    batch = policy_steps.generate(run.policy, run.prompt, 2, cycle=0, seed=0)
+    batch = policy_steps.generate(run.policy, [run.prompt] * 2, cycle=0, seed=0)
     assert RecordingVLLM.adapters == []  # a fresh run samples the base policy
     rewarded = [
         Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v2_rules", reward=float(i))
@@ -267,7 +267,7 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
 
     resumed = run_steps.start(config)  # a new process: nothing in memory
     assert resumed.policy == update.policy and resumed.pending_cycles == [1]
-    policy_steps.generate(resumed.policy, resumed.prompt, 2, cycle=1, seed=1)
+    policy_steps.generate(resumed.policy, [resumed.prompt] * 2, cycle=1, seed=1)
     assert RecordingVLLM.adapters[-1] == adapter  # a resumed run samples its latest adapter
     run_steps.finish(resumed)
 
