@@ -7,6 +7,7 @@ tests/test_pipeline.py, beside the run it evaluates.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -17,10 +18,13 @@ from sharpe_rl.evaluate_policy import (
     ComparisonError,
     best_of_k_dsr,
     compare,
+    comparison_path,
     entropy_bits,
+    load_comparison,
     plan_comparison,
     window_statistics,
 )
+from sharpe_rl.reset import reset_runs
 from sharpe_rl.scoring import deflated_sharpe_ratio
 
 FAMILIES = ["lightgbm", "sklearn/trees", "sklearn/linear", "xgboost"]
@@ -108,3 +112,12 @@ def test_too_few_completions_or_an_unknown_run_are_refused_with_what_to_do(tmp_p
         plan_comparison(tmp_path, "some-run", n=32)
     with pytest.raises(ComparisonError, match="no run 'missing'"):
         plan_comparison(tmp_path, "missing", n=64)
+
+
+def test_a_reset_archives_the_evaluations_with_the_checkpoints_they_measured(tmp_path):
+    stored = comparison_path(tmp_path, "run")
+    stored.parent.mkdir(parents=True)
+    stored.write_text("{}")
+    archived = reset_runs(tmp_path)
+    assert load_comparison(tmp_path, "run") is None
+    assert Path(archived["policy evaluations"], "run.json").read_text() == "{}"
