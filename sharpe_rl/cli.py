@@ -544,6 +544,65 @@ def run(
     )
 
 
+@app.command("evaluate-policy")
+def evaluate_policy(
+    run: Annotated[str, typer.Argument(help="The run whose latest checkpoint is compared with its base policy.")],
+    n: Annotated[int, typer.Option("--n", help="Completions per policy (at least 64: four blocks of 16).")] = 64,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: one no training cycle used).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
+) -> None:
+    """Is the learning real? Sample the base policy and the run's final checkpoint alike, execute, compare."""
+    from sharpe_rl.services import use_orchestration_environment
+
+    api = use_orchestration_environment(runs_dir)
+    if not verbose:
+        _quiet_libraries()
+    from flows.evaluate_policy import evaluate_policy as evaluate_policy_flow
+    from sharpe_rl.evaluate_policy import EVALUATION_SEED, ComparisonError, plan_comparison
+    from sharpe_rl.evaluation import DatasetMismatch
+    from sharpe_rl.sandbox import InfrastructureError
+
+    stdout, stderr = Console(), Console(stderr=True)
+    try:
+        plan = plan_comparison(runs_dir, run, n, EVALUATION_SEED if seed is None else seed)
+    except (ComparisonError, DatasetMismatch, PanelError) as exc:
+        _fail(exc)
+    stderr.print(
+        f"Prefect: {api or 'a temporary local server'}; sampling {n} completions from the base policy and from "
+        f"run {run} after cycle {plan.final.cycle}, then executing them on the reward window and the holdout",
+        soft_wrap=True,
+    )
+    try:
+        rows = evaluate_policy_flow(run, n=n, seed=plan.seed, runs_dir=runs_dir)
+    except (ComparisonError, InfrastructureError, DatasetMismatch) as exc:
+        _fail(exc)
+    stdout.print(comparison_table(rows, f"{run}: base policy vs cycle {plan.final.cycle}, {n} completions each"))
+    stdout.print(
+        "difference = final − base, with its 95% paired bootstrap interval; an interval that contains 0 "
+        f"cannot be told from noise. Saved in {runs_dir / 'evaluations' / (run + '.json')}",
+        soft_wrap=True,
+    )
+
+
+def comparison_table(rows: list[dict], title: str) -> Table:
+    """The evaluate-policy comparison as a Rich table, an interval that excludes 0 highlighted."""
+    table = Table("window", "statistic", "base", "final", "difference", "95% interval", title=title)
+    for row in rows:
+        low, high = row["low"], row["high"]
+        clear = low > 0 or high < 0
+        interval = f"[{_fmt(low)}, {_fmt(high)}]"
+        table.add_row(
+            row["window"],
+            row["statistic"],
+            _fmt(row["base"]),
+            _fmt(row["final"]),
+            _fmt(row["difference"]),
+            f"[bold]{interval}[/bold]" if clear else interval,
+        )
+    return table
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal to our progress bars: no per-task Prefect logs, weight-loading bars or INFO lines."""
     import logging

@@ -200,7 +200,12 @@ class PPOConfig(_Settings):
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."
     )
-    group_size: int = Field(4, ge=2, description="Samples per prompt when advantage=group.")
+    group_size: int = Field(
+        4,
+        ge=2,
+        description="Completions per prompt: a cycle samples batch_size // group_size prompts (the remainder goes "
+        "to the first ones), so advantage=group compares completions of the same prompt.",
+    )
     logprob_tolerance: float = Field(
         1e-3, gt=0, description="Warn when generation log-probs differ from a forward pass by more than this."
     )
@@ -227,6 +232,12 @@ class RunConfig(_Settings):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+
+    @model_validator(mode="after")
+    def _groups_have_two_completions(self) -> RunConfig:
+        if self.ppo.advantage == "group" and self.batch_size < 2:
+            raise ValueError("advantage=group compares completions of one prompt: batch_size must be at least 2")
+        return self
 
 
 MISTRAL_7B = "mistralai/Mistral-7B-v0.1"

@@ -113,10 +113,10 @@ class Outcome(BaseModel):
     def status(self) -> str:
         return "ok" if self.error_class is None else self.error_class.value
 
-    def reward(self, cfg: RewardConfig) -> float:
-        """The shaped reward of this outcome alone (before anything a run adds, such as deflation)."""
+    def reward(self, cfg: RewardConfig, *, n_trials: int = 1, trials_sharpe_variance: float = 0.0) -> float:
+        """The shaped reward of this outcome, as one trial among `n_trials` (`shape_reward`; a run passes its own)."""
         if self.metrics is not None and self.error_class is None:
-            return shape_reward(self.metrics, cfg)
+            return shape_reward(self.metrics, cfg, n_trials=n_trials, trials_sharpe_variance=trials_sharpe_variance)
         return shape_reward(self.error_class or ErrorClass.bad_predictions, cfg)
 
 

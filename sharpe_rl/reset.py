@@ -11,7 +11,8 @@ from sharpe_rl.policy.checkpoint import Checkpoints
 
 
 def reset_runs(runs_dir: Path) -> dict[str, str | None]:
-    """Archive every run's checkpoints (adapter, value head, optimizer), the buffer, holdout scores and elites."""
+    """Archive every run's checkpoints (adapter, value head, optimizer), the buffer, holdout scores, elites and
+    policy evaluations."""
     archived: dict[str, str | None] = {}
     checkpoints = runs_dir / "checkpoints"
     runs = sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) if checkpoints.exists() else []
@@ -24,6 +25,7 @@ def reset_runs(runs_dir: Path) -> dict[str, str | None]:
     # holdout scores and elites are keyed by (run, cycle, index): they belong to the experiences just archived
     archived["holdout scores"] = _archive_folder(runs_dir, "holdout")
     archived["elite archives"] = _archive_folder(runs_dir, "elites")
+    archived["policy evaluations"] = _archive_folder(runs_dir, "evaluations")  # of the checkpoints just archived
     return archived
 
 

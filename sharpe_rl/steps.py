@@ -2,11 +2,14 @@
 
 A cycle is generate → execute → score → log → update:
 
-- `policy.steps.generate(policy_ref, prompt, n, cycle=, seed=) -> Batch`
+- `cycle_prompts(run, cycle)` then `policy.steps.generate(policy_ref, prompts, cycle=, seed=) -> Batch`:
+  `ppo.group_size` completions per prompt, so a group baseline compares completions of one prompt
 - `evaluation.evaluate(completion, evaluation_ref) -> Outcome`, once per completion, anywhere
   (a thread, another process, a Dask worker on another machine): no policy, no MLflow, no buffer
-- `score(run, batch, executions) -> Scored`: host-side rewards, deflated by the run's trials so far
-- `log(run, scored, timings) -> Logged`: the replay buffer, then MLflow
+- `score(run, batch, executions) -> Scored`: host-side rewards, given the run's earlier cycles (read
+  once from the replay buffer): the DSR and, when configured, the reward deflated by the trials so
+  far (`RewardConfig.luck_correction`), the novelty bonus and the copy penalty (`sharpe_rl.diversity`)
+- `log(run, scored, timings) -> Logged`: the replay buffer, the quality-diversity archive, then MLflow
 - `policy.steps.update(policy_ref, cycle, experiences) -> Update` (its checkpoint commits the
   cycle), then `log_update(run, update, logged)`
 
@@ -17,10 +20,13 @@ reaches for state a previous step left in memory. Each step returns what the nex
 timings the progress display and MLflow show.
 
 Resume: a cycle is committed by its checkpoint, written last. Everything before it is either
-cached (executions, by content hash) or idempotent (the buffer file of a cycle is replaced, MLflow
-writes are keyed by cycle and index), and generation is seeded by (run seed, cycle) from the
-previous checkpoint's weights. So a run killed anywhere in a cycle repeats that cycle exactly on
-resume, and nothing is lost or written twice.
+cached (executions, by content hash) or idempotent (the buffer file of a cycle is replaced, the
+archive keeps the best per cell whatever it is offered twice, MLflow writes are keyed by cycle and
+index), and generation is seeded by (run seed, cycle) from the previous checkpoint's weights. What
+a cycle reads of the run's history (the prompts' elites, the trials and visits its rewards count)
+is the buffer's cycles before it, never the state a killed attempt of the same cycle left behind.
+So a run killed anywhere in a cycle repeats that cycle exactly on resume, and nothing is lost or
+written twice.
 """
 
 from __future__ import annotations
@@ -40,17 +46,19 @@ from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.analysis.classify import classify
 from sharpe_rl.analysis.tables import annotate, cycle_metrics
+from sharpe_rl.archive import EliteArchive, load_archive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import RunConfig
 from sharpe_rl.data.atomic import write_bytes_atomic
 from sharpe_rl.data.card import card_path
+from sharpe_rl.diversity import Visits, diversity_rewards
 from sharpe_rl.evaluation import EvaluationRef, Outcome, close_evaluation, load_evaluation, metric_numbers
 from sharpe_rl.experience import Experience
 from sharpe_rl.holdout import write_holdout
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
-from sharpe_rl.policy.generation import Generation, policy_source
-from sharpe_rl.policy.prompts import PROMPTS_DIR, render_prompt
+from sharpe_rl.policy.generation import Generation, policy_source, row_seed
+from sharpe_rl.policy.prompts import PROMPTS_DIR, render_prompt, shows_elites
 from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
@@ -198,40 +206,130 @@ def generation_seed(run: RunRef, cycle: int) -> int:
     return run.config.seed * 1_000_003 + cycle
 
 
+# ---- the cycle's prompts --------------------------------------------------------------------
+
+#: Elites a `v3_inspiration` prompt shows: two, so that the prompt and a completion still fit the
+#: tiny policy's context (each elite is a whole experiment, 150-400 tokens).
+INSPIRATION_ELITES = 2
+
+
+def group_sizes(batch_size: int, group_size: int) -> list[int]:
+    """How many completions each prompt of a cycle gets: `batch_size // group_size` prompts (at least one),
+    `group_size` completions each, the remainder spread one by one over the first prompts."""
+    prompts = max(1, batch_size // group_size)
+    return [batch_size // prompts + (group < batch_size % prompts) for group in range(prompts)]
+
+
+def cycle_prompts(run: RunRef, cycle: int) -> list[str]:
+    """The prompt of each completion of the cycle's batch, a group of `ppo.group_size` consecutive ones per prompt.
+
+    A prompt version that shows elites (`v3_inspiration`) gets, per group, its own seeded draw of
+    `INSPIRATION_ELITES` elites of the archive as it stood after the previous cycle (rebuilt from
+    the buffer, so a resumed cycle draws the same); groups differ by their elites. Any other
+    version renders the same prompt for every group: the groups differ only by their seeds.
+    """
+    config = run.config
+    sizes = group_sizes(config.batch_size, config.ppo.group_size)
+    if shows_elites(config.prompt_version):
+        archive = EliteArchive.from_frame(history(run, cycle), run.name)
+        dataset = load_evaluation(run.evaluation)
+        seed = generation_seed(run, cycle)
+        texts = [
+            render_prompt(
+                config.prompt_version,
+                OHLCV_COLUMNS,
+                dataset.interval,
+                config.eval.horizon,
+                dataset.symbols,
+                elites=archive.inspiration(INSPIRATION_ELITES, seed=row_seed(seed, group)),
+            )
+            for group in range(len(sizes))
+        ]
+    else:
+        texts = [run.prompt] * len(sizes)
+    return [text for text, size in zip(texts, sizes, strict=True) for _ in range(size)]
+
+
 # ---- score, log -----------------------------------------------------------------------------
 
 
 def score(run: RunRef, batch: Batch, executions: Executions) -> Scored:
-    """Rewards for a cycle's outcomes; each DSR deflated by the number of the run's trials so far."""
+    """Rewards for a cycle's outcomes, given the run's earlier cycles (read once from the buffer).
+
+    Every DSR is deflated by the run's trials so far (earlier cycles and this batch); the reward
+    also is when `RewardConfig.luck_correction` says so; then the diversity terms (novelty bonus,
+    copy penalty) count the earlier cycles' visits and programs, when their weights are not 0.
+    """
     started = time.perf_counter()
-    metrics = [outcome.metrics for outcome in executions.outcomes]
-    sharpes = earlier_sharpes(run, batch.cycle) + [m.sharpe_net for m in metrics if m is not None]
-    variance = statistics.pvariance(sharpes) if len(sharpes) > 1 else 0.0
+    earlier = history(run, batch.cycle)
+    sharpes = _scored_sharpes(earlier) + [o.metrics.sharpe_net for o in executions.outcomes if o.metrics is not None]
+    trials = Trials(n=len(sharpes), sharpe_variance=statistics.pvariance(sharpes) if len(sharpes) > 1 else 0.0)
     experiences = [
-        _experience(run, batch.cycle, index, generation, outcome, variance, len(sharpes))
+        _experience(run, batch.cycle, index, generation, outcome, trials)
         for index, (generation, outcome) in enumerate(zip(batch.generations, executions.outcomes, strict=True))
     ]
+    reward_cfg = run.config.reward
+    if reward_cfg.novelty_weight or reward_cfg.copy_penalty:  # both 0: the terms change nothing, skip the classifier
+        rewards = diversity_rewards(experiences, Visits.from_frame(earlier), reward_cfg)
+        experiences = [e.model_copy(update={"reward": r}) for e, r in zip(experiences, rewards, strict=True)]
     return Scored(cycle=batch.cycle, experiences=experiences, seconds=time.perf_counter() - started)
 
 
-def earlier_sharpes(run: RunRef, cycle: int) -> list[float]:
-    """The net Sharpe of every scored experiment of the run before `cycle` (the trials a DSR deflates by)."""
+@dataclass(frozen=True)
+class Trials:
+    """The run's scored experiments so far, as selection bias sees them: how many, and how their Sharpe ratios vary."""
+
+    n: int
+    sharpe_variance: float  # of the annualised net Sharpe ratios
+
+
+def history(run: RunRef, cycle: int) -> pl.DataFrame:
+    """The run's experiences of the cycles before `cycle`, as the buffer's frame (what a cycle knows of its past).
+
+    Never this cycle's own rows: a resumed cycle finds those of its killed attempt in the buffer,
+    and must compute exactly what the first attempt did.
+    """
     frame = ReplayBuffer(run.config.runs_dir).frame(run=run.name)
+    return frame.filter(pl.col("cycle") < cycle)
+
+
+def _scored_sharpes(frame: pl.DataFrame) -> list[float]:
+    """The net Sharpe of every scored experiment of a buffer frame."""
     if frame.is_empty() or "metric_sharpe_net" not in frame.columns:
         return []
-    earlier = frame.filter((pl.col("cycle") < cycle) & pl.col("error_class").is_null())
-    return earlier.get_column("metric_sharpe_net").drop_nulls().to_list()
+    return frame.filter(pl.col("error_class").is_null()).get_column("metric_sharpe_net").drop_nulls().to_list()
 
 
 def log(run: RunRef, scored: Scored, timings: Mapping[str, float]) -> Logged:
-    """Persist the cycle to the replay buffer, then to MLflow (which may be down: it catches up later)."""
+    """Persist the cycle to the replay buffer and the archive, then MLflow (which may be down: it catches up later)."""
     started = time.perf_counter()
     buffer = ReplayBuffer(run.config.runs_dir)
     buffer.write(run.name, scored.cycle, scored.experiences)
     run_so_far = buffer.frame(run=run.name).filter(pl.col("cycle") <= scored.cycle)
-    summary = cycle_metrics(annotate(run_so_far), scored.cycle) | {f"time_{k}": v for k, v in timings.items()}
+    archive = update_archive(run, scored, run_so_far)
+    summary = (
+        cycle_metrics(annotate(run_so_far), scored.cycle)
+        | {"archive_coverage_pct": 100 * archive.coverage, "qd_score": archive.qd_score}
+        | {f"time_{k}": v for k, v in timings.items()}
+    )
     run.tracker().log_cycle(scored.cycle, summary, scored.experiences)
     return Logged(cycle=scored.cycle, summary=summary, seconds=time.perf_counter() - started)
+
+
+def update_archive(run: RunRef, scored: Scored, run_so_far: pl.DataFrame) -> EliteArchive:
+    """Fold the cycle into the run's stored archive and save it; returns the archive after the cycle.
+
+    Folding a cycle in twice (a resumed cycle) changes nothing. A stored archive that lacks some
+    earlier cycle (a run from before the archive, a file lost) is rebuilt from the buffer first.
+    """
+    runs_dir, cycle = run.config.runs_dir, scored.cycle
+    archive = load_archive(runs_dir, run.name)
+    earlier = run_so_far.filter(pl.col("cycle") < cycle)
+    if not set(earlier["cycle"].unique().to_list()) <= set(archive.cycles):
+        archive = EliteArchive.from_frame(earlier, run.name)
+    archive.add(cycle, scored.experiences)
+    save_archive(runs_dir, archive)
+    return archive
 
 
 def log_update(run: RunRef, update: Update, logged: Logged) -> dict[str, float]:
@@ -292,16 +390,15 @@ def save_holdout(run: RunRef, candidates: Sequence[Candidate], scores: Sequence[
 
 
 def _experience(
-    run: RunRef, cycle: int, index: int, generation: Generation, outcome: Outcome, variance: float, n_trials: int
+    run: RunRef, cycle: int, index: int, generation: Generation, outcome: Outcome, trials: Trials
 ) -> Experience:
-    metrics = deflate(outcome.metrics, n_trials, variance) if outcome.metrics is not None else None
+    metrics = deflate(outcome.metrics, trials.n, trials.sharpe_variance) if outcome.metrics is not None else None
     spec, result = outcome.spec, outcome.result
     try:
         classification = classify(spec) if spec is not None else None
     except Exception:  # a classifier bug costs this experiment its labels, never the cycle
         logger.exception("could not classify experiment %d of cycle %d", index, cycle)
         classification = None
-    scored = outcome.model_copy(update={"metrics": metrics})
     return Experience.from_generation(
         generation,
         run=run.name,
@@ -315,7 +412,7 @@ def _experience(
         error_class=outcome.error_class,
         error_message=outcome.message,
         metrics=metric_numbers(metrics) if metrics is not None and outcome.ok else {},
-        reward=scored.reward(run.config.reward),
+        reward=outcome.reward(run.config.reward, n_trials=trials.n, trials_sharpe_variance=trials.sharpe_variance),
         code_hash=spec.code_hash if spec else None,
         cache_key=result.cache_key if result else None,
         timings=dict(result.timings) if result else {},

@@ -31,9 +31,8 @@ from tasks.execute import execute_experiment
 def generate_batch(run: RunRef, policy: PolicyRef, cycle: int) -> Batch:
     config = run.config
     progress.cycle_started(run.name, cycle, config.cycles, config.batch_size)
-    return policy_steps.generate(
-        policy, run.prompt, config.batch_size, cycle=cycle, seed=run_steps.generation_seed(run, cycle)
-    )
+    prompts = run_steps.cycle_prompts(run, cycle)
+    return policy_steps.generate(policy, prompts, cycle=cycle, seed=run_steps.generation_seed(run, cycle))
 
 
 def execute_batch(run: RunRef, batch: Batch) -> Executions:

@@ -67,8 +67,8 @@ def scripted(monkeypatch, config: RunConfig, completions: list[str]) -> None:
     """Make the policy write `completions` every cycle (the update still trains the real policy on them)."""
     scripted_generator = ScriptedGenerator(AutoTokenizer.from_pretrained(config.policy.model), completions)
 
-    def generate(policy: PolicyRef, prompt: str, n: int, *, cycle: int, seed: int) -> Batch:
-        return Batch(cycle=cycle, generations=scripted_generator.generate([prompt] * n, seed), seconds=0.0)
+    def generate(policy: PolicyRef, prompts: list[str], *, cycle: int, seed: int) -> Batch:
+        return Batch(cycle=cycle, generations=scripted_generator.generate(prompts, seed), seconds=0.0)
 
     monkeypatch.setattr(policy_steps, "generate", generate)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import docker
+import polars as pl
 import pytest
 from peft import LoraConfig
 from pipeline_fixtures import (
@@ -35,10 +36,11 @@ from pipeline_fixtures import (
     scripted,
     spec_completion,
 )
-from sandbox_fixtures import HONEST_FEATURES, LOGISTIC
+from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
 
 from sharpe_rl import evaluation
 from sharpe_rl import steps as run_steps
+from sharpe_rl.archive import EliteArchive, load_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import PolicyConfig, RunConfig, SandboxConfig
 from sharpe_rl.experience import Experience
@@ -87,6 +89,9 @@ def test_four_cycles_fill_the_buffer_mlflow_and_the_checkpoint(reference_run):
         "entropy_bits",
         "ppo_kl",
         "ppo_policy_loss",
+        "ppo_rollout_entropy",
+        "archive_coverage_pct",
+        "qd_score",
         "time_generate",
         "time_execute",
         "time_update",
@@ -104,6 +109,10 @@ def test_four_cycles_fill_the_buffer_mlflow_and_the_checkpoint(reference_run):
 
     assert Checkpoints(runs, "e2e").latest_cycle() == 3
     assert (runs / "reports" / "e2e" / "report.html").is_file()
+    archive = load_archive(runs, "e2e")
+    assert archive.cycles == [0, 1, 2, 3] and archive == EliteArchive.from_frame(frame, "e2e")
+    coverage = client.get_metric_history(parent.info.run_id, "archive_coverage_pct")
+    assert max(coverage, key=lambda m: m.step).value == pytest.approx(100 * archive.coverage)
 
 
 def test_the_run_keeps_one_post_mortem_artifact_current_with_its_plots(reference_run):
@@ -143,6 +152,32 @@ def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_bas
     assert ReplayBuffer(runs).frame().is_empty() and Checkpoints(runs, "e2e").latest_cycle() is None
     run = run_steps.start(reference_run.model_copy(update={"runs_dir": runs}))
     assert run.pending_cycles == [0, 1, 2, 3] and run.policy.cycle is None  # the base policy
+
+
+def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(reference_run, tmp_path, monkeypatch):
+    import sharpe_rl.evaluate_policy as comparison
+    from flows.evaluate_policy import evaluate_policy
+
+    runs = tmp_path / "runs"
+    shutil.copytree(reference_run.runs_dir, runs)
+    honest = spec_completion("logistic", HONEST_FEATURES, LOGISTIC)
+    forest = spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"])
+    written = {"base": [honest] * 48 + ["I would try LightGBM."] * 16, "final": [honest] * 56 + [forest] * 8}
+    monkeypatch.setattr(comparison, "sample", lambda plan, which: written[which])
+
+    rows = {(r["window"], r["statistic"]): r for r in evaluate_policy("e2e", n=64, runs_dir=runs)}
+    for window in ("reward", "holdout"):
+        share = rows[(window, "run_share")]
+        assert (share["base"], share["final"]) == (0.75, 1.0) and 0 < share["low"] <= 0.25 <= share["high"]
+        entropy = rows[(window, "family_entropy_bits")]
+        assert entropy["base"] == 0.0 < entropy["final"]
+        for statistic in ("mean_sharpe", "best_of_16_dsr"):
+            row = rows[(window, statistic)]
+            assert row["low"] <= row["difference"] <= row["high"], (window, statistic)
+    stored = comparison.load_comparison(runs, "e2e")
+    assert stored["checkpoint_cycle"] == 3 and stored["n"] == 64 and len(stored["comparison"]) == 8
+    samples = pl.read_parquet(runs / "evaluations" / "e2e.parquet")
+    assert samples.height == 128 and samples.filter(pl.col("status") == "json_parse").height == 16
 
 
 # ---- retries: infrastructure faults only ----
@@ -253,7 +288,7 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
         update={"policy": config.policy.model_copy(update={"backend": "vllm", "max_new_tokens": 32})}
     )
     run = run_steps.start(config)
-    batch = policy_steps.generate(run.policy, run.prompt, 2, cycle=0, seed=0)
+    batch = policy_steps.generate(run.policy, [run.prompt] * 2, cycle=0, seed=0)
     assert RecordingVLLM.adapters == []  # a fresh run samples the base policy
     rewarded = [
         Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v2_rules", reward=float(i))
@@ -267,7 +302,7 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
 
     resumed = run_steps.start(config)  # a new process: nothing in memory
     assert resumed.policy == update.policy and resumed.pending_cycles == [1]
-    policy_steps.generate(resumed.policy, resumed.prompt, 2, cycle=1, seed=1)
+    policy_steps.generate(resumed.policy, [resumed.prompt] * 2, cycle=1, seed=1)
     assert RecordingVLLM.adapters[-1] == adapter  # a resumed run samples its latest adapter
     run_steps.finish(resumed)
 

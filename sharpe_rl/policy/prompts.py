@@ -97,7 +97,7 @@ def render_prompt(
         raise ValueError(f"label horizon must be at least one bar, got {horizon}")
     stdlib = sorted(name for name in ALLOWED_PACKAGES if name in sys.stdlib_module_names)
     packages = sorted(ALLOWED_PACKAGES - set(stdlib))
-    if elites and "elites" not in _template_variables(version):
+    if elites and not shows_elites(version):
         raise ValueError(f"prompt version {version!r} does not show elites; use v3_inspiration or pass none")
     template = _environment().get_template(f"{version}.j2")
     return template.render(
@@ -109,6 +109,11 @@ def render_prompt(
         stdlib=stdlib,
         elites=list(elites),
     )
+
+
+def shows_elites(version: str) -> bool:
+    """Whether prompt `version` renders the archive's elites it is given (`v3_inspiration`)."""
+    return "elites" in _template_variables(version)
 
 
 def _template_variables(version: str) -> set[str]:

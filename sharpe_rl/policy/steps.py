@@ -70,11 +70,12 @@ class Update:
     seconds: float
 
 
-def generate(policy: PolicyRef, prompt: str, n: int, *, cycle: int, seed: int) -> Batch:
-    """Sample `n` completions of `prompt` from `policy`; the same ref and seed give the same completions."""
+def generate(policy: PolicyRef, prompts: Sequence[str], *, cycle: int, seed: int) -> Batch:
+    """Sample one completion of each prompt from `policy` (repeat a prompt for several); the same ref, prompts
+    and seed give the same completions."""
     started = time.perf_counter()
     with _loaded(policy) as loaded:
-        generations = loaded.generator.generate([prompt] * n, seed=seed)
+        generations = loaded.generator.generate(list(prompts), seed=seed)
     return Batch(cycle=cycle, generations=generations, seconds=time.perf_counter() - started)
 
 

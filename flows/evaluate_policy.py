@@ -1,0 +1,33 @@
+"""Evaluate policy: the base policy and a run's final checkpoint, sampled alike, executed, compared with intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import unmapped
+
+from sharpe_rl.evaluate_policy import EVALUATION_SEED, MIN_SAMPLES, ComparisonPlan
+from tasks.evaluate_policy import compare_and_save, plan_comparison, sample_policy
+from tasks.execute import execute_experiment, execute_holdout
+
+
+@flow(name="evaluate_policy", flow_run_name="evaluate {run}")
+def evaluate_policy(
+    run: str, n: int = MIN_SAMPLES, seed: int = EVALUATION_SEED, runs_dir: Path = Path("runs")
+) -> list[dict]:
+    """Compare `n` completions of the base policy and of `run`'s latest checkpoint on the reward window and holdout."""
+    plan = plan_comparison(runs_dir, run, n, seed)
+    completions = sample_policy(plan, "base") + sample_policy(plan, "final")
+    workers = ThreadPoolTaskRunner(max_workers=plan.evaluation.sandbox.workers)
+    outcomes, holdouts = execute_samples.with_options(task_runner=workers)(plan, completions)
+    return compare_and_save(plan, completions, outcomes, holdouts)
+
+
+@flow(name="execute_samples", flow_run_name="execute {plan.run} samples")
+def execute_samples(plan: ComparisonPlan, completions: list[str]) -> tuple[list, list]:
+    """Every completion on the reward window, then those that ran on the holdout (None for the others)."""
+    outcomes = [future.result() for future in execute_experiment.map(completions, unmapped(plan.evaluation))]
+    futures = {i: execute_holdout.submit(o.spec, plan.evaluation) for i, o in enumerate(outcomes) if o.ok}
+    return outcomes, [futures[i].result() if i in futures else None for i in range(len(outcomes))]

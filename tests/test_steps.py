@@ -1,0 +1,245 @@
+"""The run's score and log steps with the run's history: luck correction, diversity terms, the archive, the prompts.
+
+No sandbox, policy or MLflow: outcomes are built by hand, as `evaluate` returns them, and the
+steps read and write a temporary runs directory. What a user relies on: a resumed cycle computes
+what its first attempt did (rewards, archive, prompts), and each option changes the reward in the
+direction it promises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sharpe_rl import steps
+from sharpe_rl.archive import load_archive, save_archive
+from sharpe_rl.buffer import ReplayBuffer
+from sharpe_rl.config import PPOConfig, RewardConfig, RunConfig
+from sharpe_rl.evaluation import EvaluationRef, Outcome
+from sharpe_rl.experience import Experience
+from sharpe_rl.policy.generation import Generation
+from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.policy.steps import Batch, PolicyRef
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
+from sharpe_rl.sandbox.result import ExecutionResult
+from sharpe_rl.scoring import Metrics
+from sharpe_rl.spec import ExperimentSpec
+
+TREND = """
+def make_features(df):
+    out = df[[]].copy()
+    out["ma_ratio"] = df["close"].rolling(5).mean() / df["close"].rolling(20).mean()
+    return out
+"""
+VOLUME = """
+def make_features(df):
+    out = df[[]].copy()
+    out["volume_ratio"] = df["volume"] / df["volume"].rolling(20).mean()
+    return out
+"""
+CALENDAR = """
+def make_features(df):
+    out = df[[]].copy()
+    out["weekday"] = df.index.dayofweek
+    return out
+"""
+LIGHTGBM = """
+from lightgbm import LGBMClassifier
+
+def make_model():
+    return LGBMClassifier(n_estimators={n}, verbose=-1)
+"""
+LOGISTIC = """
+from sklearn.linear_model import LogisticRegression
+
+def make_model():
+    return LogisticRegression(C={n})
+"""
+
+
+def make_run(runs_dir: Path, dataset: Path, **updates) -> steps.RunRef:
+    """A started run as plain values (what `steps.start` returns, without MLflow or a policy)."""
+    config = RunConfig(name="r", runs_dir=runs_dir, dataset=dataset, batch_size=4).model_copy(update=updates)
+    config = RunConfig.model_validate(config.model_dump())
+    evaluation = EvaluationRef.of(dataset, config.eval, config.sandbox, runs_dir / "cache", run_id="r")
+    return steps.RunRef(
+        config=config,
+        evaluation=evaluation,
+        prompt=render_prompt(config.prompt_version, OHLCV_COLUMNS, "1-day", 1, ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
+        parent_run_id="not-tracked",
+        policy=PolicyRef(policy=config.policy, ppo=config.ppo, seed=0, runs_dir=runs_dir, run="r"),
+        description="",
+    )
+
+
+@pytest.fixture
+def run(tmp_path: Path, pipeline_dataset: Path) -> steps.RunRef:
+    return make_run(tmp_path / "runs", pipeline_dataset)
+
+
+def spec(features: str = TREND, model: str = LIGHTGBM, n: int = 100) -> ExperimentSpec:
+    return ExperimentSpec(name=f"e{n}", features=features, model=model.format(n=n))
+
+
+def ran(spec: ExperimentSpec, sharpe: float) -> Outcome:
+    """An outcome that ran and was scored (about a year of daily bars, normal returns)."""
+    metrics = Metrics(
+        valid=True, n_bars=365, periods_per_year=365.0, sharpe_net=sharpe, skewness=0.0, kurtosis=3.0, psr=0.5
+    )
+    result = ExecutionResult(
+        status="ok",
+        error_class=None,
+        spec_hash=spec.code_hash,
+        data_hash="data",
+        harness_hash="harness",
+        cache_key=f"key-{spec.code_hash}",
+        executor="docker",
+    )
+    return Outcome(spec=spec, result=result, metrics=metrics)
+
+
+def failed(error: ErrorClass = ErrorClass.syntax) -> Outcome:
+    return Outcome(error_class=error, message="failed")
+
+
+def batch(cycle: int, outcomes: list[Outcome]) -> tuple[Batch, steps.Executions]:
+    generations = [Generation("p", "c", [1], [2], [0.0]) for _ in outcomes]
+    return Batch(cycle=cycle, generations=generations, seconds=0.0), steps.Executions(outcomes=outcomes, seconds=0.0)
+
+
+def score_and_store(run: steps.RunRef, cycle: int, outcomes: list[Outcome]) -> list[Experience]:
+    """Score a cycle and keep it in the buffer and the archive, as the log step does (without MLflow)."""
+    scored = steps.score(run, *batch(cycle, outcomes))
+    ReplayBuffer(run.config.runs_dir).write(run.name, cycle, scored.experiences)
+    steps.update_archive(run, scored, ReplayBuffer(run.config.runs_dir).frame(run=run.name))
+    return scored.experiences
+
+
+def rewards(experiences: list[Experience]) -> list[float]:
+    return [e.reward for e in experiences]
+
+
+# -- luck correction ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("correction", ["deflated", "shrunk"])
+def test_the_same_sharpe_earns_less_after_many_trials_with_a_luck_correction(tmp_path, pipeline_dataset, correction):
+    fresh = make_run(tmp_path / "fresh", pipeline_dataset, reward=RewardConfig(luck_correction=correction))
+    late = make_run(tmp_path / "late", pipeline_dataset, reward=RewardConfig(luck_correction=correction))
+    for cycle in range(3):  # twelve earlier trials whose Sharpe ratios spread from -1.5 to 1.5
+        score_and_store(late, cycle, [ran(spec(n=10 * cycle + i), -1.5 + cycle + i / 3) for i in range(4)])
+    probe = [ran(spec(n=999), 1.0), failed()]
+
+    first = steps.score(fresh, *batch(3, probe)).experiences
+    after = steps.score(late, *batch(3, probe)).experiences
+    assert after[0].reward < first[0].reward
+    assert after[0].metrics["dsr"] < first[0].metrics["dsr"]
+    assert after[1].reward == first[1].reward == RewardConfig().penalty_format
+
+
+def test_without_a_luck_correction_the_reward_is_the_clipped_sharpe(run):
+    for cycle in range(2):
+        score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), -1.0 + cycle + i / 2) for i in range(4)])
+    experiences = steps.score(run, *batch(2, [ran(spec(n=999), 1.5)])).experiences
+    assert experiences[0].reward == pytest.approx(1.5 / RewardConfig().sharpe_clip)
+
+
+# -- diversity ----------------------------------------------------------------------------------
+
+
+def test_the_novelty_bonus_pays_a_rare_cell_more_than_a_crowded_one(tmp_path, pipeline_dataset):
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=RewardConfig(novelty_weight=0.5))
+    for cycle in range(2):  # (lightgbm, trend) visited eight times
+        score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), 0.3) for i in range(4)])
+    crowded, rare = steps.score(
+        run, *batch(2, [ran(spec(n=500), 0.3), ran(spec(CALENDAR, LOGISTIC, 1), 0.3)])
+    ).experiences
+    assert rare.reward > crowded.reward > 0.3 / 3
+
+
+def test_a_program_that_already_ran_earns_the_copy_penalty(tmp_path, pipeline_dataset):
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=RewardConfig(copy_penalty=0.5))
+    score_and_store(run, 0, [ran(spec(n=100), 0.9)])
+    copy, new = steps.score(run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(n=101), 0.9)])).experiences
+    assert copy.reward == pytest.approx(0.3 - 0.5)
+    assert new.reward == pytest.approx(0.3)
+
+
+def test_with_the_default_weights_the_diversity_terms_change_nothing(run):
+    score_and_store(run, 0, [ran(spec(n=100), 0.9)])
+    experiences = steps.score(run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(VOLUME, LOGISTIC, 1), 0.9)])).experiences
+    assert rewards(experiences) == pytest.approx([0.3, 0.3])
+
+
+def test_a_resumed_cycle_scores_exactly_as_its_first_attempt(tmp_path, pipeline_dataset):
+    options = RewardConfig(luck_correction="deflated", novelty_weight=0.3, copy_penalty=0.5)
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=options)
+    score_and_store(run, 0, [ran(spec(n=100), 0.4), ran(spec(VOLUME, n=1), -0.2), failed()])
+    cycle_1 = [ran(spec(n=100), 0.4), ran(spec(CALENDAR, LOGISTIC, 2), 0.8), failed(ErrorClass.type_error)]
+
+    first_attempt = score_and_store(run, 1, cycle_1)  # then killed before its checkpoint
+    archive_after_first = load_archive(run.config.runs_dir, run.name)
+    resumed = score_and_store(run, 1, cycle_1)
+    assert rewards(resumed) == rewards(first_attempt)
+    assert [e.metrics for e in resumed] == [e.metrics for e in first_attempt]
+    assert load_archive(run.config.runs_dir, run.name) == archive_after_first
+
+
+# -- the archive --------------------------------------------------------------------------------
+
+
+def test_the_log_step_keeps_the_archive_of_the_cycles_so_far(run):
+    score_and_store(run, 0, [ran(spec(n=100), 0.4), ran(spec(VOLUME, LOGISTIC, 1), -0.2), failed()])
+    score_and_store(run, 1, [ran(spec(n=101), 0.9)])
+    archive = load_archive(run.config.runs_dir, run.name)
+    assert archive.cycles == [0, 1]
+    elites = {e.cell: e.sharpe_net for e in archive.elites}
+    assert elites == {("lightgbm", "trend"): 0.9, ("sklearn/linear", "volume"): -0.2}
+    assert archive.qd_score == pytest.approx((0.9 + 3) / 6 + (-0.2 + 3) / 6)
+
+
+def test_an_archive_missing_earlier_cycles_is_rebuilt_from_the_buffer(run):
+    score_and_store(run, 0, [ran(spec(n=100), 0.4), ran(spec(VOLUME, LOGISTIC, 1), -0.2)])
+    save_archive(run.config.runs_dir, load_archive(run.config.runs_dir, "other").model_copy(update={"run": "r"}))
+    score_and_store(run, 1, [ran(spec(n=101), 0.1)])
+    archive = load_archive(run.config.runs_dir, run.name)
+    assert archive.cycles == [0, 1] and len(archive.elites) == 2
+
+
+# -- the cycle's prompts and groups -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "group_size", "sizes"),
+    [(16, 4, [4, 4, 4, 4]), (16, 16, [16]), (2, 4, [2]), (18, 4, [5, 5, 4, 4]), (7, 2, [3, 2, 2])],
+)
+def test_every_prompt_gets_at_least_group_size_completions(batch_size, group_size, sizes):
+    assert steps.group_sizes(batch_size, group_size) == sizes
+
+
+def test_a_prompt_without_elites_is_the_same_for_every_group(tmp_path, pipeline_dataset):
+    run = make_run(tmp_path / "runs", pipeline_dataset, batch_size=8, ppo=PPOConfig(group_size=2))
+    assert steps.cycle_prompts(run, 3) == [run.prompt] * 8
+
+
+def test_inspiration_prompts_differ_by_group_and_a_resumed_cycle_draws_the_same(tmp_path, pipeline_dataset):
+    run = make_run(
+        tmp_path / "runs", pipeline_dataset, prompt_version="v3_inspiration", batch_size=8, ppo=PPOConfig(group_size=2)
+    )
+    assert steps.cycle_prompts(run, 0) == [run.prompt] * 8  # nothing in the archive yet
+    profitable = [(TREND, LIGHTGBM), (VOLUME, LIGHTGBM), (CALENDAR, LOGISTIC), (VOLUME, LOGISTIC), (TREND, LOGISTIC)]
+    score_and_store(run, 0, [ran(spec(f, m, i), 0.5 + i / 10) for i, (f, m) in enumerate(profitable)])
+
+    prompts = steps.cycle_prompts(run, 1)
+    groups = [prompts[i : i + 2] for i in range(0, 8, 2)]
+    assert all(a == b for a, b in groups) and len({a for a, _ in groups}) > 1
+    assert all("net Sharpe" in a for a, _ in groups)
+
+    score_and_store(run, 1, [ran(spec(CALENDAR, LIGHTGBM, 50), 2.5)])  # a killed attempt of cycle 1 was logged
+    assert steps.cycle_prompts(run, 1) == prompts
+
+
+def test_the_group_advantage_needs_two_completions_a_cycle():
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        RunConfig(batch_size=1, ppo=PPOConfig(advantage="group"))
