@@ -21,8 +21,11 @@ the two policies on both windows:
 
 Each difference (final - base) carries a 95% paired bootstrap confidence interval: the N pairs
 (completion i of both policies) are resampled with replacement, `resamples` times, and the
-statistics recomputed on each resample. An interval that contains 0 is a difference the sample
-cannot tell from noise.
+statistics recomputed on each resample. The best-of-16 DSR resamples its unit instead, the pairs of
+blocks (block j of both policies): it is a mean over blocks, and completions resampled one by one
+would be dealt into blocks unlike any the policies wrote (a block with copies of one completion, the
+best ones spread thin), a bias that can put the whole interval on one side of the observed
+difference. An interval that contains 0 is a difference the sample cannot tell from noise.
 
 The prompt is the run's prompt version rendered without elites (for `v3_inspiration` runs the
 same text as `v2_rules`): both policies get the same one. The seed (`EVALUATION_SEED` by default)
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +68,8 @@ MIN_SAMPLES = 64
 
 Which = Literal["base", "final"]
 WINDOWS = ("reward", "holdout")
-STATISTICS = ("run_share", "mean_sharpe", f"best_of_{BEST_OF}_dsr", "family_entropy_bits")
+BEST_OF_STATISTIC = f"best_of_{BEST_OF}_dsr"
+STATISTICS = ("run_share", "mean_sharpe", BEST_OF_STATISTIC, "family_entropy_bits")
 _MOMENTS = ("sharpe_net", "n_bars", "periods_per_year", "skewness", "kurtosis")
 
 
@@ -177,7 +180,7 @@ def _statistics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     return {
         "run_share": float(scored.mean()) if len(scored) else math.nan,
         "mean_sharpe": float(sharpe[scored].mean()) if scored.any() else math.nan,
-        f"best_of_{BEST_OF}_dsr": best_of_k_dsr(arrays, BEST_OF),
+        BEST_OF_STATISTIC: best_of_k_dsr(arrays, BEST_OF),
         "family_entropy_bits": entropy_bits(families),
     }
 
@@ -185,6 +188,12 @@ def _statistics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 def best_of_k_dsr(moments: dict[str, np.ndarray], k: int) -> float:
     """Mean over consecutive blocks of `k` of the DSR of the block's best net Sharpe, deflated for the block's
     scored experiments (0 for a block with none). `moments`: arrays of the Metrics fields in `_MOMENTS`."""
+    values = best_of_k_blocks(moments, k)
+    return float(values.mean()) if len(values) else math.nan
+
+
+def best_of_k_blocks(moments: dict[str, np.ndarray], k: int) -> np.ndarray:
+    """Per consecutive block of `k`: the DSR of the block's best net Sharpe (see `best_of_k_dsr`)."""
     blocks = len(moments["sharpe_net"]) // k
     values = []
     for block in range(blocks):
@@ -206,7 +215,7 @@ def best_of_k_dsr(moments: dict[str, np.ndarray], k: int) -> float:
                 trials_sharpe_variance=float(np.var(sharpes)) / ppy,
             )
         )
-    return statistics.fmean(values) if values else math.nan
+    return np.array(values, dtype=float)
 
 
 def entropy_bits(labels: Sequence[str]) -> float:
@@ -229,6 +238,8 @@ def compare(samples: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> pl.D
         raise ComparisonError("the base and final samples must hold the same indices (the same seeds)")
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, base.height, base.height) for _ in range(resamples)]
+    blocks = base.height // BEST_OF
+    block_draws = [rng.integers(0, blocks, blocks) for _ in range(resamples)]
     rows = []
     for window in WINDOWS:
         base_arrays, final_arrays = _arrays(base, window), _arrays(final, window)
@@ -239,6 +250,8 @@ def compare(samples: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> pl.D
             resampled_final = _statistics({k: v[rows_drawn] for k, v in final_arrays.items()})
             for name in STATISTICS:
                 differences[name].append(resampled_final[name] - resampled_base[name])
+        block_differences = best_of_k_blocks(final_arrays, BEST_OF) - best_of_k_blocks(base_arrays, BEST_OF)
+        differences[BEST_OF_STATISTIC] = [float(block_differences[drawn].mean()) for drawn in block_draws]
         for name in STATISTICS:
             drawn = np.array(differences[name], dtype=float)
             drawn = drawn[~np.isnan(drawn)]

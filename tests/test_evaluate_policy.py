@@ -89,6 +89,27 @@ def test_a_policy_that_runs_more_and_earns_more_shows_intervals_that_exclude_zer
         assert mean["low"] <= mean["difference"] <= mean["high"]
 
 
+def test_the_best_of_16_interval_holds_its_difference_when_one_block_changes():
+    # The end-to-end case a bootstrap of single completions got wrong: one experiment written 48 times
+    # then 16 failures (base), against the same experiment 56 times then another one 8 times (final).
+    # Resampled one by one, completions were dealt into blocks unlike any either policy wrote, and every
+    # resampled difference fell on one side of the observed one.
+    def policy(name: str, sharpes: list[float | None]) -> list[dict]:
+        rows = sample(name, 64, 1.0, 0.0, seed=0)
+        for row, sharpe in zip(rows, sharpes, strict=True):
+            for window in ("reward", "holdout"):
+                row[f"{window}_sharpe_net"] = sharpe
+            if sharpe is None:
+                row |= {"status": "syntax", "family": None, "holdout_status": None}
+        return rows
+
+    base = policy("base", [0.4] * 48 + [None] * 16)
+    final = policy("final", [0.4] * 56 + [1.1] * 8)
+    best = table(base, final)[("reward", f"best_of_{BEST_OF}_dsr")]
+    assert best["difference"] > 0
+    assert best["low"] <= best["difference"] <= best["high"]
+
+
 def test_two_samples_of_the_same_policy_show_intervals_that_contain_zero():
     rows = table(sample("base", 64, 0.8, 0.0, seed=3), sample("final", 64, 0.8, 0.0, seed=4))
     for (window, statistic), row in rows.items():
