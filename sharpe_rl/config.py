@@ -196,6 +196,12 @@ class PPOConfig(_Settings):
     target_kl: float | None = Field(6.0, gt=0, description="Adaptive KL target per sequence (None: fixed coef).")
     # Ziegler et al. use 10,000 samples; an overnight run is 48 × 16 = 768, so the controller would never move.
     kl_horizon: int = Field(256, ge=1, description="Horizon of the adaptive KL controller, in samples.")
+    max_approx_kl: float | None = Field(
+        0.02,
+        gt=0,
+        description="Stop an update's remaining gradient steps once a minibatch's KL (per token, k3) between the "
+        "policy being updated and the one that sampled the batch passes this (CleanRL's target_kl; None: never).",
+    )
     whiten_advantages: bool = Field(True, description="Normalise advantages per batch.")
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."

@@ -213,6 +213,17 @@ def test_updates_raise_the_rewarded_completion_and_lower_the_punished_one(base, 
     assert (stats.value_loss is None) == (advantage == "group")
 
 
+def test_an_update_stops_once_the_policy_has_moved_max_approx_kl_from_the_sampler(base):
+    moving = PPOConfig(learning_rate=5e-2, minibatch_size=1, epochs=4)
+    free = PPOTrainer(tiny_policy(base), moving.model_copy(update={"max_approx_kl": None})).update([REWARDED, PUNISHED])
+    assert free.steps == 8  # 4 epochs x 2 minibatches
+    capped = PPOTrainer(tiny_policy(base), moving.model_copy(update={"max_approx_kl": 1e-4}))
+    stats = capped.update([REWARDED, PUNISHED])
+    # step 1 starts at the sampler (KL 0); step 2 measures the move, passes the cap, and is the last
+    assert stats.steps == 2
+    assert stats.approx_kl > 0
+
+
 def test_the_rollout_entropy_is_the_sampling_policys_before_the_update(base):
     policy = tiny_policy(base)
     batch = collate([REWARDED, PUNISHED], policy.pad_token_id, policy.device)

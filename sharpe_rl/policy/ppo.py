@@ -8,7 +8,8 @@ so this module never samples. `PPOTrainer.update` reads top to bottom, one funct
 3. `token_rewards`      -kl_coef * (old - ref) on every token, the terminal reward on the last one;
                         `sequence_kl` the KL to the reference the stats and the controller use
 4. `gae` / `group_advantages`, then `whiten`
-5. `ppo_losses`         clipped surrogate, clipped value loss, entropy bonus (per minibatch, epochs)
+5. `ppo_losses`         clipped surrogate, clipped value loss, entropy bonus (per minibatch, epochs;
+                        the update stops early once a step measures approx_kl above max_approx_kl)
 6. `AdaptiveKLController.update`  move kl_coef towards target_kl
 
 Written here rather than with TRL: its GRPO/RLOO trainers run their own generation, and its last
@@ -86,6 +87,7 @@ class PPOStats:
     kl_coef: float  # the coefficient used in this update's rewards
     explained_variance: float | None  # of the returns by the old values; None with advantage=group
     logprob_gap: float  # mean |generation log-prob - recomputed log-prob| per token
+    steps: int  # gradient steps taken: epochs x minibatches, fewer when a step's approx_kl passed max_approx_kl
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,8 @@ class PPOTrainer:
         for _ in range(cfg.epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(policy.device)
             for rows in order.split(cfg.minibatch_size):
+                if cfg.max_approx_kl is not None and step_stats and step_stats[-1]["approx_kl"] > cfg.max_approx_kl:
+                    break  # the policy has moved far enough from the one that sampled the batch
                 minibatch = batch.select(rows)
                 width = minibatch.completion_ids.shape[1]
                 step_stats.append(
@@ -243,6 +247,7 @@ class PPOTrainer:
             kl_coef=kl_coef,
             explained_variance=critic_fit,
             logprob_gap=logprob_gap,
+            steps=len(step_stats),
         )
 
     def _minibatch_step(
