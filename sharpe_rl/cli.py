@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sharpe_rl.config import PolicyConfig, RunConfig, TinyPolicyConfig
+from sharpe_rl.config import PolicyConfig, RunConfig, TaskRunnerConfig, TinyPolicyConfig
 from sharpe_rl.data.card import card_for_file
 from sharpe_rl.data.panel import PanelError, format_interval, format_time, load_panel
 from sharpe_rl.data.sources import SourceError, fetch_binance, fetch_sample, import_file
@@ -521,7 +521,7 @@ def run(
             "runs_dir": runs_dir,
             "eval": _RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
             "sandbox": _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
-            "task_runner": {"kind": task_runner.value, "dask_address": dask_address},
+            "task_runner": TaskRunnerConfig.model_construct(kind=task_runner.value, dask_address=dask_address),
             "tracking_uri": tracking_uri,
             "policy": _RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
         }

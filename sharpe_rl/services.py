@@ -75,7 +75,9 @@ def orchestration_environment(runs_dir: Path, *, use_running_server: bool = True
 
 def use_orchestration_environment(runs_dir: Path) -> str | None:
     """Apply `orchestration_environment` to this process (before Prefect is imported); returns the API URL used."""
-    os.environ.update(orchestration_environment(runs_dir))
+    environment = orchestration_environment(runs_dir)
+    Path(environment["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only its last level
+    os.environ.update(environment)
     return os.environ.get("PREFECT_API_URL")
 
 
