@@ -1,10 +1,13 @@
 """What the sandbox costs: one LightGBM experiment in-process, in the process executor and in Docker.
 
 Runs the same typical spec (LightGBM on a few return/volatility/volume features, walk-forward folds
-of the default EvalConfig) three ways and prints the median wall time of each and the overhead of
-each executor over the in-process run; then the bare cost of a locked-down container (start,
-`python -c pass`, remove); then the throughput of N distinct experiments in Docker with 1 and with
-2 workers. Nothing is cached: every run uses a fresh cache directory.
+of the default EvalConfig) four ways and prints the median wall time of each and the overhead of
+each over the in-process run: the process executor and Docker each starting their sandbox on the
+spot (no warm pool), and Docker with its warm pool in its steady state (the container that takes
+the task started, and imported the libraries, while the previous experiment ran); then the bare
+cost of a locked-down container (start, `python -c pass`, remove); then the throughput of N
+distinct experiments in Docker with 1 and with 2 workers. Nothing is cached: every run uses a fresh
+cache directory or a distinct spec.
 
 "In-process" is the same point-in-time protocol with nothing around it: the trusted harness's
 `run_task` drives the experiment side (`worker.serve`) on a thread of this process, over an
@@ -34,6 +37,7 @@ import polars as pl
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.panel import load_panel
 from sharpe_rl.sandbox.contract import SANDBOX_ENV
+from sharpe_rl.sandbox.executor import START_WAIT_SECONDS
 from sharpe_rl.sandbox.image import HARNESS_DIR, ensure_image
 from sharpe_rl.sandbox.runner import Job, SandboxRunner
 from sharpe_rl.spec import ExperimentSpec
@@ -69,8 +73,10 @@ def lightgbm_spec(n_estimators: int) -> ExperimentSpec:
     return ExperimentSpec(name=f"lgbm_{n_estimators}", features=FEATURES, model=MODEL.format(n=n_estimators))
 
 
-def runner(panel, executor: str, cache: Path, workers: int = 1) -> SandboxRunner:
-    sandbox = SandboxConfig(executor=executor, workers=workers, timeout_seconds=3600, memory_mb=4096)
+def runner(panel, executor: str, cache: Path, workers: int = 1, warm_pool: bool = False) -> SandboxRunner:
+    sandbox = SandboxConfig(
+        executor=executor, workers=workers, timeout_seconds=3600, memory_mb=4096, warm_pool=warm_pool
+    )
     return SandboxRunner(panel, EvalConfig(), sandbox, cache)
 
 
@@ -152,9 +158,14 @@ def main() -> None:
     spec = lightgbm_spec(args.estimators)
     print(f"{args.panel.name}: {panel.height:,} rows, {panel.get_column('symbol').n_unique()} symbols; image {image}")
 
-    walls: dict[str, list[float]] = {"in-process": [], "process": [], "docker": []}
+    walls: dict[str, list[float]] = {"in-process": [], "process": [], "docker": [], "docker, warm pool": []}
     inside: list[dict[str, float]] = []
+    inside_warm: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as scratch:
+        # The warm pool's steady state: its container started (and imported the libraries) while the
+        # previous experiment ran. A warm-up experiment fills it; each measured one is a distinct spec.
+        warm = runner(panel, "docker", Path(scratch) / "warm", warm_pool=True)
+        assert warm.run(lightgbm_spec(args.estimators + 1000)).ok
         for i in range(args.repeat):
             walls["in-process"].append(in_process(panel, spec, Path(scratch) / f"inproc{i}"))
             for executor in ("process", "docker"):
@@ -165,17 +176,24 @@ def main() -> None:
                 if executor == "docker":
                     inside.append(result.timings)
                     steps = sandbox.reward_view.test_rows(sandbox.plan.folds).get_column("timestamp").n_unique()
+            time.sleep(START_WAIT_SECONDS / 2)  # the pool's replacement has started and imported by now
+            result = warm.run(lightgbm_spec(args.estimators + 1001 + i))
+            assert result.ok, f"warm docker: {result.status}: {result.message}"
+            walls["docker, warm pool"].append(result.timings["wall"])
+            inside_warm.append(result.timings)
+        warm.close()
         base = statistics.median(walls["in-process"])
         print(f"\none experiment, median of {args.repeat} (seconds)")
         for mode, values in walls.items():
             median = statistics.median(values)
             extra = median - base
             overhead = "" if mode == "in-process" else f"  overhead {extra:+.2f} s ({extra / base:+.1%})"
-            print(f"  {mode:<11} {median:7.2f}{overhead}")
+            print(f"  {mode:<17} {median:7.2f}{overhead}")
         isolation = statistics.median(walls["docker"]) - statistics.median(walls["process"])
         print(f"  docker over the process executor (the cost of the container itself): {isolation:+.2f} s")
-        phases = {key: statistics.median(t[key] for t in inside) for key in ("load", "fit", "predict", "total")}
-        print("  inside the container: " + ", ".join(f"{key} {value:.2f} s" for key, value in phases.items()))
+        for label, timings in (("", inside), (" (warm pool)", inside_warm)):
+            phases = {key: statistics.median(t[key] for t in timings) for key in ("load", "fit", "predict", "total")}
+            print(f"  inside the container{label}: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
         print(f"  {steps} prediction steps: {1000 * phases['predict'] / steps:.2f} ms per step")
 
         containers = [bare_container(image) for _ in range(5)]
