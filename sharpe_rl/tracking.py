@@ -53,8 +53,11 @@ _MAX_TAG_CHARS = 4000
 MAX_CHILD_METRICS = 100
 #: The metric names logged: what the library itself produces. Anything else is recorded as invalid.
 _METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
-#: Error codes by which MLflow refuses a write for what it contains: sending it again cannot help.
-_INVALID_WRITE_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"})
+#: Error codes by which MLflow refuses a write for what it contains, or for a run it no longer has (deleted
+#: for good, or an outbox left from another store): sending it again cannot help.
+_INVALID_WRITE_CODES = frozenset(
+    {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"}
+)
 
 
 def default_tracking_uri(runs_dir: Path) -> str:

@@ -160,6 +160,18 @@ def test_invalid_values_are_recorded_as_such_and_never_raise(tracker, tmp_path):
     assert buffer.experiences("night-1", 0)[0].timings.keys() == batch[0].timings.keys()
 
 
+def test_a_write_for_a_run_the_store_does_not_have_is_set_aside_and_the_others_go_on(tracker):
+    # An outbox left by another store (a runs directory rebuilt under a run killed mid-write) once held
+    # up every later write of the run, each retried and refused ("Run ... not found") forever.
+    stale = {"parent": "f" * 32, "op": "terminate", "status": "FAILED"}
+    tracker.outbox.mkdir(parents=True, exist_ok=True)
+    (tracker.outbox / "00000000000000000001-terminate.json").write_text(json.dumps(stale))
+    tracker.log_cycle(0, {"reward_mean": 0.1}, [experience(0, 0, 1.2)])
+    assert tracker.pending() == []
+    assert len(children(tracker)) == 1
+    assert [p.name for p in (tracker.outbox / "rejected").iterdir()] == ["00000000000000000001-terminate.json"]
+
+
 def test_writes_wait_in_the_outbox_while_the_server_is_down(tmp_path):
     down = Tracker(tmp_path / "runs", "http://127.0.0.1:9", parent_run_id="0123")  # port 9: nothing listens
     down.log_metrics(0, {"reward_mean": 0.1})
