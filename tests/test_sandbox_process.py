@@ -8,6 +8,8 @@ clear error where bubblewrap is missing.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from sandbox_fixtures import features_doing, spec
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
+from sharpe_rl.sandbox.executor import START_WAIT_SECONDS
 from sharpe_rl.sandbox.process_executor import SANDBOX_HARNESS_DIR, ProcessExecutor
 from sharpe_rl.sandbox.runner import SandboxRunner
 
@@ -75,6 +78,20 @@ def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(sandbox_panel, tmp_p
     assert _harnesses() - before == set()
 
 
+def test_a_sandbox_from_the_warm_pool_is_alive_and_comes_at_once():
+    # Started on a thread that ended at once, each pool sandbox was SIGKILLed with it (exit -9, "the
+    # sandbox printed no result"), and a take waited START_WAIT_SECONDS to start one of its own.
+    executor = ProcessExecutor(SandboxConfig(executor="process", **LIMITS))
+    started = time.monotonic()
+    sandbox = executor.pool.take()
+    assert time.monotonic() - started < START_WAIT_SECONDS
+    time.sleep(1.0)
+    assert sandbox.poll() is None
+    sandbox.kill()
+    sandbox.wait()
+    executor.close()
+
+
 def test_without_bubblewrap_it_refuses_to_run_and_says_what_to_install(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(InfrastructureError, match="apt-get install bubblewrap"):
@@ -82,13 +99,15 @@ def test_without_bubblewrap_it_refuses_to_run_and_says_what_to_install(monkeypat
 
 
 def _harnesses() -> set[str]:
-    """The processes on this machine running the sandbox's harness (or what it forked)."""
+    """The processes on this machine running this executor's harness (or what it forked): this Python
+    on the harness's path (a Docker sandbox's harness runs the image's Python)."""
     return {pid for pid in os.listdir("/proc") if pid.isdigit() and _is_harness(pid)}
 
 
 def _is_harness(pid: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return f"{SANDBOX_HARNESS_DIR}/".encode() in cmdline.read()
+            arguments = cmdline.read().split(b"\0")
     except OSError:
         return False
+    return sys.executable.encode() in arguments and f"{SANDBOX_HARNESS_DIR}/harness.py".encode() in arguments

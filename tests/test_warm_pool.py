@@ -18,11 +18,13 @@ class Sandboxes:
         self.discarded: list[int] = []
         self.dead: set[int] = set()
         self.lock = threading.Lock()
+        self.threads: dict[int, threading.Thread] = {}  # the thread that started each one
 
     def start(self) -> int:
         with self.lock:
             number = next(self.numbers)
             self.started.append(number)
+            self.threads[number] = threading.current_thread()
         return number
 
     def alive(self, number: int) -> bool:
@@ -77,3 +79,16 @@ def test_without_a_pool_every_take_starts_a_sandbox_on_the_spot():
     assert [pool.take(), pool.take()] == [0, 1]
     pool.close()
     assert sandboxes.discarded == []
+
+
+def test_the_threads_that_start_sandboxes_outlive_them_while_the_pool_is_open():
+    # bubblewrap's --die-with-parent kills a sandbox when the thread that started it ends: the process
+    # executor's pool once started each sandbox on a thread of its own that ended at once.
+    sandboxes = Sandboxes()
+    pool = pool_of(2, sandboxes)
+    taken = [pool.take() for _ in range(3)]
+    settle(sandboxes, 5)
+    time.sleep(0.2)
+    assert all(sandboxes.threads[number].is_alive() for number in sandboxes.started if number not in taken)
+    assert all(sandboxes.threads[number].is_alive() for number in taken)
+    pool.close()

@@ -72,6 +72,10 @@ class WarmPool(Generic[Sandbox]):
 
     `start` makes a sandbox whose harness waits for its task, `alive` says whether one still waits,
     `discard` removes one. With size 0 every take starts a sandbox on the spot.
+
+    The pool starts its sandboxes on one thread of its own that lives as long as the pool: a sandbox
+    may live only as long as the thread that started it (bubblewrap's `--die-with-parent` is tied to
+    that thread, and a sandbox started on a short-lived thread was SIGKILLed as the thread ended).
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class WarmPool(Generic[Sandbox]):
         self._lock = threading.Lock()
         self._closed = False
         self._filled = False  # filled at the first take: a run whose results all come from the cache starts nothing
+        self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True: start one; False: stop
+        self._starter: threading.Thread | None = None
 
     def take(self) -> Sandbox:
         """A waiting sandbox (started now when none comes in time); a replacement starts in the background.
@@ -113,6 +119,7 @@ class WarmPool(Generic[Sandbox]):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        self._requests.put(False)
         while True:
             try:
                 self._discard(self._ready.get_nowait())
@@ -120,7 +127,16 @@ class WarmPool(Generic[Sandbox]):
                 return
 
     def _refill(self) -> None:
-        threading.Thread(target=self._add_one, daemon=True, name="sandbox-warm-pool").start()
+        with self._lock:
+            if self._starter is None:
+                self._starter = threading.Thread(target=self._start_requested, daemon=True, name="sandbox-warm-pool")
+                self._starter.start()
+        self._requests.put(True)
+
+    def _start_requested(self) -> None:
+        """The pool's own thread: start a sandbox per request until the pool closes."""
+        while self._requests.get():
+            self._add_one()
 
     def _add_one(self) -> None:
         try:
