@@ -174,13 +174,17 @@ def _arrays(rows: pl.DataFrame, window: str) -> dict[str, np.ndarray]:
 
 
 def _statistics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    return _completion_statistics(arrays) | {BEST_OF_STATISTIC: best_of_k_dsr(arrays, BEST_OF)}
+
+
+def _completion_statistics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """The statistics whose unit is one completion (the best-of-k one's is a block of k)."""
     sharpe = arrays["sharpe_net"]
     scored = ~np.isnan(sharpe)
     families = [f for f in arrays["family"][scored] if f is not None]
     return {
         "run_share": float(scored.mean()) if len(scored) else math.nan,
         "mean_sharpe": float(sharpe[scored].mean()) if scored.any() else math.nan,
-        BEST_OF_STATISTIC: best_of_k_dsr(arrays, BEST_OF),
         "family_entropy_bits": entropy_bits(families),
     }
 
@@ -246,10 +250,10 @@ def compare(samples: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> pl.D
         observed_base, observed_final = _statistics(base_arrays), _statistics(final_arrays)
         differences: dict[str, list[float]] = {name: [] for name in STATISTICS}
         for rows_drawn in draws:
-            resampled_base = _statistics({k: v[rows_drawn] for k, v in base_arrays.items()})
-            resampled_final = _statistics({k: v[rows_drawn] for k, v in final_arrays.items()})
-            for name in STATISTICS:
-                differences[name].append(resampled_final[name] - resampled_base[name])
+            resampled_base = _completion_statistics({k: v[rows_drawn] for k, v in base_arrays.items()})
+            resampled_final = _completion_statistics({k: v[rows_drawn] for k, v in final_arrays.items()})
+            for name, value in resampled_final.items():
+                differences[name].append(value - resampled_base[name])
         block_differences = best_of_k_blocks(final_arrays, BEST_OF) - best_of_k_blocks(base_arrays, BEST_OF)
         differences[BEST_OF_STATISTIC] = [float(block_differences[drawn].mean()) for drawn in block_draws]
         for name in STATISTICS:
