@@ -92,6 +92,16 @@ def test_a_sandbox_from_the_warm_pool_is_alive_and_comes_at_once():
     executor.close()
 
 
+def test_a_python_environment_under_tmp_stays_visible(monkeypatch):
+    # A checkout under /tmp (its .venv there) once failed every experiment with "bwrap: execvp
+    # /tmp/.../python": the sandbox's own /tmp was mounted over the environment's bind.
+    monkeypatch.setattr(sys, "prefix", "/tmp/checkout/.venv")
+    command = ProcessExecutor(SandboxConfig(executor="process", warm_pool=False)).command()
+    tmpfs = command.index("--tmpfs")
+    bind = next(i for i in range(len(command) - 1) if command[i : i + 2] == ["--ro-bind", "/tmp/checkout/.venv"])
+    assert tmpfs < bind
+
+
 def test_without_bubblewrap_it_refuses_to_run_and_says_what_to_install(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(InfrastructureError, match="apt-get install bubblewrap"):

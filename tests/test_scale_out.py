@@ -94,7 +94,8 @@ def announced(name: str, features: str) -> str:
     """Features whose module says which experiment it is (the experiment's stdout is the container's stderr):
     the task reaches a container on its stdin, a warm one before the task exists, so its log is how a
     watcher can tell."""
-    return f"print('{ANNOUNCE}{name}', flush=True)\n{features}"
+    # then a second's work, so that a watcher polling two engines sees even an experiment that fails at once
+    return f"print('{ANNOUNCE}{name}', flush=True)\nsum(i * i for i in range(10_000_000))\n{features}"
 
 
 ANNOUNCE = "experiment-under-watch: "

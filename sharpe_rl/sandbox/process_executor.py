@@ -98,12 +98,13 @@ class ProcessExecutor:
                 command += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 command += ["--ro-bind", top, top]
+        # The sandbox's own /tmp before the environment's binds: a checkout's venv under /tmp stays visible.
+        command += ["--proc", "/proc", "--dev", "/dev", "--size", str(cfg.tmpfs_mb * 2**20), "--tmpfs", "/tmp"]
         for prefix in sorted({sys.base_prefix, sys.prefix}):
             if not prefix.startswith("/usr/"):
                 command += ["--ro-bind", prefix, prefix]
         for name, path in HARNESS_FILES.items():
             command += ["--ro-bind", str(path), f"{SANDBOX_HARNESS_DIR}/{name}"]
-        command += ["--proc", "/proc", "--dev", "/dev", "--size", str(cfg.tmpfs_mb * 2**20), "--tmpfs", "/tmp"]
         command += ["--chdir", "/tmp", "--clearenv"]
         environment = {**SANDBOX_ENV, **PRELOAD, "PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"}
         for key, value in environment.items():
