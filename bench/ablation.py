@@ -12,6 +12,11 @@ against its final checkpoint, `--n` completions each, on the reward window and t
                (bench/luck_correction.py), all but a failure's, which leaves PPO nothing to learn
                among the experiments that run.
 
+and, asked for with `--configs`, `inspiration`: the diversity terms and the prompt
+`v3_inspiration` (a few elites of the archive's other cells rendered into each prompt group's
+prompt). `--learning-rate` sets PPO's (a run's name then carries it, so runs at different rates
+live side by side in one runs directory).
+
 Per configuration it prints (and writes to `--out`, JSON) the largest model-family share and
 the family entropy (the whole run, and its last block of 6 cycles), the archive's coverage and QD
 score at the end, the failure rate (whole run, last block), and the evaluate-policy comparison;
@@ -23,7 +28,8 @@ a finished run is not run again, and a stored comparison of a run's final checkp
 Run it again after an interruption with the same arguments.
 
     .venv/bin/python bench/ablation.py --policy runs/policy/tiny [--cycles 24] [--batch 16] [--seed 0]
-        [--configs plain diversity shrunk] [--runs-dir runs] [--out runs/ablation.json] [--plot docs/ablation.png]
+        [--learning-rate 3e-4] [--configs plain diversity shrunk inspiration]
+        [--runs-dir runs] [--out runs/ablation.json] [--plot docs/ablation.png]
 """
 
 from __future__ import annotations
@@ -36,20 +42,25 @@ from typing import Any
 
 import polars as pl
 
-from sharpe_rl.config import PolicyConfig, RewardConfig, RunConfig, SandboxConfig
+from sharpe_rl.config import PolicyConfig, PPOConfig, RewardConfig, RunConfig, SandboxConfig
 from sharpe_rl.services import orchestration_environment
 
 CONFIGS: dict[str, RewardConfig] = {
     "plain": RewardConfig(),
     "diversity": RewardConfig(novelty_weight=0.2, copy_penalty=0.5),
     "shrunk": RewardConfig(novelty_weight=0.2, copy_penalty=0.5, luck_correction="shrunk"),
+    "inspiration": RewardConfig(novelty_weight=0.2, copy_penalty=0.5),  # and the prompt v3_inspiration
 }
+#: The prompt of each configuration that does not use the default one.
+PROMPTS = {"inspiration": "v3_inspiration"}
 BLOCK = 6  # cycles per block of the per-block figures
 
 
 def run_config(name: str, args: argparse.Namespace) -> RunConfig:
+    default_lr = PPOConfig().learning_rate
+    lr_suffix = "" if args.learning_rate == default_lr else f"-lr{args.learning_rate:g}"
     return RunConfig(
-        name=f"ablation-{name}-s{args.seed}",
+        name=f"ablation-{name}-s{args.seed}{lr_suffix}",
         cycles=args.cycles,
         batch_size=args.batch,
         dataset=args.data,
@@ -58,6 +69,8 @@ def run_config(name: str, args: argparse.Namespace) -> RunConfig:
         sandbox=SandboxConfig(workers=args.workers),
         reward=CONFIGS[name],
         policy=PolicyConfig(model=str(args.policy)),
+        ppo=PPOConfig(learning_rate=args.learning_rate),
+        **({"prompt_version": PROMPTS[name]} if name in PROMPTS else {}),
     )
 
 
@@ -205,7 +218,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n", type=int, default=64, help="completions per policy in evaluate-policy")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["plain", "diversity", "shrunk"])
+    parser.add_argument("--learning-rate", type=float, default=PPOConfig().learning_rate, help="PPO's (adapters)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--out", type=Path, default=Path("runs/ablation.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/ablation.png"))

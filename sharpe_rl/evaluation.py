@@ -52,6 +52,12 @@ from sharpe_rl.spec import ExperimentSpec, SpecError
 
 log = logging.getLogger(__name__)
 
+#: What one `make_features` call costs in the sandbox, for the workload estimate a run prints: a typical
+#: feature set (nine pandas columns on 512 bars, the call and its row handed back) took 1.4 ms on one
+#: 2-core machine and 3.2 ms on another (bench/sandbox_overhead.py: the predict phase over its steps and
+#: symbols). The slower figure, so that the warning comes early rather than late.
+SECONDS_PER_FEATURE_CALL = 0.0032
+
 
 class DatasetMismatch(RuntimeError):
     """The dataset at the ref's path is not the one the run was started on."""
@@ -142,6 +148,37 @@ class Evaluation:
         """The sandbox runner (with Docker: a client of the engine DOCKER_HOST names, and the image)."""
         ref = self.ref
         return SandboxRunner(self.panel, ref.eval, ref.sandbox, ref.cache_dir, seed=ref.seed, run_id=ref.run_id)
+
+    @cached_property
+    def feature_calls(self) -> int:
+        """The make_features calls one experiment makes on the reward window (the harness's point-in-time steps).
+
+        One per symbol with a bar at each rebalance time of the test folds: the harness asks for
+        predictions every `rebalance_bars` bars of the timeline, counted from the first test bar.
+        """
+        times = self.panel.get_column("timestamp").unique().sort()
+        first_scored = times.search_sorted(self.plan.folds[0].test_start, side="left")
+        asked = pl.Series("timestamp", [], dtype=times.dtype)
+        for fold in self.plan.folds:
+            first = times.search_sorted(fold.test_start, side="left")
+            last = times.search_sorted(fold.test_end, side="right")
+            start = first + (-(first - first_scored)) % self.ref.eval.rebalance_bars
+            asked = asked.append(times[start:last].gather_every(self.ref.eval.rebalance_bars))
+        return self.panel.filter(pl.col("timestamp").is_in(asked.implode())).height
+
+    def workload(self) -> str:
+        """One experiment's point-in-time workload, and a warning when it is unlikely to fit in the time limit."""
+        seconds = self.feature_calls * SECONDS_PER_FEATURE_CALL
+        limit = self.ref.sandbox.timeout_seconds
+        text = f"{self.feature_calls:,} make_features calls per experiment (about {seconds:,.0f} s)"
+        if seconds > limit:
+            text += (
+                f"\nwarning: at about {1000 * SECONDS_PER_FEATURE_CALL:.1f} ms a call, an experiment needs about "
+                f"{seconds:,.0f} s, past the sandbox's {limit:g} s limit: most experiments will time out. Rebalance "
+                "less often (eval.rebalance_every), use fewer symbols or a shorter dataset, or raise "
+                "sandbox.timeout_seconds."
+            )
+        return text
 
     def score(self, result: ExecutionResult) -> Metrics | None:
         """Host-side metrics of an executed experiment on the reward window (None when it failed)."""

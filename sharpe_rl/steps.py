@@ -172,7 +172,8 @@ def start(config: RunConfig) -> RunRef:
     description = (
         f"run {name}: {where}, {config.cycles} cycles × {config.batch_size} experiments on {config.dataset} "
         f"({len(dataset.symbols)} symbols, reward window to {dataset.plan.reward_end:%Y-%m-%d}); "
-        f"executions on {_where_executions_run(config)}; MLflow: {tracker.run_url_hint}"
+        f"executions on {_where_executions_run(config)}; MLflow: {tracker.run_url_hint}\n"
+        f"point-in-time: {dataset.workload()}"
     )
     return RunRef(
         config=config,

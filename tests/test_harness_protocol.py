@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
+from sharpe_rl.evaluation import EvaluationRef, load_evaluation
 from sharpe_rl.sandbox.image import HARNESS_DIR
 from sharpe_rl.sandbox.runner import Job, SandboxRunner
 from sharpe_rl.spec import ExperimentSpec
@@ -149,3 +150,26 @@ def test_the_first_fold_trains_before_any_test_bar_is_sent(tmp_path):
     assert worker.timestamps[first_fit_rows - 1] <= job.folds[0].to_wire()["train_end"]
     assert worker.asked_at[0] == job.folds[0].to_wire()["test_start"]
     assert timedelta(0) < job.folds[0].test_start - job.folds[0].train_end
+
+
+@pytest.mark.parametrize("eval_cfg", [EvalConfig(), EvalConfig(horizon=3, embargo=1), EvalConfig(rebalance_every=5), EvalConfig(rebalance_every=7)])
+def test_the_workload_a_run_announces_counts_the_feature_calls_the_harness_asks_for(tmp_path, eval_cfg):
+    job, worker, _ = run(eval_cfg, tmp_path)
+    rows = job.view.test_rows(job.folds).get_column("timestamp").dt.epoch("ns")
+    asked_rows = int(rows.is_in(worker.asked_at).sum())  # one make_features call per symbol at each asked bar
+    dataset = tmp_path / "panel.parquet"
+    panel().write_parquet(dataset)
+    ref = EvaluationRef.of(dataset, eval_cfg, SandboxConfig(executor="process"), tmp_path / "cache")
+    loaded = load_evaluation(ref)
+    assert loaded.feature_calls == asked_rows
+    assert loaded.workload().startswith(f"{asked_rows:,} make_features calls per experiment")
+    assert "warning" not in loaded.workload()
+
+
+def test_a_run_whose_experiments_cannot_finish_in_the_time_limit_is_warned(tmp_path):
+    dataset = tmp_path / "panel.parquet"
+    panel().write_parquet(dataset)
+    tight = SandboxConfig(executor="process", timeout_seconds=0.1)
+    loaded = load_evaluation(EvaluationRef.of(dataset, EvalConfig(), tight, tmp_path / "cache"))
+    assert "past the sandbox's 0.1 s limit: most experiments will time out" in loaded.workload()
+    assert "eval.rebalance_every" in loaded.workload()
