@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from spec_snippets import LIGHTGBM, LOGISTIC, TREND, TREND_AND_VOLUME
 
 from sharpe_rl.analysis.classify import FEATURE_BLOCKS, GRID_CELLS
 from sharpe_rl.analysis.quality_diversity import archive_by_cycle, elite_grid, grid_table
@@ -21,32 +22,6 @@ from sharpe_rl.experience import Experience
 from sharpe_rl.reset import reset_runs
 from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.spec import ExperimentSpec
-
-TREND = """
-def make_features(df):
-    out = df[[]].copy()
-    out["ma_ratio"] = df["close"].rolling(5).mean() / df["close"].rolling(20).mean()
-    return out
-"""
-TREND_AND_VOLUME = """
-def make_features(df):
-    out = df[[]].copy()
-    out["ma_ratio"] = df["close"].rolling(5).mean() / df["close"].rolling(20).mean()
-    out["volume_ratio"] = df["volume"] / df["volume"].rolling(20).mean()
-    return out
-"""
-LIGHTGBM = """
-from lightgbm import LGBMClassifier
-
-def make_model():
-    return LGBMClassifier(n_estimators={n}, verbose=-1)
-"""
-LOGISTIC = """
-from sklearn.linear_model import LogisticRegression
-
-def make_model():
-    return LogisticRegression(C={n})
-"""
 
 
 def experiment(

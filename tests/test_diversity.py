@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from spec_snippets import LIGHTGBM, TREND, TREND_AND_CALENDAR, VOLUME
 
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import RewardConfig
@@ -11,31 +12,6 @@ from sharpe_rl.experience import Experience
 from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.spec import ExperimentSpec
 
-TREND_FEATURES = """
-def make_features(df):
-    out = df[[]].copy()
-    out["ma_ratio"] = df["close"].rolling(5).mean() / df["close"].rolling(20).mean()
-    return out
-"""
-VOLUME_FEATURES = """
-def make_features(df):
-    out = df[[]].copy()
-    out["volume_ratio"] = df["volume"] / df["volume"].rolling(20).mean()
-    return out
-"""
-TREND_AND_CALENDAR_FEATURES = """
-def make_features(df):
-    out = df[[]].copy()
-    out["ma_ratio"] = df["close"].rolling(5).mean() / df["close"].rolling(20).mean()
-    out["weekday"] = df.index.dayofweek
-    return out
-"""
-LIGHTGBM = """
-from lightgbm import LGBMClassifier
-
-def make_model():
-    return LGBMClassifier(n_estimators=100, learning_rate=0.05, verbose=-1)
-"""
 TORCH = """
 import torch
 
@@ -125,7 +101,7 @@ def scored(
 
 def crowded_history(n: int = 10) -> list[Experience]:
     """n scored LightGBM-on-trend experiments from cycle 0, each a different program."""
-    return [scored(spec(TREND_FEATURES, LIGHTGBM.replace("100", str(100 + i))), index=i, cycle=0) for i in range(n)]
+    return [scored(spec(TREND, LIGHTGBM.format(n=100 + i)), index=i, cycle=0) for i in range(n)]
 
 
 # -- novelty ------------------------------------------------------------------------------------
@@ -133,8 +109,8 @@ def crowded_history(n: int = 10) -> list[Experience]:
 
 def test_a_rare_cell_earns_more_than_a_crowded_one():
     history = Visits.from_experiences(crowded_history(10))
-    crowded = scored(spec(TREND_FEATURES, LIGHTGBM.replace("100", "999")), index=0)
-    rare = scored(spec(VOLUME_FEATURES, TORCH), index=1)
+    crowded = scored(spec(TREND, LIGHTGBM.format(n=999)), index=0)
+    rare = scored(spec(VOLUME, TORCH), index=1)
     bonuses = novelty([crowded, rare], history)
     assert bonuses == [pytest.approx(1 / 11**0.5), 1.0]  # 10 earlier + itself; a first visit
     rewards = diversity_rewards([crowded, rare], history, RewardConfig(novelty_weight=0.2))
@@ -143,26 +119,25 @@ def test_a_rare_cell_earns_more_than_a_crowded_one():
 
 
 def test_the_batch_counts_too_and_its_order_does_not_matter():
-    twins = [scored(spec(VOLUME_FEATURES, TORCH.replace("2)", f"{k})")), index=k) for k in range(2, 6)]
+    twins = [scored(spec(VOLUME, TORCH.replace("2)", f"{k})")), index=k) for k in range(2, 6)]
     assert novelty(twins, Visits()) == [0.5] * 4  # four visits to (torch, volume) in this batch
     assert novelty(list(reversed(twins)), Visits()) == [0.5] * 4
 
 
 def test_the_least_visited_cell_decides():
     history = Visits.from_experiences(crowded_history(10))
-    adds_a_calendar_feature = scored(spec(TREND_AND_CALENDAR_FEATURES, LIGHTGBM))
+    adds_a_calendar_feature = scored(spec(TREND_AND_CALENDAR, LIGHTGBM.format(n=100)))
     assert novelty([adds_a_calendar_feature], history) == [1.0]  # (lightgbm, calendar) was never visited
 
 
 def test_failures_earn_no_bonus_keep_their_rung_and_do_not_crowd_a_cell():
     failed = [
-        scored(spec(VOLUME_FEATURES, TORCH), index=i, cycle=0, reward=-1.25, error_class=ErrorClass.type_error)
-        for i in range(5)
+        scored(spec(VOLUME, TORCH), index=i, cycle=0, reward=-1.25, error_class=ErrorClass.type_error) for i in range(5)
     ]
     history = Visits.from_experiences(failed)
     assert sum(history.cells.values()) == 0
-    fails_again = scored(spec(VOLUME_FEATURES, TORCH), index=0, reward=-1.25, error_class=ErrorClass.type_error)
-    works = scored(spec(VOLUME_FEATURES, TORCH.replace("2)", "3)")), index=1)
+    fails_again = scored(spec(VOLUME, TORCH), index=0, reward=-1.25, error_class=ErrorClass.type_error)
+    works = scored(spec(VOLUME, TORCH.replace("2)", "3)")), index=1)
     cfg = RewardConfig(novelty_weight=0.5, copy_penalty=0.5)
     assert novelty([fails_again, works], history) == [0.0, 1.0]
     assert diversity_rewards([fails_again, works], history, cfg) == [-1.25, pytest.approx(0.6)]
@@ -246,7 +221,7 @@ def test_visits_read_from_the_buffer_equal_visits_of_the_experiences(tmp_path):
     earlier = [
         *crowded_history(4),
         scored(ORIGINAL.model_dump_json(), index=4, cycle=0),
-        scored(spec(VOLUME_FEATURES, TORCH), index=5, cycle=0, reward=-1.25, error_class=ErrorClass.type_error),
+        scored(spec(VOLUME, TORCH), index=5, cycle=0, reward=-1.25, error_class=ErrorClass.type_error),
         scored(None, index=6, cycle=0, reward=-1.5, error_class=ErrorClass.json_parse, executed=False),
     ]
     buffer = ReplayBuffer(tmp_path)

@@ -152,7 +152,10 @@ def test_the_first_fold_trains_before_any_test_bar_is_sent(tmp_path):
     assert timedelta(0) < job.folds[0].test_start - job.folds[0].train_end
 
 
-@pytest.mark.parametrize("eval_cfg", [EvalConfig(), EvalConfig(horizon=3, embargo=1), EvalConfig(rebalance_every=5), EvalConfig(rebalance_every=7)])
+@pytest.mark.parametrize(
+    "eval_cfg",
+    [EvalConfig(), EvalConfig(horizon=3, embargo=1), EvalConfig(rebalance_every=5), EvalConfig(rebalance_every=7)],
+)
 def test_the_workload_a_run_announces_counts_the_feature_calls_the_harness_asks_for(tmp_path, eval_cfg):
     job, worker, _ = run(eval_cfg, tmp_path)
     rows = job.view.test_rows(job.folds).get_column("timestamp").dt.epoch("ns")

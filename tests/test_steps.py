@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from spec_snippets import CALENDAR, LIGHTGBM, LOGISTIC, TREND, VOLUME
 
 from sharpe_rl import steps
 from sharpe_rl.archive import load_archive, save_archive
@@ -25,37 +26,6 @@ from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.scoring import Metrics
 from sharpe_rl.spec import ExperimentSpec
-
-TREND = """
-def make_features(df):
-    out = df[[]].copy()
-    out["ma_ratio"] = df["close"].rolling(5).mean() / df["close"].rolling(20).mean()
-    return out
-"""
-VOLUME = """
-def make_features(df):
-    out = df[[]].copy()
-    out["volume_ratio"] = df["volume"] / df["volume"].rolling(20).mean()
-    return out
-"""
-CALENDAR = """
-def make_features(df):
-    out = df[[]].copy()
-    out["weekday"] = df.index.dayofweek
-    return out
-"""
-LIGHTGBM = """
-from lightgbm import LGBMClassifier
-
-def make_model():
-    return LGBMClassifier(n_estimators={n}, verbose=-1)
-"""
-LOGISTIC = """
-from sklearn.linear_model import LogisticRegression
-
-def make_model():
-    return LogisticRegression(C={n})
-"""
 
 
 def make_run(runs_dir: Path, dataset: Path, **updates) -> steps.RunRef:
