@@ -17,7 +17,15 @@ from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC, features_
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
-from sharpe_rl.sandbox.docker_executor import CREATED_LABEL, RUN_LABEL, reap_containers
+from sharpe_rl.sandbox.contract import IDLE_SECONDS
+from sharpe_rl.sandbox.docker_executor import (
+    CREATED_LABEL,
+    EXPIRES_LABEL,
+    RUN_LABEL,
+    DockerExecutor,
+    reap_containers,
+)
+from sharpe_rl.sandbox.executor import HOST_GRACE_SECONDS
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.sandbox.runner import SandboxRunner
 from sharpe_rl.spec import ExperimentSpec
@@ -467,6 +475,41 @@ def test_the_reaper_removes_containers_a_crashed_run_left(sandbox_image):
     assert len(client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})) == 1
     assert reap_containers(client, run_id=run_id) == 1
     assert client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
+
+
+def test_a_new_executor_removes_the_expired_containers_a_killed_process_left(sandbox_image):
+    client = docker.from_env()
+    run_id = f"killed-{time.time_ns()}"
+
+    def container(expires: float) -> str:
+        return client.containers.run(
+            sandbox_image,
+            entrypoint=["sleep", "600"],
+            detach=True,
+            network_mode="none",
+            labels={RUN_LABEL: run_id, CREATED_LABEL: str(int(time.time())), EXPIRES_LABEL: str(int(expires))},
+        ).id
+
+    expired, running = container(time.time() - 3600), container(time.time() + 3600)
+    try:
+        DockerExecutor(SandboxConfig(image=sandbox_image, warm_pool=False), run_id="another-run")
+        left = {c["Id"] for c in client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})}
+        assert left == {running}  # the one past its expiry is gone; one still within it is never touched
+        assert expired not in left
+    finally:
+        reap_containers(client, run_id=run_id)
+
+
+def test_every_sandbox_container_carries_an_expiry_past_its_idle_wait_and_time_limit(sandbox_image):
+    config = SandboxConfig(image=sandbox_image, warm_pool=False, timeout_seconds=30)
+    executor = DockerExecutor(config, run_id=f"expiry-{time.time_ns()}")
+    before = time.time()
+    container = executor._start()
+    try:
+        expires = float(container.labels[EXPIRES_LABEL])
+        assert before + IDLE_SECONDS + 30 <= expires <= time.time() + IDLE_SECONDS + 30 + HOST_GRACE_SECONDS + 1
+    finally:
+        container.remove(force=True)
 
 
 def test_a_missing_image_is_an_infrastructure_error_that_says_what_to_do(sandbox_panel, tmp_path):

@@ -16,6 +16,10 @@ Guarantees (each one has a test in tests/test_sandbox_docker.py or tests/test_re
   the other out.
 - Nothing survives a run: every container is removed in a `finally`; containers carry the labels
   `sharpe-rl.run` and `sharpe-rl.created`, and `reap_containers` removes those a crashed run left.
+  Each also carries `sharpe-rl.expires`, the time by which its harness has exited whatever happened
+  (the idle wait for a task, then the time limit): every new executor removes the expired ones of
+  any run from its engine, so a process killed mid-experiment (a lost Dask worker) leaves nothing
+  behind for longer than that on the engine it used.
 - Runs are independent: a fresh container and tmpfs each time, never reused. Up to `workers`
   containers are started ahead of their tasks (`SandboxConfig.warm_pool`), their libraries
   imported while they wait; each still runs one task and is removed.
@@ -41,7 +45,7 @@ from docker.types import LogConfig, Ulimit
 
 from sharpe_rl.config import SandboxConfig
 from sharpe_rl.sandbox import InfrastructureError
-from sharpe_rl.sandbox.contract import SANDBOX_ENV
+from sharpe_rl.sandbox.contract import IDLE_SECONDS, SANDBOX_ENV
 from sharpe_rl.sandbox.executor import PRELOAD, RawOutcome, WarmPool, decode_tail, host_time_limit
 from sharpe_rl.sandbox.image import docker_client, image_exists, image_tag
 
@@ -49,6 +53,9 @@ log = logging.getLogger(__name__)
 
 RUN_LABEL = "sharpe-rl.run"
 CREATED_LABEL = "sharpe-rl.created"
+EXPIRES_LABEL = "sharpe-rl.expires"
+#: Seconds past its expiry before a container is reaped (its start, clocks).
+EXPIRY_MARGIN_SECONDS = 60
 SANDBOX_USER = "10001:10001"
 #: What the Docker SDK raises when the engine fails or goes away (a lost connection is a requests error).
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -70,6 +77,7 @@ class DockerExecutor:
                 "(or `.venv/bin/python sandbox_image/build.py`)"
             )
         self.pool = WarmPool(config.workers if config.warm_pool else 0, self._start, _waiting, _remove)
+        reap_expired_containers(self.client)
 
     def execute(self, task: bytes) -> RawOutcome:
         started = time.perf_counter()
@@ -123,7 +131,11 @@ class DockerExecutor:
                 log_config=LogConfig(
                     type=LogConfig.types.JSON, config={"max-size": f"{cfg.output_limit_kb}k", "max-file": "1"}
                 ),
-                labels={RUN_LABEL: self.run_id, CREATED_LABEL: str(int(time.time()))},
+                labels={
+                    RUN_LABEL: self.run_id,
+                    CREATED_LABEL: str(int(time.time())),
+                    EXPIRES_LABEL: str(int(time.time() + IDLE_SECONDS + host_time_limit(cfg))),
+                },
             )
         except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"the Docker engine could not create the sandbox container: {exc}") from exc
@@ -184,4 +196,29 @@ def reap_containers(
             removed += 1
         except docker.errors.NotFound:
             pass  # it finished and was removed meanwhile
+    return removed
+
+
+def reap_expired_containers(client: docker.DockerClient) -> int:
+    """Remove the sandbox containers of any run that are past their expiry (see the module docstring)."""
+    removed = 0
+    deadline = time.time() - EXPIRY_MARGIN_SECONDS
+    try:
+        summaries = client.api.containers(all=True, filters={"label": EXPIRES_LABEL})
+    except ENGINE_ERRORS as exc:
+        log.warning("could not list expired sandbox containers: %s", exc)
+        return 0
+    for summary in summaries:
+        try:
+            expired = float(summary.get("Labels", {}).get(EXPIRES_LABEL, "inf")) < deadline
+        except ValueError:
+            continue
+        if expired:
+            try:
+                client.api.remove_container(summary["Id"], force=True)
+                removed += 1
+            except ENGINE_ERRORS:  # removed meanwhile, or the engine is busy: the next executor tries again
+                pass
+    if removed:
+        log.info("removed %d expired sandbox container(s) left by processes that ended without removing them", removed)
     return removed
