@@ -34,8 +34,10 @@ Not guaranteed:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import docker
 import docker.errors
@@ -183,42 +185,44 @@ def reap_containers(
     With neither argument it removes every sandbox container, so call it with one when another run
     may be live. Returns how many were removed.
     """
-    client = client or docker_client()
-    label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
-    removed = 0
     now = time.time()
-    for summary in client.api.containers(all=True, filters={"label": label}):
+
+    def old_enough(summary: dict) -> bool:
         created = float(summary.get("Labels", {}).get(CREATED_LABEL, summary.get("Created", now)))
-        if older_than is not None and now - created < older_than:
+        return older_than is None or now - created >= older_than
+
+    label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
+    return _remove_containers(client or docker_client(), label, old_enough)
+
+
+def reap_expired_containers(client: docker.DockerClient) -> int:
+    """Remove the sandbox containers of any run that are past their expiry (see the module docstring)."""
+    deadline = time.time() - EXPIRY_MARGIN_SECONDS
+
+    def expired(summary: dict) -> bool:
+        with contextlib.suppress(ValueError):
+            return float(summary.get("Labels", {}).get(EXPIRES_LABEL, "inf")) < deadline
+        return False
+
+    try:
+        removed = _remove_containers(client, EXPIRES_LABEL, expired)
+    except ENGINE_ERRORS as exc:  # the engine is busy or failing: the next executor tries again
+        log.warning("could not remove expired sandbox containers: %s", exc)
+        return 0
+    if removed:
+        log.info("removed %d expired sandbox container(s) left by processes that ended without removing them", removed)
+    return removed
+
+
+def _remove_containers(client: docker.DockerClient, label: str, condition: Callable[[dict], bool]) -> int:
+    """Remove the containers carrying `label` (`key` or `key=value`) that meet `condition`; how many."""
+    removed = 0
+    for summary in client.api.containers(all=True, filters={"label": label}):
+        if not condition(summary):
             continue
         try:
             client.api.remove_container(summary["Id"], force=True)
             removed += 1
         except docker.errors.NotFound:
             pass  # it finished and was removed meanwhile
-    return removed
-
-
-def reap_expired_containers(client: docker.DockerClient) -> int:
-    """Remove the sandbox containers of any run that are past their expiry (see the module docstring)."""
-    removed = 0
-    deadline = time.time() - EXPIRY_MARGIN_SECONDS
-    try:
-        summaries = client.api.containers(all=True, filters={"label": EXPIRES_LABEL})
-    except ENGINE_ERRORS as exc:
-        log.warning("could not list expired sandbox containers: %s", exc)
-        return 0
-    for summary in summaries:
-        try:
-            expired = float(summary.get("Labels", {}).get(EXPIRES_LABEL, "inf")) < deadline
-        except ValueError:
-            continue
-        if expired:
-            try:
-                client.api.remove_container(summary["Id"], force=True)
-                removed += 1
-            except ENGINE_ERRORS:  # removed meanwhile, or the engine is busy: the next executor tries again
-                pass
-    if removed:
-        log.info("removed %d expired sandbox container(s) left by processes that ended without removing them", removed)
     return removed
