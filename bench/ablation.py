@@ -229,7 +229,6 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
     os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
     os.environ.update(orchestration_environment(args.runs_dir, use_running_server=False))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine starts it slowly
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict[str, Any]] = {}

@@ -93,7 +93,6 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-cycle-phases-"))
     os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
     os.environ.update(orchestration_environment(scratch, use_running_server=False))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine starts it slowly
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     print(f"policy {args.policy}, data {args.data}, {args.workers} workers, load average {os.getloadavg()}")
     try:

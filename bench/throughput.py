@@ -1,12 +1,12 @@
 """Experiments per minute through the pipeline's execute step, against what the machine can do at best.
 
-The same batch of distinct honest experiments (several model families, each with its own
-parameters, so nothing is cached) goes, after a warm-up (Prefect's temporary server, the
-workers' imports, the sandbox warm pool: the state of every cycle of a run but its first), through `tasks.execute.execute_experiment` on the task
-runners a run can use: local threads with 1 and with 2 workers, and a two-worker Dask cluster
-on this machine (a scheduler and two worker processes of one thread each). Each mode starts from
-an empty cache. Printed per mode: wall time, experiments per minute, and the CPU the containers,
-the Docker engine and this process used.
+The same batch of distinct honest experiments (several model families, each with its own parameters,
+so nothing is cached) goes, after a warm-up (Prefect's temporary server, the workers' imports, the
+sandbox warm pool: the state of every cycle of a run but its first), through
+`tasks.execute.execute_experiment` on the task runners a run can use: local threads with 1 and with
+2 workers, and a two-worker Dask cluster on this machine (a scheduler and two worker processes of
+one thread each). Each mode starts from an empty cache. Printed per mode: wall time, experiments per
+minute, and the CPU the containers, the Docker engine and this process used.
 
 The machine's limit is its cores divided by the mean CPU seconds one experiment costs (measured in
 the serial run: the sandbox containers' CPU from the cgroup `docker` parent, the engine's, and the
@@ -166,7 +166,6 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-throughput-"))
     os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
     os.environ.update(orchestration_environment(scratch, use_running_server=False))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine starts it slowly
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     from sharpe_rl.sandbox.image import docker_client, ensure_image
 

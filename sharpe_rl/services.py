@@ -56,11 +56,20 @@ def local_timezone() -> str:
     return "UTC"
 
 
+#: Seconds a command waits for Prefect's temporary local server to answer (Prefect's default, 20 s,
+#: is too short on a busy 2-core machine: a run failed with "Timed out while attempting to connect to
+#: ephemeral Prefect API server" while the test suite and an ablation shared the machine).
+EPHEMERAL_SERVER_STARTUP_SECONDS = 180
+
+
 def orchestration_environment(runs_dir: Path, *, use_running_server: bool = True) -> dict[str, str]:
     """Environment for Prefect and MLflow: state under runs_dir, no telemetry, the local server when it is up."""
     env = {
         "PREFECT_HOME": os.environ.get("PREFECT_HOME", str((runs_dir / "prefect").resolve())),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_SERVER_STARTUP_SECONDS)
+        ),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "SHARPE_RL_HOME": str(PROJECT_ROOT),
         "SHARPE_RL_TIMEZONE": os.environ.get("SHARPE_RL_TIMEZONE", local_timezone()),

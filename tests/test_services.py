@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
-from sharpe_rl.services import use_orchestration_environment
+from sharpe_rl.services import (
+    EPHEMERAL_SERVER_STARTUP_SECONDS,
+    orchestration_environment,
+    use_orchestration_environment,
+)
 
 
 def test_a_runs_directory_that_does_not_exist_yet_gets_its_prefect_home(tmp_path, monkeypatch):
@@ -15,3 +19,14 @@ def test_a_runs_directory_that_does_not_exist_yet_gets_its_prefect_home(tmp_path
     use_orchestration_environment(runs)
     assert os.environ["PREFECT_HOME"] == str((runs / "prefect").resolve())
     assert (runs / "prefect").is_dir()
+
+
+def test_a_busy_machine_gets_time_to_start_prefects_temporary_server_and_a_users_setting_wins(tmp_path, monkeypatch):
+    # Prefect's own 20 s were too few on a busy 2-core machine: `sharpe-rl run` failed with "Timed out
+    # while attempting to connect to ephemeral Prefect API server".
+    key = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")})
+    assert orchestration_environment(tmp_path)[key] == str(EPHEMERAL_SERVER_STARTUP_SECONDS)
+    assert EPHEMERAL_SERVER_STARTUP_SECONDS >= 120
+    monkeypatch.setitem(os.environ, key, "30")
+    assert orchestration_environment(tmp_path)[key] == "30"
