@@ -297,6 +297,10 @@ class SandboxRunner:
                 timings={**report.timings.model_dump(), "wall": outcome.wall_seconds},
                 peak_memory_mb=report.peak_memory_mb,
             )
+            if report.status not in ("ok", ErrorClass.out_of_memory) and outcome.oom_killed:
+                # a process of the experiment's was killed at the limit, and the experiment failed after it
+                message = f"a process of the experiment was killed at the {cfg.memory_mb} MB memory limit"
+                return _Attempt(status=ErrorClass.out_of_memory, message=message, traceback=report.traceback, **base)
             if report.status != "ok":
                 return _Attempt(status=report.status, message=report.message, traceback=report.traceback, **base)
             assert report.p_up is not None  # the report model guarantees it for "ok"
