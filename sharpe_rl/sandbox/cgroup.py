@@ -146,10 +146,10 @@ class Cgroup:
             time.sleep(0.02)
 
 
-def hierarchy() -> Hierarchy | None:
-    """Where this process can make sandbox cgroups with all three controllers, or None."""
-    membership = _membership()
-    mounts = _mounts()
+def hierarchy(proc: Path = Path("/proc/self")) -> Hierarchy | None:
+    """Where this process (whose /proc directory is `proc`) can make sandbox cgroups with all three controllers."""
+    membership = _membership(proc / "cgroup")
+    mounts = _mounts(proc / "mountinfo")
     v1 = {}
     for controller in CONTROLLERS:
         for (version, options), (mount_point, mount_root) in mounts.items():
@@ -165,22 +165,22 @@ def hierarchy() -> Hierarchy | None:
     return None
 
 
-def _membership() -> dict[str, str]:
-    """controller -> this process's cgroup path in its hierarchy ("" is the v2 hierarchy)."""
+def _membership(cgroup_file: Path) -> dict[str, str]:
+    """controller -> the process's cgroup path in its hierarchy ("" is the v2 hierarchy)."""
     membership = {}
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
+        for line in cgroup_file.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
             for controller in controllers.split(",") if controllers else [""]:
                 membership[controller] = path
     return membership
 
 
-def _mounts() -> dict[tuple[int, str], tuple[Path, str]]:
+def _mounts(mountinfo: Path) -> dict[tuple[int, str], tuple[Path, str]]:
     """(version, the v1 mount's options) -> (mount point, root of the hierarchy mounted there)."""
     mounts = {}
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        for line in mountinfo.read_text().splitlines():
             before, _, after = line.partition(" - ")
             fields, (fstype, _, super_options) = before.split(), after.split(" ", 2)
             if fstype in ("cgroup", "cgroup2"):
