@@ -45,6 +45,11 @@ class EvalConfig(_Settings):
         ge=2,
         description="Bars of history make_features gets per symbol at each prediction step (up to the one predicted).",
     )
+    timing_only: bool = Field(
+        True,
+        description="Pay timing, not static tilts: each symbol's average weight over a fold is taken out of its "
+        "positions before returns (a fixed ranking earns nothing; costs are paid on the positions held).",
+    )
 
     @property
     def rebalance_bars(self) -> int:

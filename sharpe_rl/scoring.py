@@ -24,9 +24,19 @@ Positions
     the first scored bar — and held unchanged in between (weights are constant, price drift inside
     the holding period is not traded). A held asset that stops being tradable is closed.
 
+Timing, not tilts (`EvalConfig.timing_only`, on by default)
+    A fixed ranking (long two coins, short one, for the whole window) is a bet on relative drift
+    chosen in hindsight through the reward, not a forecast. So returns are earned by each weight
+    minus that symbol's average weight over its fold's scored bars (the fold of each bar is the
+    `fold` column of the predictions; one fold when there is none): a ranking that never changes
+    within a fold earns nothing but its costs, and what changes over time (a slow momentum rank)
+    still earns. Costs are paid on the weights actually held.
+
 Returns and costs
-    gross_t = Σ_i w_{t,i} r_{t+1,i};  turnover_t = Σ_i |w_{t,i} − w_{t−1,i}| with w_{−1} = 0 (the
-    initial entry is paid; the final exit is not);  net_t = gross_t − fee_bps / 1e4 × turnover_t.
+    gross_t = Σ_i (w_{t,i} − w̄_{f(t),i}) r_{t+1,i}, w̄_{f,i} the average weight of symbol i over the
+    scored bars of fold f (0 when `timing_only` is off);  turnover_t = Σ_i |w_{t,i} − w_{t−1,i}| with
+    w_{−1} = 0 (the initial entry is paid; the final exit is not);  net_t = gross_t − fee_bps / 1e4 ×
+    turnover_t.
     The scored bars run from the first to the last predicted bar that has a next bar; bars inside
     that span without a usable prediction are flat and still count.
 
@@ -67,8 +77,6 @@ from sharpe_rl.sandbox.contract import ErrorClass
 MIN_SCORED_BARS = 2
 #: A per-bar return standard deviation below this is a flat strategy, not a very steady one.
 ZERO_VARIANCE_STD = 1e-12
-#: Predictions of one symbol that never move by more than this carry no timing information.
-CONSTANT_SPREAD = 1e-9
 EULER_MASCHERONI = 0.5772156649015329
 _YEAR = timedelta(days=365)
 _TIMESTAMP = pl.Datetime("us", "UTC")
@@ -83,7 +91,6 @@ class Degenerate(StrEnum):
     duplicate_bars = "duplicate_bars"  # two predictions for one (timestamp, symbol)
     out_of_range = "out_of_range"  # p_up outside [0, 1] or infinite
     all_nan = "all_nan"  # not one finite prediction
-    constant = "constant_predictions"  # no symbol's prediction ever changes: no timing information
     too_few_bars = "too_few_bars"  # fewer than MIN_SCORED_BARS scored returns
     zero_variance = "zero_variance"  # the strategy's net returns do not move (always flat)
 
@@ -134,15 +141,29 @@ class Backtest:
 
 
 @dataclass(frozen=True)
-class _Book:
-    timestamps: np.ndarray  # scored bars, datetime64[us]
+class Market:
+    """The scored bars of a panel as arrays: what any prediction set on those bars is scored against."""
+
+    bar_of: pl.DataFrame  # timestamp -> bar (position in the panel's timeline)
+    column_of: pl.DataFrame  # symbol -> column
+    timestamps: np.ndarray  # the scored bars, datetime64[us]
     symbols: list[str]
-    weights: np.ndarray  # (bars, symbols)
+    first_bar: int  # the first scored bar's position in the timeline
+    next_return: np.ndarray  # (scored bars, symbols): close-to-close return of the next bar, 0 where not tradable
+    tradable: np.ndarray  # (scored bars, symbols): a finite positive close at t and t + 1
+    fold: np.ndarray  # the fold of each scored bar
+    periods_per_year: float
+
+
+@dataclass(frozen=True)
+class Book:
+    """The weights a probability matrix takes on a market, and what they earn per bar."""
+
+    weights: np.ndarray  # (bars, symbols): held
     gross: np.ndarray
     turnover: np.ndarray
     cost: np.ndarray
     net: np.ndarray
-    periods_per_year: float
 
 
 def score_predictions(
@@ -160,47 +181,41 @@ def score_predictions(
     sets on one panel (it must be `detect_interval(panel)`, e.g. from the data card).
     """
     try:
-        book = _run_book(predictions, panel, cfg, bar_interval)
+        scored, held = _run_book(predictions, panel, cfg, bar_interval)
     except DegeneratePredictions as exc:
         return Metrics(valid=False, reason=exc.reason, message=exc.message)
-    if float(np.std(book.net)) < ZERO_VARIANCE_STD:
-        return Metrics(
-            valid=False,
-            reason=Degenerate.zero_variance,
-            message="the net returns never move: every position is flat or the strategy cannot trade",
-            n_bars=len(book.net),
-        )
-    return _metrics(book)
+    return metrics_of(held, scored.periods_per_year)
 
 
 def backtest(
     predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, *, bar_interval: timedelta | None = None
 ) -> Backtest:
     """The weights and per-bar returns `score_predictions` scores; raises `DegeneratePredictions`."""
-    book = _run_book(predictions, panel, cfg, bar_interval)
-    n_bars, n_symbols = book.weights.shape
-    timestamps = pl.Series("timestamp", book.timestamps).dt.replace_time_zone("UTC")
+    scored, held = _run_book(predictions, panel, cfg, bar_interval)
+    n_bars, n_symbols = held.weights.shape
+    timestamps = pl.Series("timestamp", scored.timestamps).dt.replace_time_zone("UTC")
     weights = pl.DataFrame(
         {
             "timestamp": timestamps.gather(np.repeat(np.arange(n_bars), n_symbols)),
-            "symbol": pl.Series(book.symbols, dtype=pl.String).gather(np.tile(np.arange(n_symbols), n_bars)),
-            "weight": book.weights.ravel(),
+            "symbol": pl.Series(scored.symbols, dtype=pl.String).gather(np.tile(np.arange(n_symbols), n_bars)),
+            "weight": held.weights.ravel(),
         }
     )
     returns = pl.DataFrame(
         {
             "timestamp": timestamps,
-            "gross_return": book.gross,
-            "turnover": book.turnover,
-            "cost": book.cost,
-            "net_return": book.net,
+            "gross_return": held.gross,
+            "turnover": held.turnover,
+            "cost": held.cost,
+            "net_return": held.net,
         }
     )
-    return Backtest(weights=weights, returns=returns, periods_per_year=book.periods_per_year)
+    return Backtest(weights=weights, returns=returns, periods_per_year=scored.periods_per_year)
 
 
-def _run_book(predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, bar_interval: timedelta | None) -> _Book:
-    predictions = _clean_predictions(predictions)
+def market(panel: pl.DataFrame, rows: pl.DataFrame, *, bar_interval: timedelta | None = None) -> Market:
+    """The market that prediction rows `(timestamp, symbol, fold)` are scored on: from their first bar to their last
+    bar that has a next bar in `panel`; raises `DegeneratePredictions` when a row is not a bar of the panel."""
     panel = panel.select(pl.col("timestamp").cast(_TIMESTAMP), "symbol", "close")
     timeline = panel.get_column("timestamp").unique().sort()
     symbols = panel.get_column("symbol").unique().sort()
@@ -210,9 +225,10 @@ def _run_book(predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, b
         )
     bar_of = pl.DataFrame({"timestamp": timeline, "bar": np.arange(timeline.len())})
     column_of = pl.DataFrame({"symbol": symbols, "column": np.arange(symbols.len())})
-
     priced = panel.join(bar_of, on="timestamp").join(column_of, on="symbol")
-    located = predictions.join(priced, on=["timestamp", "symbol"], how="left")
+    located = rows.select(pl.col("timestamp").cast(_TIMESTAMP), pl.col("symbol").cast(pl.String), "fold").join(
+        priced, on=["timestamp", "symbol"], how="left"
+    )
     unknown = located.filter(pl.col("bar").is_null())
     if unknown.height:
         first = unknown.row(0, named=True)
@@ -221,21 +237,17 @@ def _run_book(predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, b
             f"{unknown.height} predictions are for (timestamp, symbol) bars the scored panel does not have "
             f"(first: {first['symbol']} at {first['timestamp']})",
         )
-
     shape = (timeline.len(), symbols.len())
     close = np.full(shape, np.nan)
     close[priced.get_column("bar").to_numpy(), priced.get_column("column").to_numpy()] = priced.get_column(
         "close"
     ).to_numpy()
-    probability = np.full(shape, np.nan)
-    bars = located.get_column("bar").to_numpy()
-    probability[bars, located.get_column("column").to_numpy()] = located.get_column("p_up").to_numpy()
-
     with np.errstate(invalid="ignore", divide="ignore"):
         next_return = close[1:] / close[:-1] - 1.0
     # a return exists only between two finite positive closes; anything else is "cannot trade"
     tradable = np.isfinite(next_return) & (close[:-1] > 0) & (close[1:] > 0)
 
+    bars = located.get_column("bar").to_numpy()
     first_bar = int(bars.min())
     last_bar = min(int(bars.max()), shape[0] - 2)  # the panel's last bar has no next bar
     n_scored = last_bar - first_bar + 1
@@ -246,28 +258,62 @@ def _run_book(predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, b
             "that have a next bar in the panel)",
         )
     scored = slice(first_bar, last_bar + 1)
-    tradable = tradable[scored]
-    next_return = np.where(tradable, next_return[scored], 0.0)
-    usable = tradable & np.isfinite(probability[scored])
-    target = _target_weights(probability[scored], usable, cfg.scheme)
-
-    # hold the weights set at each rebalance bar; close what can no longer be traded
-    rebalance_bar = np.arange(n_scored) // cfg.rebalance_bars * cfg.rebalance_bars
-    weights = np.where(tradable, target[rebalance_bar], 0.0)
-
-    gross = (weights * next_return).sum(axis=1)
-    turnover = np.abs(np.diff(weights, axis=0, prepend=np.zeros((1, shape[1])))).sum(axis=1)
-    cost = cfg.fee_bps / 1e4 * turnover
-    return _Book(
+    # each scored bar's fold: the (latest) fold predicted at it, else the fold of the bar before
+    fold = np.full(shape[0], -1, dtype=np.int64)
+    np.maximum.at(fold, bars, located.get_column("fold").to_numpy().astype(np.int64))
+    fold = np.maximum.accumulate(fold[scored])
+    return Market(
+        bar_of=bar_of,
+        column_of=column_of,
         timestamps=timeline.to_numpy()[scored],
         symbols=symbols.to_list(),
-        weights=weights,
-        gross=gross,
-        turnover=turnover,
-        cost=cost,
-        net=gross - cost,
+        first_bar=first_bar,
+        next_return=np.where(tradable[scored], next_return[scored], 0.0),
+        tradable=tradable[scored],
+        fold=fold,
         periods_per_year=_YEAR / (bar_interval or detect_interval(panel)),
     )
+
+
+def book(market: Market, probability: np.ndarray, cfg: EvalConfig) -> Book:
+    """What a probability matrix (scored bars × symbols, NaN for none) earns on `market` (see the module docstring)."""
+    usable = market.tradable & np.isfinite(probability)
+    target = _target_weights(probability, usable, cfg.scheme)
+    n_scored, n_symbols = probability.shape
+    # hold the weights set at each rebalance bar; close what can no longer be traded
+    rebalance_bar = np.arange(n_scored) // cfg.rebalance_bars * cfg.rebalance_bars
+    weights = np.where(market.tradable, target[rebalance_bar], 0.0)
+    earning = weights - _fold_means(weights, market.fold) if cfg.timing_only else weights
+    gross = (earning * market.next_return).sum(axis=1)
+    turnover = np.abs(np.diff(weights, axis=0, prepend=np.zeros((1, n_symbols)))).sum(axis=1)
+    cost = cfg.fee_bps / 1e4 * turnover
+    return Book(weights=weights, gross=gross, turnover=turnover, cost=cost, net=gross - cost)
+
+
+def _fold_means(weights: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each bar's row of its fold's average weights."""
+    folds, bar_fold = np.unique(fold, return_inverse=True)
+    sums = np.zeros((len(folds), weights.shape[1]))
+    np.add.at(sums, bar_fold, weights)
+    return (sums / np.bincount(bar_fold)[:, None])[bar_fold]
+
+
+def _run_book(
+    predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, bar_interval: timedelta | None
+) -> tuple[Market, Book]:
+    predictions = _clean_predictions(predictions)
+    scored = market(panel, predictions, bar_interval=bar_interval)
+    located = (
+        predictions.join(scored.bar_of, on="timestamp")
+        .join(scored.column_of, on="symbol")
+        .with_columns(pl.col("bar") - scored.first_bar)
+        .filter(pl.col("bar") < len(scored.timestamps))
+    )
+    probability = np.full(scored.next_return.shape, np.nan)
+    probability[located.get_column("bar").to_numpy(), located.get_column("column").to_numpy()] = located.get_column(
+        "p_up"
+    ).to_numpy()
+    return scored, book(scored, probability, cfg)
 
 
 def _clean_predictions(predictions: pl.DataFrame) -> pl.DataFrame:
@@ -281,6 +327,7 @@ def _clean_predictions(predictions: pl.DataFrame) -> pl.DataFrame:
         cleaned = predictions.select(
             pl.col("timestamp").cast(_TIMESTAMP),
             pl.col("symbol").cast(pl.String),
+            pl.col("fold").cast(pl.Int64) if "fold" in predictions.columns else pl.lit(0, pl.Int64).alias("fold"),
             pl.col("p_up").cast(pl.Float64).fill_null(float("nan")),
         )
     except pl.exceptions.PolarsError as exc:
@@ -301,16 +348,6 @@ def _clean_predictions(predictions: pl.DataFrame) -> pl.DataFrame:
         raise DegeneratePredictions(
             Degenerate.too_few_bars, f"predictions for {n_predicted_bars} bar(s); scoring needs {MIN_SCORED_BARS}"
         )
-    spread = (
-        cleaned.filter(pl.col("p_up").is_not_nan())
-        .group_by("symbol")
-        .agg((pl.col("p_up").max() - pl.col("p_up").min()).alias("spread"))
-        .get_column("spread")
-    )
-    if spread.max() <= CONSTANT_SPREAD:
-        raise DegeneratePredictions(
-            Degenerate.constant, "the predictions never change over time for any symbol: the model ignores its features"
-        )
     return cleaned
 
 
@@ -329,8 +366,16 @@ def _target_weights(
     return np.divide(demeaned, gross, out=np.zeros_like(demeaned), where=(gross > 0) & (n_usable >= 2))
 
 
-def _metrics(book: _Book) -> Metrics:
-    ppy = book.periods_per_year
+def metrics_of(book: Book, periods_per_year: float) -> Metrics:
+    """The metrics of a book (invalid, `zero_variance`, when its net returns never move)."""
+    if float(np.std(book.net)) < ZERO_VARIANCE_STD:
+        return Metrics(
+            valid=False,
+            reason=Degenerate.zero_variance,
+            message="the net returns never move: every position is flat or the strategy cannot trade",
+            n_bars=len(book.net),
+        )
+    ppy = periods_per_year
     net = book.net
     n_bars = len(net)
     sharpe_per_bar = _sharpe_per_bar(net)

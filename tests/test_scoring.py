@@ -27,7 +27,9 @@ from sharpe_rl.scoring import (
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
-NO_FEES = EvalConfig(scheme="per_asset", fee_bps=0)
+#: The mechanics of positions and costs, tested with what positions earn in full (timing_only off); what
+#: timing_only takes out is tested on its own below.
+NO_FEES = EvalConfig(scheme="per_asset", fee_bps=0, timing_only=False)
 
 
 def make_panel(closes: dict[str, list[float | None]], step: timedelta = DAY) -> pl.DataFrame:
@@ -149,7 +151,7 @@ TWO_ASSET_PREDICTIONS = make_predictions({"A": [0.9, 0.9, 0.2], "B": [0.5, 0.1, 
 
 
 def test_turnover_and_costs_on_two_assets_by_hand():
-    book = backtest(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(scheme="per_asset", fee_bps=10))
+    book = backtest(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(scheme="per_asset", fee_bps=10, timing_only=False))
     # per asset (2p − 1) / 2: A 0.4, 0.4, −0.3; B 0.0, −0.4, −0.4
     weights = book.weights.sort("timestamp", "symbol").get_column("weight").to_list()
     assert weights == pytest.approx([0.4, 0.0, 0.4, -0.4, -0.3, -0.4])
@@ -160,7 +162,9 @@ def test_turnover_and_costs_on_two_assets_by_hand():
     # cost = 10 bps × turnover
     assert book.returns.get_column("cost").to_list() == pytest.approx([0.0004, 0.0004, 0.0007])
     assert book.returns.get_column("net_return").to_list() == pytest.approx([0.0396, -0.0804, 0.0793])
-    metrics = score_predictions(TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(scheme="per_asset", fee_bps=10))
+    metrics = score_predictions(
+        TWO_ASSET_PREDICTIONS, TWO_ASSETS, EvalConfig(scheme="per_asset", fee_bps=10, timing_only=False)
+    )
     assert metrics.turnover == pytest.approx(1.5 / 3)
     net = np.array([0.0396, -0.0804, 0.0793])
     assert metrics.sharpe_net == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(365))
@@ -168,7 +172,11 @@ def test_turnover_and_costs_on_two_assets_by_hand():
 
 
 @pytest.mark.parametrize(
-    "cfg", [EvalConfig(scheme="per_asset", rebalance_every=2), EvalConfig(scheme="per_asset", horizon=2)]
+    "cfg",
+    [
+        EvalConfig(scheme="per_asset", rebalance_every=2, timing_only=False),
+        EvalConfig(scheme="per_asset", horizon=2, timing_only=False),
+    ],
 )
 def test_positions_are_held_between_rebalances(cfg):
     book = backtest(TWO_ASSET_PREDICTIONS, TWO_ASSETS, cfg)
@@ -260,21 +268,6 @@ def _degenerate_cases() -> list[tuple[str, pl.DataFrame, pl.DataFrame, EvalConfi
         ("p_up not numeric", varied.with_columns(p_up=pl.lit("high")), PANEL, NO_FEES, Degenerate.bad_schema),
         ("all NaN", varied.with_columns(p_up=float("nan")), PANEL, NO_FEES, Degenerate.all_nan),
         ("all null", varied.with_columns(p_up=pl.lit(None, pl.Float64)), PANEL, NO_FEES, Degenerate.all_nan),
-        ("one constant", varied.with_columns(p_up=0.7), PANEL, NO_FEES, Degenerate.constant),
-        (
-            "constant up to float noise",
-            varied.with_columns(p_up=0.7 + 1e-12 * pl.int_range(pl.len())),
-            PANEL,
-            NO_FEES,
-            Degenerate.constant,
-        ),
-        (
-            "constant per symbol",
-            make_predictions({"A": [0.7] * 4, "B": [0.2, math.nan, 0.2, 0.2]}),
-            PANEL,
-            NO_FEES,
-            Degenerate.constant,
-        ),
         ("one bar", varied.filter(pl.col("timestamp") == START), PANEL, NO_FEES, Degenerate.too_few_bars),
         (
             "only the last bar, which has no next bar",
@@ -345,8 +338,8 @@ def test_degenerate_input_is_invalid_with_a_reason_and_no_nan(predictions, panel
 
 
 def test_backtest_raises_what_score_predictions_reports():
-    with pytest.raises(DegeneratePredictions, match="constant_predictions"):
-        backtest(make_predictions({"A": [0.6] * 4}), PANEL, NO_FEES)
+    with pytest.raises(DegeneratePredictions, match="all_nan"):
+        backtest(make_predictions({"A": [math.nan] * 4}), PANEL, NO_FEES)
 
 
 def test_nanosecond_prediction_timestamps_are_accepted():
@@ -422,3 +415,60 @@ def _deflate_panel() -> pl.DataFrame:
             "volume": np.ones(200),
         }
     ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+
+
+# --- timing, not static tilts (timing_only, the default) --------------------------------------------
+
+
+def test_a_fixed_ranking_earns_nothing_but_its_entry_cost():
+    # A drifts up, C down, B between: long A and short C for the whole window is a hindsight bet on
+    # relative drift. In full it pays handsomely; as timing it earns nothing, and pays its entry.
+    rng = np.random.default_rng(5)
+    drift = {"A": 0.004, "B": 0.0, "C": -0.004}
+    panel = make_panel({s: closes_from_returns(list(rng.normal(d, 0.01, 120))) for s, d in drift.items()})
+    fixed = make_predictions({"A": [0.9] * 120, "B": [0.5] * 120, "C": [0.1] * 120})
+    wiggle = fixed.with_columns(p_up=pl.col("p_up") + 2e-9 * (pl.int_range(pl.len()) % 7))  # ranks unchanged
+    in_full = score_predictions(fixed, panel, EvalConfig(timing_only=False))
+    assert in_full.valid and in_full.sharpe_net > 5
+    for predictions in (fixed, wiggle):
+        timing = backtest(predictions, panel, EvalConfig())
+        net = timing.returns.get_column("net_return").to_numpy()
+        assert timing.returns.get_column("gross_return").to_numpy() == pytest.approx(np.zeros(len(net)), abs=1e-15)
+        assert net[0] == pytest.approx(-10 / 1e4 * 1.0) and not net[1:].any()  # the entry (gross 1), then nothing
+        assert score_predictions(predictions, panel, EvalConfig()).sharpe_net < 0
+
+
+def test_a_ranking_fixed_within_each_fold_earns_nothing_and_one_that_changes_does():
+    rng = np.random.default_rng(6)
+    panel = make_panel({s: closes_from_returns(list(rng.normal(0, 0.01, 80))) for s in ("A", "B")})
+    # fold 0 long A, fold 1 long B: static inside each fold (a tilt per fold)
+    per_fold = pl.concat(
+        [
+            make_predictions({"A": [0.8] * 40, "B": [0.2] * 40}).with_columns(fold=pl.lit(0)),
+            make_predictions({"A": [0.2] * 40, "B": [0.8] * 40}, first_bar=40).with_columns(fold=pl.lit(1)),
+        ]
+    )
+    gross = backtest(per_fold, panel, EvalConfig(fee_bps=0)).returns.get_column("gross_return").to_numpy()
+    assert gross == pytest.approx(np.zeros(len(gross)), abs=1e-15)
+    # knowing which of the two does better over the next bar is timing: it earns about as much as in full
+    close = {s: panel.filter(pl.col("symbol") == s).get_column("close").to_numpy() for s in ("A", "B")}
+    a_beats_b = close["A"][1:] / close["A"][:-1] > close["B"][1:] / close["B"][:-1]
+    up = {"A": [*a_beats_b.astype(float), 0.5], "B": [*(~a_beats_b).astype(float), 0.5]}
+    timing = score_predictions(make_predictions(up), panel, EvalConfig(fee_bps=0))
+    full = score_predictions(make_predictions(up), panel, EvalConfig(fee_bps=0, timing_only=False))
+    assert timing.valid and timing.sharpe_net > 10 and timing.sharpe_net == pytest.approx(full.sharpe_net, rel=0.2)
+
+
+def test_timing_returns_are_the_weights_minus_their_fold_average_by_hand():
+    # two folds of two bars; one asset, weights 2p - 1: 0.8, 0.4 | 0.0, -0.4; the fold means 0.6 | -0.2
+    panel = make_panel({"A": [100, 110, 99, 99, 108.9]})  # next-bar returns +0.1, -0.1, 0, +0.1
+    predictions = pl.concat(
+        [
+            make_predictions({"A": [0.9, 0.7]}).with_columns(fold=pl.lit(0)),
+            make_predictions({"A": [0.5, 0.3]}, first_bar=2).with_columns(fold=pl.lit(1)),
+        ]
+    )
+    cfg = EvalConfig(scheme="per_asset", fee_bps=0)
+    returns = backtest(predictions, panel, cfg).returns.get_column("gross_return").to_list()
+    # earning weights 0.8 - 0.6 = 0.2, 0.4 - 0.6 = -0.2 | 0.0 + 0.2 = 0.2, -0.4 + 0.2 = -0.2
+    assert returns == pytest.approx([0.2 * 0.1, -0.2 * -0.1, 0.2 * 0.0, -0.2 * 0.1])
