@@ -40,7 +40,7 @@ from sharpe_rl.analysis.classify import classify
 from sharpe_rl.checks import check_completion
 from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig, RewardConfig, SandboxConfig
 from sharpe_rl.data.panel import detect_interval, load_panel
-from sharpe_rl.evaluation import EvaluationRef, evaluate
+from sharpe_rl.evaluation import EvaluationRef, evaluate, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import make_generator
 from sharpe_rl.policy.model import load_policy
@@ -88,7 +88,11 @@ def noise_rewards(completions: list[str], cycle: int, mean: float, noise: float,
 def sandbox_rewards(completions: list[str], ref: EvaluationRef, cfg: RewardConfig, workers: int):
     with ThreadPoolExecutor(workers) as pool:
         outcomes = list(pool.map(lambda c: evaluate(c, ref), completions))
-    return [(o.reward(cfg), o.status, classify(o.spec).model_family if o.spec is not None else None) for o in outcomes]
+    sigma = load_evaluation(ref).noskill.sigma
+    return [
+        (o.reward(cfg, noskill_sigma=sigma), o.status, classify(o.spec).model_family if o.spec is not None else None)
+        for o in outcomes
+    ]
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import polars as pl
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +23,9 @@ from sharpe_rl.data.card import card_for_file
 from sharpe_rl.data.panel import PanelError, format_interval, format_time, load_panel
 from sharpe_rl.data.sources import SourceError, fetch_binance, fetch_sample, import_file
 from sharpe_rl.data.sources.local import UNKNOWN_LICENCE
+from sharpe_rl.data.splits import ProtocolError, fold_rows, plan_evaluation, reward_panel, timeline
+from sharpe_rl.noskill import no_skill_band
+from sharpe_rl.scoring import reward_cap_sharpe
 
 # Torch's OpenMP threads spin while they wait for work. On a machine that is busy with anything
 # else (the sandbox image's build beside `build-policy` in `make run`, experiments in containers),
@@ -171,6 +175,7 @@ def data_info(
     )
     for note in card.notes:
         summary.add_row("note", note)
+    summary.add_row("no skill", _band_line(file, panel))
     stdout.print(f"[bold]{file}[/bold]")
     stdout.print(summary)
     table = Table("symbol", "first bar", "last bar")
@@ -187,6 +192,19 @@ def data_info(
             f"{stats.zero_volume_bars:,}",
         )
     stdout.print(table)
+
+
+def _band_line(file: Path, panel: pl.DataFrame) -> str:
+    """The panel's no-skill band under the default evaluation, and the warning when it is wide."""
+    evaluation = _RUN_DEFAULTS.eval
+    try:
+        plan = plan_evaluation(timeline(panel), evaluation)
+    except ProtocolError as exc:
+        return f"no band: {exc}"
+    reward = reward_panel(panel, plan)
+    band = no_skill_band(reward, fold_rows(reward, plan.folds), evaluation)
+    warning = band.warning(reward_cap_sharpe(_RUN_DEFAULTS.reward))
+    return band.sentence() + " (default evaluation, reward folds)" + (f"\n{warning}" if warning else "")
 
 
 def _fail(exc: Exception, code: int = 1) -> NoReturn:
@@ -266,7 +284,7 @@ def exec_spec(
     """Check, run and score one experiment as a run would, print the result and the score on the reward window.
     Exits 0 whenever it was run, whatever the outcome; non-zero only when the sandbox itself cannot run."""
     # Imported here so that the other commands do not pay for the Docker SDK.
-    from sharpe_rl.evaluation import DatasetMismatch, EvaluationRef, evaluate
+    from sharpe_rl.evaluation import DatasetMismatch, EvaluationRef, evaluate, load_evaluation
     from sharpe_rl.sandbox import InfrastructureError
 
     stdout = Console()
@@ -277,7 +295,8 @@ def exec_spec(
             data, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
         )
         outcome = evaluate(spec_file.read_text(), ref)
-    except (PanelError, DatasetMismatch, OSError) as exc:
+        band = load_evaluation(ref).noskill
+    except (PanelError, DatasetMismatch, ProtocolError, OSError) as exc:
         _fail(exc)
     except InfrastructureError as exc:
         _fail(exc, 2)
@@ -285,11 +304,16 @@ def exec_spec(
     score = {
         name: getattr(metrics, name) if metrics is not None else None
         for name in ("sharpe_net", "sharpe_gross", "turnover", "hit_rate")
-    } | {"reward": outcome.reward(_RUN_DEFAULTS.reward)}
+    } | {
+        "evidence": band.evidence(metrics.sharpe_net) if metrics is not None else None,
+        "reward": outcome.reward(_RUN_DEFAULTS.reward, noskill_sigma=band.sigma),
+    }
     if as_json:
         found = {"status": outcome.status, "error_class": outcome.error_class, "message": outcome.message}
         shown = result.model_dump(mode="json") if result is not None else found
-        typer.echo(json.dumps(shown | {"outcome": outcome.status, "score": score}, indent=2))
+        typer.echo(
+            json.dumps(shown | {"outcome": outcome.status, "score": score, "noskill": band.model_dump()}, indent=2)
+        )
         return
     if result is None:  # a static failure is an outcome too: nothing ran, the class says why
         stdout.print(f"[bold red]{outcome.error_class}[/bold red] (static check, nothing ran): ", end="")
@@ -309,6 +333,8 @@ def exec_spec(
             f"net Sharpe {metrics.sharpe_net:.3f} (gross {metrics.sharpe_gross:.3f}), turnover {metrics.turnover:.3f}, "
             f"hit rate {100 * metrics.hit_rate:.1f}% on the reward window",
         )
+        table.add_row("evidence", f"{score['evidence']:+.2f} sigmas of no-skill noise ({band.sigma:.2f} Sharpe)")
+    table.add_row("", band.sentence())
     table.add_row("reward", f"{score['reward']:+.3f}")
     table.add_row("timings", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
     if result.peak_memory_mb is not None:

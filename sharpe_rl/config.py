@@ -93,24 +93,32 @@ class TaskRunnerConfig(_Settings):
 
 
 class RewardConfig(_Settings):
-    """Reward shaping: clipped net Sharpe for valid models, a fixed penalty ladder for failures.
+    """Reward shaping: evidence of skill for valid models, a fixed penalty ladder for failures.
 
-    Options (off by default): a correction for the luck of selection among many trials
-    (`sharpe_rl.scoring.shape_reward`), and diversity terms (`sharpe_rl.diversity`).
+    The default (`luck_correction="evidence"`) pays a valid model by how far its net Sharpe stands
+    above what no skill scores on this panel, in units of the panel's no-skill noise
+    (`sharpe_rl.noskill`), deflated by the run's trials so far (`sharpe_rl.scoring.shape_reward`).
+    Options: the clipped net Sharpe (none), its deflated or shrunk forms, and diversity terms
+    (`sharpe_rl.diversity`).
     """
 
-    sharpe_clip: float = Field(3.0, gt=0, description="Net Sharpe is clipped to ±this and scaled to [-1, 1].")
+    sharpe_clip: float = Field(
+        3.0, gt=0, description="luck_correction none/shrunk: net Sharpe is clipped to ±this and scaled to [-1, 1]."
+    )
     penalty_runtime: float = Field(
         -1.25, description="Reward of an experiment that ran but failed (runtime errors, timeouts, bad output)."
     )
     penalty_format: float = Field(
         -1.5, description="Reward of an experiment that never ran (unparseable JSON, schema, syntax, imports)."
     )
-    luck_correction: Literal["none", "deflated", "shrunk"] = Field(
-        "none",
-        description="Reward skill, not luck: none (clipped net Sharpe); deflated (2 x deflated Sharpe - 1, given "
-        "the run's trials so far); shrunk (net Sharpe minus the expected best Sharpe of that many zero-skill "
-        "trials, then clipped).",
+    luck_correction: Literal["evidence", "none", "deflated", "shrunk"] = Field(
+        "evidence",
+        description="Reward skill, not luck: evidence (x / (1 + |x|), x = (net Sharpe / the panel's no-skill noise - "
+        "the expected best of the run's trials) / evidence_scale); none (clipped net Sharpe); deflated (2 x deflated "
+        "Sharpe - 1); shrunk (net Sharpe minus the expected best Sharpe of that many zero-skill trials, then clipped).",
+    )
+    evidence_scale: float = Field(
+        2.0, gt=0, description="luck_correction evidence: sigmas of evidence (after deflation) for a reward of 0.5."
     )
     novelty_weight: float = Field(
         0.0, ge=0, description="Bonus x 1/sqrt(visits) for a scored experiment in a rarely visited cell (0: off)."

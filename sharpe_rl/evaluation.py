@@ -42,7 +42,8 @@ from sharpe_rl.checks import check_completion
 from sharpe_rl.config import EvalConfig, RewardConfig, SandboxConfig
 from sharpe_rl.data.atomic import sha256_file
 from sharpe_rl.data.panel import detect_interval, load_panel
-from sharpe_rl.data.splits import EvalPlan, plan_evaluation, reward_panel, timeline
+from sharpe_rl.data.splits import EvalPlan, fold_rows, plan_evaluation, reward_panel, timeline
+from sharpe_rl.noskill import NoSkillBand, cached_band
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
 from sharpe_rl.sandbox.result import ExecutionResult
@@ -119,10 +120,24 @@ class Outcome(BaseModel):
     def status(self) -> str:
         return "ok" if self.error_class is None else self.error_class.value
 
-    def reward(self, cfg: RewardConfig, *, n_trials: int = 1, trials_sharpe_variance: float = 0.0) -> float:
-        """The shaped reward of this outcome, as one trial among `n_trials` (`shape_reward`; a run passes its own)."""
+    def reward(
+        self,
+        cfg: RewardConfig,
+        *,
+        noskill_sigma: float | None,
+        n_trials: int = 1,
+        trials_sharpe_variance: float = 0.0,
+    ) -> float:
+        """The shaped reward of this outcome, as one trial among `n_trials` (`shape_reward`; a run passes its own)
+        on a panel whose no-skill noise is `noskill_sigma` (`Evaluation.noskill.sigma`)."""
         if self.metrics is not None and self.error_class is None:
-            return shape_reward(self.metrics, cfg, n_trials=n_trials, trials_sharpe_variance=trials_sharpe_variance)
+            return shape_reward(
+                self.metrics,
+                cfg,
+                n_trials=n_trials,
+                trials_sharpe_variance=trials_sharpe_variance,
+                noskill_sigma=noskill_sigma,
+            )
         return shape_reward(self.error_class or ErrorClass.bad_predictions, cfg)
 
 
@@ -148,6 +163,15 @@ class Evaluation:
         """The sandbox runner (with Docker: a client of the engine DOCKER_HOST names, and the image)."""
         ref = self.ref
         return SandboxRunner(self.panel, ref.eval, ref.sandbox, ref.cache_dir, seed=ref.seed, run_id=ref.run_id)
+
+    @cached_property
+    def noskill(self) -> NoSkillBand:
+        """What zero-skill experiments score on the reward folds (cached on disk by the dataset's hash and settings)."""
+        ref = self.ref
+        rows = fold_rows(self.reward_panel, self.plan.folds)
+        return cached_band(
+            ref.cache_dir, ref.data_sha256, self.reward_panel, rows, ref.eval, bar_interval=self.interval
+        )
 
     @cached_property
     def feature_calls(self) -> int:

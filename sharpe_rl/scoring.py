@@ -505,23 +505,31 @@ PENALTY_RUNG: dict[ErrorClass, Literal["format", "runtime"]] = {
 
 
 def shape_reward(
-    outcome: Metrics | ErrorClass, cfg: RewardConfig, *, n_trials: int = 1, trials_sharpe_variance: float = 0.0
+    outcome: Metrics | ErrorClass,
+    cfg: RewardConfig,
+    *,
+    n_trials: int = 1,
+    trials_sharpe_variance: float = 0.0,
+    noskill_sigma: float | None = None,
 ) -> float:
     """The RL reward of one experiment, in [penalty_format, 1]; never NaN.
 
-    A valid model earns a score in [−1, 1], monotone in the net Sharpe, by `cfg.luck_correction`:
+    A valid model earns a score in (−1, 1], monotone in the net Sharpe, by `cfg.luck_correction`:
 
+    - ``evidence`` (the default): x / (1 + |x|) with x = (z − E[max z of n_trials]) / evidence_scale,
+      where z = net Sharpe / `noskill_sigma` is the result in units of this panel's no-skill noise
+      (`sharpe_rl.noskill`: no skill scores at most 0 in expectation, costs only subtract), and
+      E[max z] = `expected_max_sharpe` of `n_trials` standard normal trials is what the best of the
+      run's trials so far scores by luck alone. So a lucky 1.3-sigma draw earns little, and less as the
+      run tries more; a 3-sigma result earns 0.6 as the first trial. The squash has heavy tails, so
+      rewards stay graded far from 0 (−10 and −20 sigmas earn −0.86 and −0.92): PPO can tell
+      experiments apart where a clip or a probability would saturate;
     - ``none``: clip(net Sharpe, ±sharpe_clip) / sharpe_clip;
     - ``deflated``: 2 × DSR − 1, the deflated Sharpe ratio (the probability that the true Sharpe
       beats the expected best of `n_trials` zero-skill trials whose annualised Sharpe ratios vary by
       `trials_sharpe_variance`) mapped to [−1, 1]; 0 for a coin flip;
     - ``shrunk``: as ``none``, on the net Sharpe minus that expected best Sharpe
       (`expected_max_sharpe`).
-
-    Pass the run's trial count so far and the variance of its Sharpe ratios (what `deflate` takes):
-    as trials accumulate, the same Sharpe is worth less, because the best of many tries is
-    expected to look good by luck alone. With one trial, ``deflated`` is 2 × PSR − 1 and
-    ``shrunk`` is ``none``.
 
     A failure earns its rung of the fixed ladder (RewardConfig guarantees format < runtime < −1):
     errors found before anything ran (FORMAT_ERRORS) → `penalty_format`; everything that ran and
@@ -533,6 +541,11 @@ def shape_reward(
     if not outcome.valid:
         return cfg.penalty_runtime
     sharpe = outcome.sharpe_net
+    if cfg.luck_correction == "evidence":
+        if noskill_sigma is None or not noskill_sigma > 0:
+            raise ValueError("the evidence reward needs the panel's no-skill noise (noskill_sigma, from its band)")
+        evidence = (sharpe / noskill_sigma - expected_max_sharpe(n_trials, 1.0)) / cfg.evidence_scale
+        return evidence / (1.0 + abs(evidence))
     if cfg.luck_correction == "deflated":
         if outcome.skewness is None or outcome.kurtosis is None or outcome.periods_per_year <= 0:
             raise ValueError(
@@ -544,3 +557,8 @@ def shape_reward(
         sharpe -= expected_max_sharpe(n_trials, trials_sharpe_variance)
     clipped = min(max(sharpe, -cfg.sharpe_clip), cfg.sharpe_clip)
     return clipped / cfg.sharpe_clip
+
+
+def reward_cap_sharpe(cfg: RewardConfig) -> float | None:
+    """The net Sharpe at which the reward reaches its cap, when it is a fixed one (clipped Sharpe rewards)."""
+    return cfg.sharpe_clip if cfg.luck_correction in ("none", "shrunk") else None

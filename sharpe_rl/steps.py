@@ -55,6 +55,7 @@ from sharpe_rl.diversity import Visits, diversity_rewards
 from sharpe_rl.evaluation import EvaluationRef, Outcome, close_evaluation, load_evaluation, metric_numbers
 from sharpe_rl.experience import Experience
 from sharpe_rl.holdout import write_holdout
+from sharpe_rl.noskill import NoSkillBand
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, policy_source, row_seed
@@ -63,7 +64,7 @@ from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.sandbox.docker_executor import ENGINE_ERRORS, reap_containers
-from sharpe_rl.scoring import deflate
+from sharpe_rl.scoring import deflate, reward_cap_sharpe
 from sharpe_rl.spec import ExperimentSpec
 from sharpe_rl.tracking import Tracker
 
@@ -173,8 +174,12 @@ def start(config: RunConfig) -> RunRef:
         f"run {name}: {where}, {config.cycles} cycles × {config.batch_size} experiments on {config.dataset} "
         f"({len(dataset.symbols)} symbols, reward window to {dataset.plan.reward_end:%Y-%m-%d}); "
         f"executions on {_where_executions_run(config)}; MLflow: {tracker.run_url_hint}\n"
-        f"point-in-time: {dataset.workload()}"
+        f"point-in-time: {dataset.workload()}\n{dataset.noskill.sentence()} (net Sharpe on the reward folds; "
+        f"its noise, {dataset.noskill.sigma:.2f}, is the unit of the evidence reward)"
     )
+    warning = dataset.noskill.warning(reward_cap_sharpe(config.reward))
+    if warning:
+        description += f"\n{warning}"
     return RunRef(
         config=config,
         evaluation=evaluation,
@@ -265,8 +270,9 @@ def score(run: RunRef, batch: Batch, executions: Executions) -> Scored:
     earlier = history(run, batch.cycle)
     sharpes = _scored_sharpes(earlier) + [o.metrics.sharpe_net for o in executions.outcomes if o.metrics is not None]
     trials = Trials(n=len(sharpes), sharpe_variance=statistics.pvariance(sharpes) if len(sharpes) > 1 else 0.0)
+    noskill = load_evaluation(run.evaluation).noskill
     experiences = [
-        _experience(run, batch.cycle, index, generation, outcome, trials)
+        _experience(run, batch.cycle, index, generation, outcome, trials, noskill)
         for index, (generation, outcome) in enumerate(zip(batch.generations, executions.outcomes, strict=True))
     ]
     reward_cfg = run.config.reward
@@ -391,9 +397,18 @@ def save_holdout(run: RunRef, candidates: Sequence[Candidate], scores: Sequence[
 
 
 def _experience(
-    run: RunRef, cycle: int, index: int, generation: Generation, outcome: Outcome, trials: Trials
+    run: RunRef,
+    cycle: int,
+    index: int,
+    generation: Generation,
+    outcome: Outcome,
+    trials: Trials,
+    noskill: NoSkillBand,
 ) -> Experience:
     metrics = deflate(outcome.metrics, trials.n, trials.sharpe_variance) if outcome.metrics is not None else None
+    numbers = metric_numbers(metrics) if metrics is not None and outcome.ok else {}
+    if numbers:  # the net Sharpe in units of this panel's no-skill noise (what the evidence reward pays for)
+        numbers["evidence"] = noskill.evidence(metrics.sharpe_net)
     spec, result = outcome.spec, outcome.result
     try:
         classification = classify(spec) if spec is not None else None
@@ -412,8 +427,13 @@ def _experience(
         custom_features=classification.custom_features if classification else None,
         error_class=outcome.error_class,
         error_message=outcome.message,
-        metrics=metric_numbers(metrics) if metrics is not None and outcome.ok else {},
-        reward=outcome.reward(run.config.reward, n_trials=trials.n, trials_sharpe_variance=trials.sharpe_variance),
+        metrics=numbers,
+        reward=outcome.reward(
+            run.config.reward,
+            noskill_sigma=noskill.sigma,
+            n_trials=trials.n,
+            trials_sharpe_variance=trials.sharpe_variance,
+        ),
         code_hash=spec.code_hash if spec else None,
         cache_key=result.cache_key if result else None,
         timings=dict(result.timings) if result else {},

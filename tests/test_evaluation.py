@@ -28,7 +28,7 @@ def test_a_ref_is_small_plain_data_that_names_the_dataset_by_content(ref):
 def test_a_static_failure_is_an_outcome_and_needs_no_sandbox(ref):
     outcome = evaluate("I would use LightGBM.", ref)
     assert outcome.status == "json_parse" and outcome.result is None and outcome.spec is None
-    assert outcome.reward(RewardConfig()) == RewardConfig().penalty_format
+    assert outcome.reward(RewardConfig(), noskill_sigma=None) == RewardConfig().penalty_format
     assert not (ref.cache_dir).exists()  # nothing was loaded or written
 
 

@@ -10,7 +10,8 @@ from sharpe_rl.config import RewardConfig
 from sharpe_rl.sandbox.contract import FORMAT_ERRORS, ErrorClass
 from sharpe_rl.scoring import PENALTY_RUNG, Degenerate, Metrics, probabilistic_sharpe_ratio, shape_reward
 
-CFG = RewardConfig()
+#: The clipped net Sharpe (luck_correction none): the ladder and the clip; the evidence reward has its own tests.
+CFG = RewardConfig(luck_correction="none")
 
 
 def valid(sharpe_net: float) -> Metrics:
@@ -53,7 +54,7 @@ def test_valid_reward_is_the_clipped_sharpe_scaled_to_unit():
 
 @pytest.mark.parametrize(
     "cfg",
-    [RewardConfig(), RewardConfig(sharpe_clip=0.5, penalty_runtime=-1.01, penalty_format=-3)],
+    [CFG, RewardConfig(luck_correction="none", sharpe_clip=0.5, penalty_runtime=-1.01, penalty_format=-3)],
 )
 def test_reward_is_monotone_bounded_and_finite_over_many_sharpes(cfg):
     rng = np.random.default_rng(0)
@@ -94,7 +95,7 @@ def test_with_one_trial_the_corrections_are_the_psr_and_the_plain_sharpe():
     deflated = shape_reward(metrics, RewardConfig(luck_correction="deflated"), n_trials=1, trials_sharpe_variance=0.5)
     assert deflated == pytest.approx(2 * _psr(metrics) - 1)
     shrunk = shape_reward(metrics, RewardConfig(luck_correction="shrunk"), n_trials=1, trials_sharpe_variance=0.5)
-    assert shrunk == shape_reward(metrics, RewardConfig()) == pytest.approx(0.5)
+    assert shrunk == shape_reward(metrics, CFG) == pytest.approx(0.5)
 
 
 def _psr(metrics: Metrics) -> float:
@@ -109,9 +110,47 @@ def test_corrected_rewards_stay_monotone_in_the_sharpe_and_above_every_failure(c
     assert all(a <= b for a, b in pairwise(rewards))
     assert all(math.isfinite(r) and -1.0 <= r <= 1.0 for r in rewards)
     for error in ErrorClass:
-        assert shape_reward(error, cfg, n_trials=300, trials_sharpe_variance=1.0) == shape_reward(error, RewardConfig())
+        assert shape_reward(error, cfg, n_trials=300, trials_sharpe_variance=1.0) == shape_reward(error, CFG)
 
 
 def test_the_deflated_reward_needs_the_return_moments():
     with pytest.raises(ValueError, match="skewness"):
         shape_reward(valid(1.0), RewardConfig(luck_correction="deflated"), n_trials=10, trials_sharpe_variance=1.0)
+
+
+# -- the default: evidence of skill, in units of the panel's no-skill noise --------------------------
+
+EVIDENCE = RewardConfig()
+
+
+def test_the_default_reward_is_the_evidence_reward():
+    assert EVIDENCE.luck_correction == "evidence"
+
+
+def test_evidence_is_the_sharpe_over_the_no_skill_noise_less_the_luck_of_the_runs_trials():
+    sigma = 0.8
+    assert shape_reward(valid(0.0), EVIDENCE, noskill_sigma=sigma) == 0.0
+    assert shape_reward(valid(2 * sigma), EVIDENCE, noskill_sigma=sigma) == pytest.approx(0.5)  # x = 1: 1 / (1 + 1)
+    assert shape_reward(valid(-6 * sigma), EVIDENCE, noskill_sigma=sigma) == pytest.approx(-0.75)  # x = -3
+    # the same Sharpe on a noisier panel is less evidence
+    assert shape_reward(valid(1.0), EVIDENCE, noskill_sigma=2.0) < shape_reward(valid(1.0), EVIDENCE, noskill_sigma=0.5)
+    # a lucky 1.3-sigma draw among a night's trials earns less than nothing; 3 sigmas as the first trial a lot
+    lucky = shape_reward(valid(1.3 * sigma), EVIDENCE, noskill_sigma=sigma, n_trials=768)
+    strong = shape_reward(valid(3 * sigma), EVIDENCE, noskill_sigma=sigma, n_trials=1)
+    assert lucky < 0 < 0.55 < strong
+
+
+def test_evidence_rewards_are_graded_everywhere_monotone_and_above_every_failure():
+    sigmas = np.linspace(-30, 30, 601)
+    rewards = [shape_reward(valid(float(z)), EVIDENCE, noskill_sigma=1.0, n_trials=16) for z in sigmas]
+    assert all(a < b for a, b in pairwise(rewards))  # strictly: PPO can tell -8 sigmas from -6
+    assert all(EVIDENCE.penalty_runtime < -1.0 < r < 1.0 for r in rewards)
+    assert rewards[220] - rewards[200] > 0.02  # -8 vs -10 sigmas: still apart
+    for error in ErrorClass:
+        assert shape_reward(error, EVIDENCE) < min(rewards)
+
+
+def test_the_evidence_reward_needs_the_panels_no_skill_noise():
+    with pytest.raises(ValueError, match="no-skill noise"):
+        shape_reward(valid(1.0), EVIDENCE)
+    assert shape_reward(ErrorClass.syntax, EVIDENCE) == EVIDENCE.penalty_format  # a failure does not

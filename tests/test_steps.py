@@ -17,19 +17,26 @@ from sharpe_rl import steps
 from sharpe_rl.archive import load_archive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import PPOConfig, RewardConfig, RunConfig
-from sharpe_rl.evaluation import EvaluationRef, Outcome
+from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import Generation
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.policy.steps import Batch, PolicyRef
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
 from sharpe_rl.sandbox.result import ExecutionResult
-from sharpe_rl.scoring import Metrics
+from sharpe_rl.scoring import Metrics, expected_max_sharpe
 from sharpe_rl.spec import ExperimentSpec
 
 
+def plain(**changes) -> RewardConfig:
+    """The clipped net Sharpe (luck_correction none), so that the diversity terms' effects read as numbers."""
+    return RewardConfig(luck_correction="none", **changes)
+
+
 def make_run(runs_dir: Path, dataset: Path, **updates) -> steps.RunRef:
-    """A started run as plain values (what `steps.start` returns, without MLflow or a policy)."""
+    """A started run as plain values (what `steps.start` returns, without MLflow or a policy); reward plain()
+    unless given."""
+    updates.setdefault("reward", plain())
     config = RunConfig(name="r", runs_dir=runs_dir, dataset=dataset, batch_size=4).model_copy(update=updates)
     config = RunConfig.model_validate(config.model_dump())
     evaluation = EvaluationRef.of(dataset, config.eval, config.sandbox, runs_dir / "cache", run_id="r")
@@ -115,11 +122,26 @@ def test_without_a_luck_correction_the_reward_is_the_clipped_sharpe(run):
     assert experiences[0].reward == pytest.approx(1.5 / RewardConfig().sharpe_clip)
 
 
+def test_the_default_reward_is_the_evidence_of_skill_in_units_of_the_panels_no_skill_noise(tmp_path, pipeline_dataset):
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=RewardConfig())
+    sigma = load_evaluation(run.evaluation).noskill.sigma
+    first = steps.score(run, *batch(0, [ran(spec(n=1), 3 * sigma), ran(spec(n=2), 1.3 * sigma)])).experiences
+    # two trials: what the best of two no-skill draws scores by luck (E[max z], about 0.5) is taken off
+    luck = expected_max_sharpe(2, 1.0)
+    assert [e.metrics["evidence"] for e in first] == pytest.approx([3.0, 1.3])
+    x = [(3.0 - luck) / 2, (1.3 - luck) / 2]
+    assert rewards(first) == pytest.approx([x[0] / (1 + abs(x[0])), x[1] / (1 + abs(x[1]))])
+    for cycle in range(3):  # many earlier trials: the same evidence earns less, a lucky 1.3 sigma nothing
+        score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), 0.0) for i in range(16)])
+    late = steps.score(run, *batch(3, [ran(spec(n=1), 3 * sigma), ran(spec(n=2), 1.3 * sigma)])).experiences
+    assert rewards(late)[0] < rewards(first)[0] and rewards(late)[1] < 0 < rewards(first)[1]
+
+
 # -- diversity ----------------------------------------------------------------------------------
 
 
 def test_the_novelty_bonus_pays_a_rare_cell_more_than_a_crowded_one(tmp_path, pipeline_dataset):
-    run = make_run(tmp_path / "runs", pipeline_dataset, reward=RewardConfig(novelty_weight=0.5))
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=plain(novelty_weight=0.5))
     for cycle in range(2):  # (lightgbm, trend) visited eight times
         score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), 0.3) for i in range(4)])
     crowded, rare = steps.score(
@@ -129,7 +151,7 @@ def test_the_novelty_bonus_pays_a_rare_cell_more_than_a_crowded_one(tmp_path, pi
 
 
 def test_a_program_that_already_ran_earns_the_copy_penalty(tmp_path, pipeline_dataset):
-    run = make_run(tmp_path / "runs", pipeline_dataset, reward=RewardConfig(copy_penalty=0.5))
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=plain(copy_penalty=0.5))
     score_and_store(run, 0, [ran(spec(n=100), 0.9)])
     copy, new = steps.score(run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(n=101), 0.9)])).experiences
     assert copy.reward == pytest.approx(0.3 - 0.5)

@@ -74,6 +74,17 @@ def reward_panel(panel: pl.DataFrame, plan: EvalPlan) -> pl.DataFrame:
     return panel.filter(pl.col("timestamp") <= plan.reward_end)
 
 
+def fold_rows(panel: pl.DataFrame, folds: Sequence[Fold]) -> pl.DataFrame:
+    """The rows a run over `folds` predicts, fold by fold: (timestamp, symbol, fold), in the panel's order."""
+    parts = [
+        panel.filter(pl.col("timestamp").is_between(fold.test_start, fold.test_end))
+        .select("timestamp", "symbol")
+        .with_columns(fold=pl.lit(fold.index, pl.Int32))
+        for fold in folds
+    ]
+    return pl.concat(parts)
+
+
 def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan:
     """Split a sorted timeline into the reward window with its folds, and the holdout."""
     n = len(timestamps)

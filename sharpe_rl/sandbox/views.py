@@ -16,7 +16,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from sharpe_rl.data.splits import Fold
+from sharpe_rl.data.splits import Fold, fold_rows
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 
@@ -31,13 +31,7 @@ class DataView:
 
     def test_rows(self, folds: list[Fold]) -> pl.DataFrame:
         """The rows a run over `folds` predicts, in the order the sandbox answers: (timestamp, symbol, fold)."""
-        parts = [
-            self.panel.filter(pl.col("timestamp").is_between(fold.test_start, fold.test_end))
-            .select("timestamp", "symbol")
-            .with_columns(fold=pl.lit(fold.index, pl.Int32))
-            for fold in folds
-        ]
-        return pl.concat(parts)
+        return fold_rows(self.panel, folds)
 
 
 def make_view(panel: pl.DataFrame, end: datetime | None) -> DataView:
