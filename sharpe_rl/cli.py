@@ -381,7 +381,7 @@ def sample(
     from sharpe_rl.policy.model import load_policy
     from sharpe_rl.policy.ppo import PPOTrainer
     from sharpe_rl.policy.preview import OK, preview
-    from sharpe_rl.policy.prompts import render_prompt
+    from sharpe_rl.policy.prompts import run_prompt
     from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
     from sharpe_rl.steps import run_config_path
 
@@ -404,7 +404,7 @@ def sample(
         panel = load_panel(data or config.dataset)
         symbols = panel.get_column("symbol").unique().sort().to_list()
         version = prompt or config.prompt_version
-        text = render_prompt(version, OHLCV_COLUMNS, detect_interval(panel), config.eval.horizon, symbols)
+        text = run_prompt(config, detect_interval(panel), symbols, version=version)
         tokenizer = AutoTokenizer.from_pretrained(policy_source(policy_cfg))
     except (PanelError, ValueError, OSError) as exc:
         _fail(exc)

@@ -242,6 +242,11 @@ class RunConfig(_Settings):
     batch_size: int = Field(16, ge=1, description="Experiences per cycle.")
     prompt_version: str = Field("v2_rules", description="Prompt template under prompts/.")
     dataset: Path = Field(Path("data/sample_daily.parquet"), description="OHLCV panel (Parquet or CSV).")
+    name_symbols: bool = Field(
+        False,
+        description="Name the symbols in the prompt (the policy can then apply what it remembers of those coins; "
+        "the report says so). Off: the prompt says how many there are.",
+    )
     seed: int = Field(0, description="Seed for generation, folds and models.")
     runs_dir: Path = Field(Path("runs"), description="Where the buffer, checkpoints, cache and reports live.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite under runs_dir).")

@@ -53,9 +53,8 @@ from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation, metric_numbers
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
-from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.policy.steps import PolicyRef
-from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.scoring import deflated_sharpe_ratio
 from sharpe_rl.steps import run_config_path
 
@@ -110,7 +109,7 @@ def plan_comparison(runs_dir: Path, run: str, n: int = MIN_SAMPLES, seed: int = 
         config.dataset, config.eval, config.sandbox, runs_dir / "cache", seed=config.seed, run_id=run
     )
     dataset = load_evaluation(evaluation)
-    prompt = render_prompt(config.prompt_version, OHLCV_COLUMNS, dataset.interval, config.eval.horizon, dataset.symbols)
+    prompt = run_prompt(config, dataset.interval, dataset.symbols)
     base = PolicyRef(policy=config.policy, ppo=config.ppo, seed=config.seed, runs_dir=runs_dir, run=run)
     return ComparisonPlan(
         run=run,

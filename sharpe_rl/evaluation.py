@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sharpe_rl.checks import check_completion
 from sharpe_rl.config import EvalConfig, RewardConfig, SandboxConfig
@@ -46,6 +46,7 @@ from sharpe_rl.data.splits import EvalPlan, fold_rows, plan_evaluation, reward_p
 from sharpe_rl.noskill import NoSkillBand, cached_band
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
+from sharpe_rl.sandbox.disguise import load_disguise_key
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.sandbox.runner import SandboxRunner
 from sharpe_rl.scoring import Metrics, score_predictions, shape_reward
@@ -76,6 +77,7 @@ class EvaluationRef(BaseModel):
     seed: int = 0
     cache_dir: Path
     run_id: str | None = None
+    disguise_key: str = Field(repr=False)  # the host's secret for the data's disguise (sandbox/disguise.py)
 
     @classmethod
     def of(
@@ -98,6 +100,7 @@ class EvaluationRef(BaseModel):
             seed=seed,
             cache_dir=Path(cache_dir).resolve(),
             run_id=run_id,
+            disguise_key=load_disguise_key(Path(cache_dir)),
         )
 
 
@@ -162,7 +165,15 @@ class Evaluation:
     def runner(self) -> SandboxRunner:
         """The sandbox runner (with Docker: a client of the engine DOCKER_HOST names, and the image)."""
         ref = self.ref
-        return SandboxRunner(self.panel, ref.eval, ref.sandbox, ref.cache_dir, seed=ref.seed, run_id=ref.run_id)
+        return SandboxRunner(
+            self.panel,
+            ref.eval,
+            ref.sandbox,
+            ref.cache_dir,
+            seed=ref.seed,
+            run_id=ref.run_id,
+            disguise_key=ref.disguise_key,
+        )
 
     @cached_property
     def noskill(self) -> NoSkillBand:

@@ -59,10 +59,9 @@ from sharpe_rl.noskill import NoSkillBand
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, policy_source, row_seed
-from sharpe_rl.policy.prompts import PROMPTS_DIR, render_prompt, shows_elites
+from sharpe_rl.policy.prompts import PROMPTS_DIR, run_prompt, shows_elites
 from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
-from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.sandbox.docker_executor import ENGINE_ERRORS, reap_containers
 from sharpe_rl.scoring import deflate, reward_cap_sharpe
 from sharpe_rl.spec import ExperimentSpec
@@ -159,7 +158,7 @@ def start(config: RunConfig) -> RunRef:
         )
     if config.task_runner.kind == "threads":
         _reap_local_containers(name)  # a crashed earlier attempt of this run may have left some
-    prompt = render_prompt(config.prompt_version, OHLCV_COLUMNS, dataset.interval, config.eval.horizon, dataset.symbols)
+    prompt = run_prompt(config, dataset.interval, dataset.symbols)
     last = Checkpoints(runs, name).latest_cycle()
     policy = PolicyRef(policy=config.policy, ppo=config.ppo, seed=config.seed, runs_dir=runs, run=name, cycle=last)
     tracker = Tracker(runs, config.tracking_uri)
@@ -241,11 +240,9 @@ def cycle_prompts(run: RunRef, cycle: int) -> list[str]:
         dataset = load_evaluation(run.evaluation)
         seed = generation_seed(run, cycle)
         texts = [
-            render_prompt(
-                config.prompt_version,
-                OHLCV_COLUMNS,
+            run_prompt(
+                config,
                 dataset.interval,
-                config.eval.horizon,
                 dataset.symbols,
                 elites=archive.inspiration(INSPIRATION_ELITES, seed=row_seed(seed, group)),
             )

@@ -7,6 +7,7 @@ import zipfile
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from sharpe_rl.data import PANEL_SCHEMA
@@ -107,3 +108,27 @@ class FakeDumps:
         if url not in self.files:
             raise FileNotFoundError(url)
         return self.files[url]
+
+
+def three_symbol_panel(days: int = 300) -> pl.DataFrame:
+    """Three symbols of synthetic daily bars; one lists late and one has a gap, as real panels do."""
+    rng = np.random.default_rng(0)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    frames = []
+    for symbol, first, gap in (("AAA", 0, ()), ("BBB", 30, ()), ("CCC", 0, range(100, 105))):
+        listed = [d for d in range(first, days) if d not in gap]
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, len(listed))))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "timestamp": [start + timedelta(days=d) for d in listed],
+                    "symbol": symbol,
+                    "open": close,
+                    "high": close * 1.01,
+                    "low": close * 0.99,
+                    "close": close,
+                    "volume": 1.0,
+                }
+            ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+        )
+    return pl.concat(frames).sort("timestamp", "symbol")

@@ -29,7 +29,7 @@ def test_a_static_failure_is_an_outcome_and_needs_no_sandbox(ref):
     outcome = evaluate("I would use LightGBM.", ref)
     assert outcome.status == "json_parse" and outcome.result is None and outcome.spec is None
     assert outcome.reward(RewardConfig(), noskill_sigma=None) == RewardConfig().penalty_format
-    assert not (ref.cache_dir).exists()  # nothing was loaded or written
+    assert not (ref.cache_dir / "results").exists()  # nothing was run or written
 
 
 def test_a_dataset_that_changed_under_the_run_is_refused(ref):

@@ -11,14 +11,15 @@ from __future__ import annotations
 import io
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
-import polars as pl
 import pytest
+from data_fixtures import three_symbol_panel
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.evaluation import EvaluationRef, load_evaluation
+from sharpe_rl.sandbox.disguise import Disguise
 from sharpe_rl.sandbox.image import HARNESS_DIR
 from sharpe_rl.sandbox.runner import Job, SandboxRunner
 from sharpe_rl.spec import ExperimentSpec
@@ -67,44 +68,25 @@ class RecordingWorker:
         return timestamps
 
 
-def panel(days: int = 300) -> pl.DataFrame:
-    """Three symbols of synthetic daily bars; one lists late and one has a gap, as real panels do."""
-    rng = np.random.default_rng(0)
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    frames = []
-    for symbol, first, gap in (("AAA", 0, ()), ("BBB", 30, ()), ("CCC", 0, range(100, 105))):
-        listed = [d for d in range(first, days) if d not in gap]
-        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, len(listed))))
-        frames.append(
-            pl.DataFrame(
-                {
-                    "timestamp": [start + timedelta(days=d) for d in listed],
-                    "symbol": symbol,
-                    "open": close,
-                    "high": close * 1.01,
-                    "low": close * 0.99,
-                    "close": close,
-                    "volume": 1.0,
-                }
-            ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
-        )
-    return pl.concat(frames).sort("timestamp", "symbol")
-
-
 SPEC = ExperimentSpec(name="x", features="def make_features(df):\n    return df", model="def make_model():\n    pass")
 
 
 def run(eval_cfg: EvalConfig, tmp_path, holdout: bool = False) -> tuple[Job, RecordingWorker, np.ndarray]:
     """Run the harness's protocol against the recording worker; returns the job, the worker and the answers."""
-    runner = SandboxRunner(panel(), eval_cfg, SandboxConfig(executor="process", warm_pool=False), tmp_path)
+    runner = SandboxRunner(three_symbol_panel(), eval_cfg, SandboxConfig(executor="process", warm_pool=False), tmp_path)
     if holdout:
         job = Job(SPEC, runner.holdout_view, [runner.plan.holdout_fold])
     else:
         job = Job(SPEC, runner.reward_view, runner.plan.folds)
-    header, arrays = harness.read_task(io.BytesIO(runner.task(job, nonce="n")))
+    task, order = runner.task(job, nonce="n")
+    header, arrays = harness.read_task(io.BytesIO(task))
     worker = RecordingWorker()
     p_up = harness.run_task(header, arrays, worker, dict.fromkeys(harness.TIMING_KEYS, 0.0))
-    return job, worker, p_up
+    # the worker saw the bars in disguise: its clock runs a secret number of weeks ahead of the host's
+    offset = header["folds"][0]["test_start"] - job.folds[0].to_wire()["test_start"]
+    worker.asked_at = [t - offset for t in worker.asked_at]
+    worker.timestamps = worker.timestamps - offset
+    return job, worker, Disguise.restore(p_up, order, job.view.test_indices(job.folds))
 
 
 @pytest.mark.parametrize("horizon", [1, 3])
@@ -161,7 +143,7 @@ def test_the_workload_a_run_announces_counts_the_feature_calls_the_harness_asks_
     rows = job.view.test_rows(job.folds).get_column("timestamp").dt.epoch("ns")
     asked_rows = int(rows.is_in(worker.asked_at).sum())  # one make_features call per symbol at each asked bar
     dataset = tmp_path / "panel.parquet"
-    panel().write_parquet(dataset)
+    three_symbol_panel().write_parquet(dataset)
     ref = EvaluationRef.of(dataset, eval_cfg, SandboxConfig(executor="process"), tmp_path / "cache")
     loaded = load_evaluation(ref)
     assert loaded.feature_calls == asked_rows
@@ -171,7 +153,7 @@ def test_the_workload_a_run_announces_counts_the_feature_calls_the_harness_asks_
 
 def test_a_run_whose_experiments_cannot_finish_in_the_time_limit_is_warned(tmp_path):
     dataset = tmp_path / "panel.parquet"
-    panel().write_parquet(dataset)
+    three_symbol_panel().write_parquet(dataset)
     tight = SandboxConfig(executor="process", timeout_seconds=0.1)
     loaded = load_evaluation(EvaluationRef.of(dataset, EvalConfig(), tight, tmp_path / "cache"))
     assert "past the sandbox's 0.1 s limit: most experiments will time out" in loaded.workload()

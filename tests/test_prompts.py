@@ -145,3 +145,15 @@ def test_v3_shows_each_elite_as_a_spec_in_the_completion_layout_before_the_cue()
 def test_elites_given_to_a_version_that_does_not_show_them_are_refused():
     with pytest.raises(ValueError, match="v3_inspiration"):
         render_prompt("v2_rules", OHLCV, timedelta(days=1), 1, ["BTCUSDT"], elites=ELITES)
+
+
+def test_a_run_prompt_says_how_many_symbols_there_are_and_names_them_only_when_asked():
+    from sharpe_rl.config import RunConfig
+    from sharpe_rl.policy.prompts import run_prompt
+
+    symbols = ["BTCUSD", "ETHUSD", "LTCUSD"]
+    hidden = run_prompt(RunConfig(), timedelta(days=1), symbols)
+    assert "3 symbols, whose names are not given" in hidden
+    assert not any(name in hidden for name in (*symbols, "BTC", "ETH", "LTC"))
+    named = run_prompt(RunConfig(name_symbols=True), timedelta(days=1), symbols)
+    assert "BTCUSD, ETHUSD, LTCUSD" in named

@@ -8,6 +8,7 @@ direction it promises.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ from sharpe_rl.config import PPOConfig, RewardConfig, RunConfig
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import Generation
-from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.policy.steps import Batch, PolicyRef
-from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
+from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.scoring import Metrics, expected_max_sharpe
 from sharpe_rl.spec import ExperimentSpec
@@ -43,7 +44,7 @@ def make_run(runs_dir: Path, dataset: Path, **updates) -> steps.RunRef:
     return steps.RunRef(
         config=config,
         evaluation=evaluation,
-        prompt=render_prompt(config.prompt_version, OHLCV_COLUMNS, "1-day", 1, ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
+        prompt=run_prompt(config, timedelta(days=1), ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
         parent_run_id="not-tracked",
         policy=PolicyRef(policy=config.policy, ppo=config.ppo, seed=0, runs_dir=runs_dir, run="r"),
         description="",

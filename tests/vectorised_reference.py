@@ -36,7 +36,7 @@ def vectorised_predictions(spec: ExperimentSpec, view: DataView, folds: list[Fol
     labels = label_bars(timestamps, symbols, panel.get_column("close").to_numpy(), horizon)
 
     features = np.full((panel.height, 0), np.nan)
-    for symbol in view.symbols:  # the order of the old harness's pooled rows
+    for symbol in view.symbols:
         rows = np.flatnonzero(symbols == symbol)
         index = pd.DatetimeIndex(pd.to_datetime(timestamps[rows], unit="ns", utc=True), name="timestamp")
         df = pd.DataFrame(panel.select(OHLCV_COLUMNS).to_numpy()[rows], index=index, columns=list(OHLCV_COLUMNS))
@@ -46,16 +46,19 @@ def vectorised_predictions(spec: ExperimentSpec, view: DataView, folds: list[Fol
         if features.shape[1] == 0:
             features = np.full((panel.height, values.shape[1]), np.nan)
         features[rows] = values
-    order = np.lexsort((timestamps, np.searchsorted(view.symbols, symbols)))
+    # training rows in the worker's order (in time, the rows of one time by their feature values); the test
+    # window in one call, symbol by symbol, as the old harness predicted it
+    train_order = np.lexsort((np.searchsorted(view.symbols, symbols), *features.T[::-1], timestamps))
+    test_order = np.lexsort((timestamps, np.searchsorted(view.symbols, symbols)))
     complete = np.isfinite(features).all(axis=1)
 
     parts = []
     for fold in folds:
         wire = fold.to_wire()
         in_train = (timestamps >= wire["train_start"]) & (timestamps <= wire["train_end"])
-        train = order[(in_train & complete & np.isfinite(labels))[order]]
+        train = train_order[(in_train & complete & np.isfinite(labels))[train_order]]
         in_test = (timestamps >= wire["test_start"]) & (timestamps <= wire["test_end"])
-        test = order[in_test[order]]  # one call with the whole window, symbol by symbol
+        test = test_order[in_test[test_order]]
         reseed(0)
         model: Any = make_model()
         model.fit(features[train], labels[train].astype(np.int64))

@@ -400,6 +400,12 @@ def inject_mistake(spec: ExperimentSpec, family: str, kind: str, rng: random.Ran
     return spec.model_copy(update={"features": features, "model": model})
 
 
+def _symbols(rng: random.Random) -> list[str] | int:
+    """A prompt's symbols: named, or (as runs show them by default) only counted."""
+    symbols = sorted(rng.sample(_SYMBOLS, rng.randint(2, 6)))
+    return symbols if rng.random() < 0.5 else len(symbols)
+
+
 def build_corpus(
     size: int, seed: int, mistake_share: float, columns: Sequence[str] = OHLCV_COLUMNS
 ) -> list[CorpusExample]:
@@ -416,7 +422,7 @@ def build_corpus(
             columns=columns,
             interval=rng.choice(_INTERVALS),
             horizon=rng.choice(_HORIZONS),
-            symbols=sorted(rng.sample(_SYMBOLS, rng.randint(2, 6))),
+            symbols=_symbols(rng),
         )
         spec = make_spec(rng, family, columns)
         mistake = rng.choice(MISTAKE_KINDS) if i in mistaken else None

@@ -25,7 +25,8 @@ import jinja2
 import jinja2.meta
 
 import sharpe_rl
-from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES
+from sharpe_rl.config import RunConfig
+from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES, OHLCV_COLUMNS
 
 if TYPE_CHECKING:
     from sharpe_rl.archive import Elite
@@ -74,18 +75,35 @@ def describe_interval(interval: timedelta | str) -> str:
     raise AssertionError("unreachable: every whole number of seconds divides by 1")
 
 
+def run_prompt(
+    config: RunConfig, interval: timedelta, symbols: Sequence[str], elites: Sequence[Elite] = (), version: str = ""
+) -> str:
+    """The prompt a run shows for its dataset: its prompt version (or `version`), label horizon and bar interval, and
+    its symbols named only when `config.name_symbols` says so (by default the policy learns how many, not which)."""
+    return render_prompt(
+        version or config.prompt_version,
+        OHLCV_COLUMNS,
+        interval,
+        config.eval.horizon,
+        list(symbols) if config.name_symbols else len(symbols),
+        elites=elites,
+    )
+
+
 def render_prompt(
     version: str,
     columns: Sequence[str],
     interval: timedelta | str,
     horizon: int,
-    symbols: Sequence[str],
+    symbols: Sequence[str] | int,
     elites: Sequence[Elite] = (),
 ) -> str:
     """Render prompt `version` for a dataset.
 
     `columns` are exactly the columns the `df` passed to `make_features` has (the panel's
     columns without `timestamp`, which is the index, and `symbol`, which is fixed per call).
+    `symbols` are the symbols' names, or their number only (the names are then not given: what a
+    model remembers of a named coin cannot be applied; the sandbox's data is disguised too).
     `elites` (from `EliteArchive.inspiration`) are shown by versions that use them
     (`v3_inspiration`); giving them to another version is an error, not a silent no-op.
     """
@@ -104,11 +122,18 @@ def render_prompt(
         columns=list(columns),
         interval=describe_interval(interval),
         horizon=horizon,
-        symbols=list(symbols),
+        symbols=describe_symbols(symbols),
         packages=packages,
         stdlib=stdlib,
         elites=list(elites),
     )
+
+
+def describe_symbols(symbols: Sequence[str] | int) -> str:
+    """The symbols as a prompt names them: their names, or how many there are when the names are not given."""
+    if isinstance(symbols, int):
+        return f"{symbols} symbols, whose names are not given"
+    return ", ".join(symbols)
 
 
 def shows_elites(version: str) -> bool:

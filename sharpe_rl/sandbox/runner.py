@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
@@ -49,6 +50,7 @@ from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.data.splits import EvalPlan, Fold, plan_evaluation, timeline
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import BAD_TASK_EXIT, ErrorClass, bad_predictions_reason, encode_task
+from sharpe_rl.sandbox.disguise import Disguise, load_disguise_key
 from sharpe_rl.sandbox.docker_executor import DockerExecutor
 from sharpe_rl.sandbox.executor import Executor, RawOutcome, host_time_limit
 from sharpe_rl.sandbox.image import harness_hash
@@ -107,11 +109,13 @@ class SandboxRunner:
         *,
         seed: int = 0,
         run_id: str | None = None,
+        disguise_key: str | None = None,
     ) -> None:
         self.eval_cfg = eval_cfg
         self.sandbox_cfg = sandbox_cfg
         self.cache_dir = Path(cache_dir)
         self.seed = seed
+        self.disguise_key = disguise_key or load_disguise_key(self.cache_dir)
         self.run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.plan: EvalPlan = plan_evaluation(timeline(panel), eval_cfg)
         self.executor = make_executor(sandbox_cfg, self.run_id)
@@ -181,6 +185,7 @@ class SandboxRunner:
             "folds": [fold.to_wire() for fold in job.folds],
             "protocol": self.eval_cfg.model_dump(include={"horizon", "lookback", "rebalance_every"}),
             "seed": self.seed,
+            "disguise": hashlib.sha256(self.disguise_key.encode()).hexdigest()[:16],
             "harness": self.harness_hash,
             "image": getattr(self.executor, "image", None),
             "executor": self.executor.name,
@@ -253,28 +258,37 @@ class SandboxRunner:
             executor=self.executor.name,
         )
 
-    def task(self, job: Job, nonce: str) -> bytes:
-        """The task as the harness reads it from stdin."""
+    def task(self, job: Job, nonce: str) -> tuple[bytes, np.ndarray]:
+        """The task as the harness reads it from stdin (the bars in disguise), and the view row of each task row."""
+        view = job.view
+        disguise = Disguise.draw(self.disguise_key, view.data_hash, job.spec.code_hash, len(view.symbols))
+        timestamps, codes, ohlcv, order = disguise.bars(view.timestamps, view.codes, view.ohlcv)
         header = {
             "nonce": nonce,
             "spec": {"features": job.spec.features, "model": job.spec.model},
-            "folds": [fold.to_wire() for fold in job.folds],
+            "folds": [disguise.shift(fold.to_wire()) for fold in job.folds],
             "horizon": self.eval_cfg.horizon,
             "lookback": self.eval_cfg.lookback,
             "rebalance_every": self.eval_cfg.rebalance_bars,
             "seed": self.seed,
             "time_limit_seconds": self.sandbox_cfg.timeout_seconds,
         }
-        return encode_task(header, job.view.arrays)
+        arrays = {
+            "timestamp": ("<i8", timestamps.astype("<i8").tobytes()),
+            "symbol": ("<i4", codes.astype("<i4").tobytes()),
+            "ohlcv": ("<f8", np.ascontiguousarray(ohlcv, dtype="<f8").tobytes()),
+        }
+        return encode_task(header, arrays), order
 
     def _attempt(self, job: Job) -> _Attempt:
         nonce = secrets.token_hex(NONCE_BYTES)
-        outcome = self.executor.execute(self.task(job, nonce))
+        task, order = self.task(job, nonce)
+        outcome = self.executor.execute(task)
         if outcome.exit_code == BAD_TASK_EXIT:
             raise InfrastructureError(f"the sandbox harness could not read its task: {outcome.stderr_tail[-500:]}")
-        return self._interpret(outcome, job, nonce)
+        return self._interpret(outcome, job, nonce, order)
 
-    def _interpret(self, outcome: RawOutcome, job: Job, nonce: str) -> _Attempt:
+    def _interpret(self, outcome: RawOutcome, job: Job, nonce: str, order: np.ndarray) -> _Attempt:
         cfg = self.sandbox_cfg
         base = {
             "exit_code": outcome.exit_code,
@@ -304,7 +318,7 @@ class SandboxRunner:
             if report.status != "ok":
                 return _Attempt(status=report.status, message=report.message, traceback=report.traceback, **base)
             assert report.p_up is not None  # the report model guarantees it for "ok"
-            p_up = decode_p_up(report.p_up, rows.height)
+            p_up = Disguise.restore(decode_p_up(report.p_up, rows.height), order, job.view.test_indices(job.folds))
         except ReportError as exc:
             return _Attempt(status=ErrorClass.bad_predictions, message=f"{exc} (exit code {outcome.exit_code})", **base)
         problem = bad_predictions_reason(p_up.tolist(), rows.get_column("fold").to_list())

@@ -17,8 +17,9 @@ The messages are in `protocol.py`. What this side does with them:
   answers `predict_proba(X)[:, 1]` for those rows (`X`: float64, one row per symbol at t; a row with
   a non-finite feature is not passed to the model and gets NaN, traded flat by the host).
 - FIT: calls `make_features` on each symbol's whole history so far, pools the labelled rows whose
-  features are all finite (symbol by symbol, each in time order), and fits a fresh `make_model()` on
-  them (`X` float64, `y` int64 0/1).
+  features are all finite (in time order, the rows of one time ordered by their feature values, so
+  that the symbols' codes, random per task, do not change the fit), and fits a fresh `make_model()`
+  on them (`X` float64, `y` int64 0/1).
 
 Determinism: `random`, NumPy and torch are seeded when the spec loads and again before each fit's
 features and model, so the same task gives the same answers.
@@ -119,8 +120,12 @@ class Experiment:
         for code, values in features.items():
             rows = codes == code
             matrix[rows] = values[positions[rows]]
-        # symbol by symbol, then in time: the order the rows of a whole-panel frame would have
-        train = np.lexsort((positions, codes))
+        # in time, then by the features' values: an order that no symbol code (a secret, random per task) decides
+        times = np.empty(len(labels), dtype=np.int64)
+        for code, bars in self.symbols.items():
+            rows = codes == code
+            times[rows] = bars.timestamps[positions[rows]]
+        train = np.lexsort((codes, *matrix.T[::-1], times))
         train = train[np.isfinite(labels[train]) & np.isfinite(matrix[train]).all(axis=1)]
         if not len(train):
             raise ExperimentFailed(
