@@ -8,6 +8,7 @@ and every library function receives the one sub-model it needs.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -142,6 +143,11 @@ class PolicyConfig(_Settings):
     model: str = Field(
         "runs/policy/tiny", description="Hugging Face id or local path of the base policy (from_pretrained)."
     )
+    knowledge_cutoff: date | None = Field(
+        None,
+        description="The last day of market history the policy may have read in pretraining; a run's holdout starts "
+        "after it where the data allows (None: the tiny policy has no market memory; any other: unknown).",
+    )
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
     device: str = Field("auto", description="cpu, cuda, or auto.")
     max_new_tokens: int = Field(768, ge=16, description="Longest completion generated.")
@@ -265,6 +271,8 @@ class RunConfig(_Settings):
 
 
 MISTRAL_7B = "mistralai/Mistral-7B-v0.1"
+#: Mistral-7B-v0.1's release: its training data cannot be later (its own cutoff is not published).
+MISTRAL_7B_RELEASED = date(2023, 9, 27)
 """The production policy: the base (not instruct) model, because the prompts are plain completions
 ("... Experiment:\n" then the JSON), not a chat template. Not gated on the Hugging Face Hub."""
 
@@ -289,6 +297,7 @@ def mistral_7b_policy(**changes: object) -> PolicyConfig:
     """
     preset = {
         "model": MISTRAL_7B,
+        "knowledge_cutoff": MISTRAL_7B_RELEASED,
         "backend": "vllm",
         "device": "cuda",
         "max_new_tokens": 1024,

@@ -105,9 +105,7 @@ def plan_comparison(runs_dir: Path, run: str, n: int = MIN_SAMPLES, seed: int = 
     last = Checkpoints(runs_dir, run).latest_cycle()
     if last is None:
         raise ComparisonError(f"run {run} has no checkpoint yet: run at least one cycle before comparing")
-    evaluation = EvaluationRef.of(
-        config.dataset, config.eval, config.sandbox, runs_dir / "cache", seed=config.seed, run_id=run
-    )
+    evaluation = EvaluationRef.for_run(config, runs_dir, run)
     dataset = load_evaluation(evaluation)
     prompt = run_prompt(config, dataset.interval, dataset.symbols)
     base = PolicyRef(policy=config.policy, ppo=config.ppo, seed=config.seed, runs_dir=runs_dir, run=run)

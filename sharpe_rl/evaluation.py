@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,12 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from sharpe_rl.checks import check_completion
-from sharpe_rl.config import EvalConfig, RewardConfig, SandboxConfig
+from sharpe_rl.config import EvalConfig, RewardConfig, RunConfig, SandboxConfig
 from sharpe_rl.data.atomic import sha256_file
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.data.splits import EvalPlan, fold_rows, plan_evaluation, reward_panel, timeline
 from sharpe_rl.noskill import NoSkillBand, cached_band
+from sharpe_rl.policy.knowledge import policy_knowledge
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
 from sharpe_rl.sandbox.disguise import load_disguise_key
@@ -78,6 +79,7 @@ class EvaluationRef(BaseModel):
     cache_dir: Path
     run_id: str | None = None
     disguise_key: str = Field(repr=False)  # the host's secret for the data's disguise (sandbox/disguise.py)
+    holdout_after: datetime | None = None  # the policy's knowledge cutoff: the holdout starts after it where it can
 
     @classmethod
     def of(
@@ -89,6 +91,7 @@ class EvaluationRef(BaseModel):
         *,
         seed: int = 0,
         run_id: str | None = None,
+        holdout_after: datetime | None = None,
     ) -> EvaluationRef:
         """The ref of `dataset` as it is now (its content hash is computed here)."""
         dataset = Path(dataset).resolve()
@@ -101,6 +104,22 @@ class EvaluationRef(BaseModel):
             cache_dir=Path(cache_dir).resolve(),
             run_id=run_id,
             disguise_key=load_disguise_key(Path(cache_dir)),
+            holdout_after=holdout_after,
+        )
+
+    @classmethod
+    def for_run(
+        cls, config: RunConfig, runs_dir: Path, run: str, *, sandbox: SandboxConfig | None = None
+    ) -> EvaluationRef:
+        """The ref a run evaluates with: its dataset, settings, seed, cache, and its policy's knowledge cutoff."""
+        return cls.of(
+            config.dataset,
+            config.eval,
+            sandbox or config.sandbox,
+            runs_dir / "cache",
+            seed=config.seed,
+            run_id=run,
+            holdout_after=policy_knowledge(config.policy).holdout_after,
         )
 
 
@@ -158,7 +177,7 @@ class Evaluation:
         self.panel = load_panel(ref.dataset)
         self.symbols: list[str] = self.panel.get_column("symbol").unique().sort().to_list()
         self.interval: timedelta = detect_interval(self.panel)
-        self.plan: EvalPlan = plan_evaluation(timeline(self.panel), ref.eval)
+        self.plan: EvalPlan = plan_evaluation(timeline(self.panel), ref.eval, ref.holdout_after)
         self.reward_panel = reward_panel(self.panel, self.plan)
 
     @cached_property
@@ -173,6 +192,7 @@ class Evaluation:
             seed=ref.seed,
             run_id=ref.run_id,
             disguise_key=ref.disguise_key,
+            holdout_after=ref.holdout_after,
         )
 
     @cached_property

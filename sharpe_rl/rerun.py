@@ -61,7 +61,7 @@ def rerun_experiments(
         raise RunError(f"the replay buffer has no {which} of run {run}")
     config = saved_config(runs_dir, run)
     sandbox = config.sandbox if executor is None else config.sandbox.model_copy(update={"executor": executor})
-    original = EvaluationRef.of(config.dataset, config.eval, sandbox, runs_dir / "cache", seed=config.seed, run_id=run)
+    original = EvaluationRef.for_run(config, runs_dir, run, sandbox=sandbox)
     with tempfile.TemporaryDirectory(prefix="sharpe-rl-rerun-") as scratch:
         fresh = original.model_copy(update={"cache_dir": Path(scratch), "run_id": f"{run}-rerun"})
         try:

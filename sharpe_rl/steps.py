@@ -147,9 +147,7 @@ def start(config: RunConfig) -> RunRef:
         policy_source(config.policy)
     except FileNotFoundError as exc:
         raise RunError(str(exc)) from exc
-    evaluation = EvaluationRef.of(
-        config.dataset, config.eval, config.sandbox, runs / "cache", seed=config.seed, run_id=name
-    )
+    evaluation = EvaluationRef.for_run(config, runs, name)
     dataset = load_evaluation(evaluation)
     if config.eval.scheme == "cross_sectional" and len(dataset.symbols) < 2:
         raise RunError(

@@ -76,3 +76,24 @@ def test_reward_panel_stops_at_the_reward_end():
     assert cut.get_column("timestamp").max() == plan.reward_end
     assert cut.filter(pl.col("timestamp") >= plan.holdout_start).is_empty()
     assert cut.height == 2 * 80
+
+
+# ---- the holdout after the policy's knowledge cutoff ----
+
+
+def test_the_holdout_starts_after_the_knowledge_cutoff_where_the_data_allows():
+    bars = hourly(1000)
+    cutoff = bars[599] + timedelta(minutes=30)  # the policy may know up to bar 599
+    plan = plan_evaluation(bars, EvalConfig(), holdout_after=cutoff)
+    assert plan.holdout_start == bars[600] and plan.reward_end == bars[599]
+    assert all(fold.test_end <= cutoff for fold in plan.folds)
+
+
+def test_the_default_holdout_stays_when_it_already_lies_after_the_cutoff_or_the_data_does_not_allow():
+    bars = hourly(1000)
+    default = plan_evaluation(bars, EvalConfig())
+    assert plan_evaluation(bars, EvalConfig(), holdout_after=bars[900]) == default  # already after it
+    assert plan_evaluation(bars, EvalConfig(), holdout_after=bars[-1]) == default  # nothing after it
+    assert plan_evaluation(bars, EvalConfig(), holdout_after=bars[5]) == default  # no room for the folds before it
+    no_holdout = EvalConfig(holdout_fraction=0)
+    assert plan_evaluation(bars, no_holdout, holdout_after=bars[500]).holdout_start is None  # none was asked for

@@ -9,6 +9,8 @@ see.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -85,10 +87,26 @@ def fold_rows(panel: pl.DataFrame, folds: Sequence[Fold]) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig) -> EvalPlan:
-    """Split a sorted timeline into the reward window with its folds, and the holdout."""
+def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig, holdout_after: datetime | None = None) -> EvalPlan:
+    """Split a sorted timeline into the reward window with its folds, and the holdout.
+
+    The holdout is the last `holdout_fraction` of the bars; with `holdout_after` (the end of the
+    policy's knowledge cutoff, `sharpe_rl.policy.knowledge`) it starts at the first bar after that
+    instant instead, when that is earlier and the reward window before it still holds the folds
+    (where the data allows). With no bar after it, or too few before it, the default holdout stays.
+    """
     n = len(timestamps)
     n_holdout = math.floor(n * cfg.holdout_fraction)
+    if holdout_after is not None and n_holdout:
+        after_cutoff = n - bisect.bisect_right(timestamps, holdout_after)
+        if after_cutoff > n_holdout:
+            with contextlib.suppress(ProtocolError):
+                return _plan(timestamps, cfg, after_cutoff)
+    return _plan(timestamps, cfg, n_holdout)
+
+
+def _plan(timestamps: Sequence[datetime], cfg: EvalConfig, n_holdout: int) -> EvalPlan:
+    n = len(timestamps)
     reward = timestamps[: n - n_holdout]
     gap = cfg.horizon + cfg.embargo
 

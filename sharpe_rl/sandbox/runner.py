@@ -110,6 +110,7 @@ class SandboxRunner:
         seed: int = 0,
         run_id: str | None = None,
         disguise_key: str | None = None,
+        holdout_after: datetime | None = None,
     ) -> None:
         self.eval_cfg = eval_cfg
         self.sandbox_cfg = sandbox_cfg
@@ -117,7 +118,7 @@ class SandboxRunner:
         self.seed = seed
         self.disguise_key = disguise_key or load_disguise_key(self.cache_dir)
         self.run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        self.plan: EvalPlan = plan_evaluation(timeline(panel), eval_cfg)
+        self.plan: EvalPlan = plan_evaluation(timeline(panel), eval_cfg, holdout_after)
         self.executor = make_executor(sandbox_cfg, self.run_id)
         self.harness_hash = harness_hash()
         self._panel = panel
