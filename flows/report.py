@@ -15,7 +15,9 @@ from tasks.report import post_report
 @task(cache_policy=NONE)
 def write_report(runs_dir: Path, run: str | None, compare: str | None) -> str:
     frame = report_frame(runs_dir)
-    report = build_report(frame, runs_dir / "reports" / (run or "latest"), run=run, compare_run=compare)
+    report = build_report(
+        frame, runs_dir / "reports" / (run or "latest"), run=run, compare_run=compare, runs_dir=runs_dir
+    )
     post_report(report)
     return str(report.html_path)
 

@@ -9,7 +9,7 @@ from flows.holdout import holdout
 from flows.task_runners import task_runner
 from sharpe_rl.config import RunConfig
 from tasks.report import publish_report
-from tasks.run import finish_run, run_name_for_flow_run, start_run
+from tasks.run import carry_over, finish_run, run_name_for_flow_run, start_run
 
 
 @flow(name="rl_run", flow_run_name=run_name_for_flow_run)
@@ -24,6 +24,7 @@ def rl_run(config: RunConfig = RunConfig()) -> str:  # noqa: B008 - a pydantic d
             policy = run_cycle(run, policy, index)
             publish_report(run)
         score_holdout(run)
+        carry_over(run)
         publish_report(run)
     except BaseException:
         finish_run(run, failed=True)  # marked FAILED in MLflow, not left RUNNING

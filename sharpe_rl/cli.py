@@ -462,7 +462,7 @@ def report(
     try:
         name = select_run(frame, run)["run"][0]
         target = out or runs_dir / "reports" / (f"{name}-vs-{compare}" if compare else name)
-        built = build_report(frame, target, run=name, compare_run=compare, top_n=top)
+        built = build_report(frame, target, run=name, compare_run=compare, top_n=top, runs_dir=runs_dir)
     except ValueError as exc:
         _fail(exc)
     print_report(built, stdout)

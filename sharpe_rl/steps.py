@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.analysis.classify import classify
-from sharpe_rl.analysis.tables import annotate, cycle_metrics
+from sharpe_rl.analysis.tables import HOLDOUT_SHARPE, annotate, cycle_metrics
 from sharpe_rl.archive import EliteArchive, load_archive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import RunConfig
@@ -54,16 +55,19 @@ from sharpe_rl.data.card import card_path
 from sharpe_rl.diversity import Visits, diversity_rewards
 from sharpe_rl.evaluation import EvaluationRef, Outcome, close_evaluation, load_evaluation, metric_numbers
 from sharpe_rl.experience import Experience
-from sharpe_rl.holdout import write_holdout
+from sharpe_rl.facts import RunFacts, load_facts, save_facts
+from sharpe_rl.holdout import report_frame, write_holdout
 from sharpe_rl.noskill import NoSkillBand
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, policy_source, row_seed
+from sharpe_rl.policy.knowledge import policy_knowledge
 from sharpe_rl.policy.prompts import PROMPTS_DIR, run_prompt, shows_elites
 from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import ENGINE_ERRORS, reap_containers
-from sharpe_rl.scoring import deflate, reward_cap_sharpe
+from sharpe_rl.scoring import DegeneratePredictions, backtest, deflate, reward_cap_sharpe
+from sharpe_rl.selection import Selection, agreement, probability_of_backtest_overfitting
 from sharpe_rl.spec import ExperimentSpec
 from sharpe_rl.tracking import Tracker
 
@@ -177,6 +181,24 @@ def start(config: RunConfig) -> RunRef:
     warning = dataset.noskill.warning(reward_cap_sharpe(config.reward))
     if warning:
         description += f"\n{warning}"
+    knowledge = policy_knowledge(config.policy)
+    facts = RunFacts(
+        noskill=dataset.noskill,
+        knowledge=knowledge.text,
+        cutoff=knowledge.cutoff,
+        memory=knowledge.memory,
+        reward_start=dataset.plan.reward_start,
+        reward_end=dataset.plan.reward_end,
+        holdout_start=dataset.plan.holdout_start,
+        holdout_end=dataset.plan.holdout_end,
+        symbols_named=config.name_symbols,
+    )
+    save_facts(runs, name, facts)
+    band = dataset.noskill
+    Tracker(runs, config.tracking_uri, parent_run_id=parent).log_metrics(
+        0, {"noskill_band_lo": band.lo, "noskill_band_hi": band.hi, "noskill_sigma": band.sigma}
+    )
+    description += f"\nholdout: {facts.holdout_words()}"
     return RunRef(
         config=config,
         evaluation=evaluation,
@@ -360,20 +382,23 @@ class Candidate:
     spec: ExperimentSpec
 
 
-def holdout_candidates(run: RunRef, top_n: int = 10) -> list[Candidate]:
-    """The run's best distinct experiments by in-sample net Sharpe (so the report shows how much survives)."""
+def holdout_candidates(run: RunRef, top_n: int = 10, sample_n: int = 10) -> list[Candidate]:
+    """The run's best distinct experiments by in-sample net Sharpe (so the report shows how much survives), then a
+    seeded random sample of `sample_n` of the others (so the reward–holdout agreement is not measured on the top
+    alone)."""
     frame = ReplayBuffer(run.config.runs_dir).frame(run=run.name)
     if frame.is_empty() or "metric_sharpe_net" not in frame.columns:
         return []
-    best = (
-        frame.filter(pl.col("error_class").is_null())
+    distinct = (
+        frame.filter(pl.col("error_class").is_null() & pl.col("metric_sharpe_net").is_not_null())
         .sort("metric_sharpe_net", descending=True)
         .unique("code_hash", keep="first", maintain_order=True)
-        .head(top_n)
     )
+    rest = distinct.slice(top_n)
+    sample = rest.sample(min(sample_n, rest.height), seed=run.config.seed) if rest.height else rest
     return [
         Candidate(row["cycle"], row["index"], ExperimentSpec.model_validate_json(row["spec_json"]))
-        for row in best.iter_rows(named=True)
+        for row in pl.concat([distinct.head(top_n), sample]).iter_rows(named=True)
     ]
 
 
@@ -386,6 +411,47 @@ def save_holdout(run: RunRef, candidates: Sequence[Candidate], scores: Sequence[
     if not table.is_empty():
         write_holdout(run.config.runs_dir, run.name, table)
     return table
+
+
+def carry_over(run: RunRef) -> Selection:
+    """Whether the run's reward carries over to the holdout: agreement and PBO, kept in its facts and in MLflow."""
+    frame = report_frame(run.config.runs_dir, run.name)
+    scored = frame.filter(pl.col("error_class").is_null()) if "error_class" in frame.columns else frame
+    both = scored.filter(pl.col(HOLDOUT_SHARPE).is_not_null()) if HOLDOUT_SHARPE in scored.columns else scored.clear()
+    agreed = agreement(both["metric_sharpe_net"].to_numpy(), both[HOLDOUT_SHARPE].to_numpy(), seed=run.config.seed)
+    returns = _reward_window_returns(run, scored)
+    selection = Selection(
+        agreement=agreed,
+        pbo=probability_of_backtest_overfitting(returns) if returns is not None else None,
+        pbo_experiments=0 if returns is None else returns.shape[1],
+    )
+    facts = load_facts(run.config.runs_dir, run.name)
+    if facts is not None:
+        save_facts(run.config.runs_dir, run.name, facts.model_copy(update={"selection": selection}))
+    last = Checkpoints(run.config.runs_dir, run.name).latest_cycle()
+    if selection.metrics() and last is not None:
+        run.tracker().log_metrics(last, selection.metrics())
+    return selection
+
+
+def _reward_window_returns(run: RunRef, scored: pl.DataFrame) -> np.ndarray | None:
+    """Per-bar net returns on the reward folds of each distinct scored experiment (bars × experiments)."""
+    if scored.is_empty() or "cache_key" not in scored.columns:
+        return None
+    evaluation = load_evaluation(run.evaluation)
+    columns = []
+    for key in scored.unique("code_hash", keep="first", maintain_order=True)["cache_key"].drop_nulls():
+        result = evaluation.runner.cached(key)
+        if result is None or result.predictions_path is None:
+            continue
+        try:
+            book = backtest(evaluation.runner.predictions(result), evaluation.reward_panel, run.config.eval)
+        except DegeneratePredictions:
+            continue
+        columns.append(book.returns["net_return"].to_numpy())
+    if len(columns) < 2 or len({len(c) for c in columns}) != 1:
+        return None
+    return np.column_stack(columns)
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def publish_report(run: RunRef) -> str:
     """Rebuild the run's post-mortem from the buffer (and holdout scores), post it, attach it to MLflow."""
     runs_dir = run.config.runs_dir
     out_dir = runs_dir / "reports" / run.name
-    report = build_report(report_frame(runs_dir, run.name), out_dir, run=run.name)
+    report = build_report(report_frame(runs_dir, run.name), out_dir, run=run.name, runs_dir=runs_dir)
     post_report(report)
     run.tracker().log_artifacts(out_dir, "report")
     return str(report.html_path)

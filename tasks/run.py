@@ -42,3 +42,13 @@ def holdout_candidates(run: RunRef, top_n: int) -> list[Candidate]:
 @task(cache_policy=NONE)
 def save_holdout(run: RunRef, candidates: list[Candidate], scores: list[dict]) -> int:
     return run_steps.save_holdout(run, candidates, scores).height
+
+
+@task(cache_policy=NONE)
+def carry_over(run: RunRef) -> None:
+    """Whether the run's reward carries over to its holdout (agreement, PBO): into its facts and MLflow."""
+    selection = run_steps.carry_over(run)
+    if selection.agreement is not None:
+        print(f"reward–holdout agreement (Spearman): {selection.agreement.sentence()}")
+    if selection.pbo is not None:
+        print(f"probability of backtest overfitting: {selection.pbo:.2f} ({selection.pbo_experiments} experiments)")

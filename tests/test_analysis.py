@@ -10,7 +10,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -23,7 +23,10 @@ from sharpe_rl.analysis.report import build_report, print_report, select_run
 from sharpe_rl.analysis.tables import STATUSES, analyse, annotate
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.experience import Experience
+from sharpe_rl.facts import RunFacts, save_facts
+from sharpe_rl.noskill import NoSkillBand
 from sharpe_rl.sandbox.contract import ErrorClass
+from sharpe_rl.selection import Agreement, Selection
 from sharpe_rl.spec import ExperimentSpec
 
 MODELS = {
@@ -280,6 +283,44 @@ def test_report_files_tables_and_missing_holdout(tmp_path):
     assert {"headline", "family_usage", "feature_usage", "failure_taxonomy", "cycles"} <= report.tables.keys()
     assert "rsi <b>bold</b> \\| piped" in report.markdown
     assert "<b>bold</b>" not in report.html and "&lt;b&gt;bold&lt;/b&gt;" in report.html
+
+
+def test_the_report_says_whether_the_reward_is_worth_learning_from(tmp_path):
+    band = NoSkillBand(
+        lo=-1.2,
+        hi=0.9,
+        sigma=0.55,
+        mean_by_speed={"every 1 decision": -0.2},
+        static=-0.5,
+        n_bars=700,
+        n_symbols=3,
+        draws=200,
+    )
+    day = datetime(2019, 6, 1, tzinfo=UTC)
+    facts = RunFacts(
+        noskill=band,
+        knowledge="knowledge cutoff 2023-09-27",
+        cutoff=date(2023, 9, 27),
+        memory=True,
+        reward_start=day,
+        reward_end=day,
+        holdout_start=day,
+        holdout_end=day,
+        symbols_named=False,
+        selection=Selection(agreement=Agreement(rho=0.05, lo=-0.3, hi=0.4, n=20), pbo=0.61, pbo_experiments=90),
+    )
+    save_facts(tmp_path / "runs", "r1", facts)
+    report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=tmp_path / "runs")
+    assert "Reward–holdout agreement (Spearman): +0.05 [-0.30, +0.40] over 20 experiments: not distinguishable" in (
+        report.markdown
+    )
+    assert "no-skill band: a random ranking scores between -1.20 and +0.90 (95%)" in report.markdown
+    assert "the data has nothing after the policy's knowledge cutoff 2023-09-27" in report.markdown
+    assert "0.61 (over 90 distinct experiments" in report.markdown
+    top = report.tables["top_experiments"]
+    row = next(r for r in top if r["holdout_sharpe"] is not None)
+    assert row["decay"] == pytest.approx(row["holdout_sharpe"] - row["sharpe"], abs=1e-3)
+    assert row["evidence"] == pytest.approx(row["sharpe"] / 0.55, abs=1e-3)
 
 
 def test_markdown_with_embedded_plots_carries_every_plot_as_a_data_uri(tmp_path):

@@ -8,7 +8,7 @@ direction it promises.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import PPOConfig, RewardConfig, RunConfig
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation
 from sharpe_rl.experience import Experience
+from sharpe_rl.facts import RunFacts, load_facts, save_facts
 from sharpe_rl.policy.generation import Generation
 from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.policy.steps import Batch, PolicyRef
@@ -236,3 +237,47 @@ def test_inspiration_prompts_differ_by_group_and_a_resumed_cycle_draws_the_same(
 def test_the_group_advantage_needs_two_completions_a_cycle():
     with pytest.raises(ValueError, match="batch_size must be at least 2"):
         RunConfig(batch_size=1, ppo=PPOConfig(advantage="group"))
+
+
+# -- does the reward carry over? ------------------------------------------------------------------
+
+
+def test_the_holdout_takes_the_best_and_a_seeded_sample_of_the_rest(run):
+    for cycle in range(3):
+        score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), cycle + i / 4) for i in range(4)])
+    candidates = steps.holdout_candidates(run, top_n=3, sample_n=3)
+    assert [(c.cycle, c.index) for c in candidates[:3]] == [(2, 3), (2, 2), (2, 1)]  # the best three
+    rest = {(c.cycle, c.index) for c in candidates[3:]}
+    assert len(rest) == 3 and not rest & {(2, 3), (2, 2), (2, 1)}
+    assert candidates == steps.holdout_candidates(run, top_n=3, sample_n=3)  # the same sample every time
+
+
+def test_the_run_says_whether_its_reward_carries_over_to_the_holdout(run):
+    for cycle in range(3):
+        score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), cycle - 1 + i / 4) for i in range(4)])
+    band = load_evaluation(run.evaluation).noskill
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    facts = RunFacts(
+        noskill=band,
+        knowledge="no market memory",
+        cutoff=None,
+        memory=False,
+        reward_start=now,
+        reward_end=now,
+        holdout_start=now,
+        holdout_end=now,
+        symbols_named=False,
+    )
+    save_facts(run.config.runs_dir, run.name, facts)
+    candidates = steps.holdout_candidates(run, top_n=4, sample_n=8)
+    frame = ReplayBuffer(run.config.runs_dir).frame(run=run.name)
+    in_sample = {(r["cycle"], r["index"]): r["metric_sharpe_net"] for r in frame.iter_rows(named=True)}
+    scores = [
+        {"metric_holdout_sharpe_net": 0.5 * in_sample[(c.cycle, c.index)] + 0.05 * (c.index % 2)} for c in candidates
+    ]
+    steps.save_holdout(run, candidates, scores)
+
+    selection = steps.carry_over(run)
+    assert selection.agreement is not None and selection.agreement.n == 12 and selection.agreement.rho > 0.9
+    assert selection.pbo is None  # these outcomes were made by hand: no predictions to cut into blocks
+    assert load_facts(run.config.runs_dir, run.name).selection == selection

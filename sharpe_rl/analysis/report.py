@@ -26,6 +26,7 @@ from sharpe_rl.analysis.plots import write_plots
 from sharpe_rl.analysis.quality_diversity import grid_table
 from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
 from sharpe_rl.data.atomic import staged_files
+from sharpe_rl.facts import RunFacts, load_facts
 
 MISSING = "—"
 
@@ -137,22 +138,26 @@ def build_report(
     *,
     compare_run: str | None = None,
     top_n: int = 10,
+    runs_dir: Path | None = None,
 ) -> Report:
     """Write the post-mortem of one run (the latest in `frame` when `run` is None) under `out_dir`.
 
     Comparing: pass `compare_frame` (the other run's experiments, or a frame it is the latest
     of) and/or `compare_run` (looked up in `compare_frame`, else in `frame`); the report then
     opens with both runs' headline numbers, model families, features and failures side by side.
+    `runs_dir` holds the run's evaluation facts (`sharpe_rl.facts`: the no-skill band, where the
+    holdout lies, whether the reward carries over); without it the report leaves them out.
     """
     out_dir = Path(out_dir)
     analysis = analyse(select_run(frame, run), top_n)
+    facts = load_facts(runs_dir, analysis.run) if runs_dir is not None else None
     compare = None
     if compare_frame is not None or compare_run is not None:
         other = compare_frame if compare_frame is not None else frame
         compare = analyse(select_run(other, compare_run), top_n)
     with staged_files(out_dir) as staging:  # a reader never finds half a report, even on a full disk
         plots = {name: path.relative_to(staging) for name, path in write_plots(analysis, staging / "plots").items()}
-        sections = _sections(analysis, compare, {name: path.as_posix() for name, path in plots.items()})
+        sections = _sections(analysis, compare, {name: path.as_posix() for name, path in plots.items()}, facts)
         context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
         markdown = _environment().get_template("report.md.j2").render(context)
         html = _environment().get_template("report.html.j2").render(context)
@@ -204,6 +209,8 @@ _TOP_COLUMNS = (
     Column("sharpe", "in-sample Sharpe", "num"),
     Column("dsr", "deflated Sharpe (prob.)", "num"),
     Column("holdout_sharpe", "holdout Sharpe", "num"),
+    Column("evidence", "evidence (sigmas)", "num"),
+    Column("decay", "decay", "num"),
 )
 _CYCLE_COLUMNS = (
     Column("cycle", "cycle", "int"),
@@ -236,7 +243,9 @@ _ARCHIVE_COLUMNS = (
 _NAME_LENGTH = 48  # experiment names are the policy's free text
 
 
-def _sections(analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[str, str]) -> list[Section]:
+def _sections(
+    analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[str, str], facts: RunFacts | None
+) -> list[Section]:
     a = analysis
     headline = Table(
         "headline",
@@ -248,8 +257,10 @@ def _sections(analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[st
         ),
         terminal=True,
     )
-    top_rows = [row | {"name": _shorten(row["name"])} for row in a.top_experiments.to_dicts()]
-    sections = [Section("Headline", f"Run `{a.run}`.", (headline,))]
+    top_rows = [row | {"name": _shorten(row["name"])} | _decay(row, facts) for row in a.top_experiments.to_dicts()]
+    sections = [Section("Headline", f"Run `{a.run}`." + (f" {_verdict(facts)}" if facts else ""), (headline,))]
+    if facts is not None:
+        sections.append(_evaluation(facts))
     if compare is not None:
         sections.append(_comparison(a, compare))
     sections += [
@@ -331,9 +342,11 @@ def _sections(analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[st
             "Is the reward real?",
             "The best distinct programs by in-sample Sharpe, with the deflated Sharpe ratio (the "
             "probability the Sharpe beats the best of as many random trials) and the Sharpe on the "
-            "final holdout, which no reward ever saw. Picking the best of many trials inflates the "
-            "in-sample number: points below the y = x line are that selection bias. "
-            f"`{MISSING}`: not measured.",
+            "final holdout, which no reward ever saw; *evidence* is the in-sample Sharpe in units of "
+            "the panel's no-skill noise, *decay* the holdout Sharpe less the in-sample one. Picking the "
+            "best of many trials inflates the in-sample number: points below the y = x line are that "
+            f"selection bias. `{MISSING}`: not measured."
+            + (f" The {facts.noskill.sentence()} on the reward folds." if facts else ""),
             (Table("top_experiments", "Top experiments", _TOP_COLUMNS, tuple(top_rows), terminal=True),),
             (plots["holdout"],),
         ),
@@ -359,6 +372,57 @@ def _sections(analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[st
         ),
     ]
     return sections
+
+
+def _verdict(facts: RunFacts) -> str:
+    """The headline's answer to "is the reward worth learning from?"."""
+    selection = facts.selection
+    if selection is None or selection.agreement is None:
+        return "Whether the reward carries over to the holdout is measured when the run ends."
+    return f"Reward–holdout agreement (Spearman): {selection.agreement.sentence()}."
+
+
+def _evaluation(facts: RunFacts) -> Section:
+    """The no-skill band, the holdout against the policy's memory, and whether the reward carries over."""
+    selection = facts.selection
+    agreement = selection.agreement.sentence() if selection and selection.agreement else None
+    pbo = None
+    if selection and selection.pbo is not None:
+        pbo = f"{selection.pbo:.2f} (over {selection.pbo_experiments} distinct experiments; 0.5 or more: no better "
+        pbo += "than picking at random)"
+    rows = (
+        {"metric": "no-skill band", "value": f"{facts.noskill.sentence()} (noise {facts.noskill.sigma:.2f})"},
+        {"metric": "a static ranking scores", "value": f"{facts.noskill.static:+.2f} (timing only: its entry cost)"},
+        {"metric": "reward window", "value": f"{facts.reward_start:%Y-%m-%d} to {facts.reward_end:%Y-%m-%d}"},
+        {"metric": "holdout", "value": facts.holdout_words()},
+        {
+            "metric": "symbols named in the prompt",
+            "value": "yes: the policy can apply what it remembers of them"
+            if facts.symbols_named
+            else "no (the prompt gives their number; the data is disguised)",
+        },
+        {"metric": "reward–holdout agreement", "value": agreement or MISSING},
+        {"metric": "probability of backtest overfitting", "value": pbo or MISSING},
+    )
+    table = Table("evaluation", "Evaluation", (Column("metric", "metric"), Column("value", "value")), rows, True)
+    return Section(
+        "Is the reward worth learning from?",
+        "What no skill scores on this panel (random rankings re-drawn at several speeds), where the holdout lies "
+        "against what the policy may remember, and whether what the reward pays carries over to data it never "
+        "saw: the rank agreement of reward-window and holdout Sharpe across experiments (the best and a random "
+        "sample of the rest), and the probability that picking the best by the reward window is overfitting "
+        "(combinatorially symmetric cross-validation).",
+        (table,),
+    )
+
+
+def _decay(row: dict[str, Any], facts: RunFacts | None) -> dict[str, Any]:
+    """A top experiment's evidence (its Sharpe in no-skill sigmas) and decay (holdout less in-sample Sharpe)."""
+    sharpe, holdout = row.get("sharpe"), row.get("holdout_sharpe")
+    return {
+        "evidence": facts.noskill.evidence(sharpe) if facts and sharpe is not None else None,
+        "decay": holdout - sharpe if holdout is not None and sharpe is not None else None,
+    }
 
 
 def _comparison(a: RunAnalysis, b: RunAnalysis) -> Section:
