@@ -392,7 +392,10 @@ def _evaluation(facts: RunFacts) -> Section:
         pbo += "than picking at random)"
     rows = (
         {"metric": "no-skill band", "value": f"{facts.noskill.sentence()} (noise {facts.noskill.sigma:.2f})"},
-        {"metric": "a static ranking scores", "value": f"{facts.noskill.static:+.2f} (timing only: its entry cost)"},
+        {
+            "metric": "a static ranking scores",
+            "value": f"{facts.noskill.static:+.2f} (timing only: its entry cost, and what listings and gaps move)",
+        },
         {"metric": "reward window", "value": f"{facts.reward_start:%Y-%m-%d} to {facts.reward_end:%Y-%m-%d}"},
         {"metric": "holdout", "value": facts.holdout_words()},
         {

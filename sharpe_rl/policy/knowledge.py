@@ -25,6 +25,8 @@ from sharpe_rl.config import PolicyConfig
 
 #: Beside a policy built by `sharpe-rl build-policy` (sharpe_rl.policy.tiny.BUILD_INFO).
 BUILD_INFO = "build_info.json"
+#: What the tiny policy's build records of its market memory.
+TINY_MEMORY = "none: its corpus is generated code, with no prices, returns or dates of market events"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,6 @@ def policy_knowledge(cfg: PolicyConfig) -> Knowledge:
         return Knowledge(cfg.knowledge_cutoff, f"knowledge cutoff {cfg.knowledge_cutoff:%Y-%m-%d}", True)
     info = Path(cfg.model) / BUILD_INFO
     if info.is_file():
-        memory = json.loads(info.read_text()).get("market_memory", "none")
+        memory = json.loads(info.read_text()).get("market_memory", TINY_MEMORY)
         return Knowledge(None, f"no market memory (the tiny policy: {memory})", False)
     return Knowledge(None, "knowledge cutoff unknown (set policy.knowledge_cutoff)", True)

@@ -37,7 +37,7 @@ from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerF
 
 from sharpe_rl.config import TinyPolicyConfig
 from sharpe_rl.policy.corpus import CorpusExample, build_corpus
-from sharpe_rl.policy.knowledge import BUILD_INFO
+from sharpe_rl.policy.knowledge import BUILD_INFO, TINY_MEMORY
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "</s>"
@@ -264,7 +264,7 @@ def build_tiny_policy(out: Path, cfg: TinyPolicyConfig, on_step: StepCallback | 
         "loss": _loss_summary(losses),
         "corpus": _corpus_stats(corpus, encoded),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "market_memory": "none: its corpus is generated code, with no prices, returns or dates of market events",
+        "market_memory": TINY_MEMORY,
     }
     _save(out, model, tokenizer, info)
     return info
