@@ -13,7 +13,7 @@ against its final checkpoint, `--n` completions each, on the reward window and t
                among the experiments that run.
 
 and, asked for with `--configs`, `inspiration`: the diversity terms and the prompt
-`v3_inspiration` (a few elites of the archive's other cells rendered into each prompt group's
+`v6_inspiration` (a few elites of the archive's other cells rendered into each prompt group's
 prompt). `--learning-rate` sets PPO's (a run's name then carries it, so runs at different rates
 live side by side in one runs directory).
 
@@ -49,10 +49,10 @@ CONFIGS: dict[str, RewardConfig] = {
     "plain": RewardConfig(),
     "diversity": RewardConfig(novelty_weight=0.2, copy_penalty=0.5),
     "shrunk": RewardConfig(novelty_weight=0.2, copy_penalty=0.5, luck_correction="shrunk"),
-    "inspiration": RewardConfig(novelty_weight=0.2, copy_penalty=0.5),  # and the prompt v3_inspiration
+    "inspiration": RewardConfig(novelty_weight=0.2, copy_penalty=0.5),  # and the prompt v6_inspiration
 }
 #: The prompt of each configuration that does not use the default one.
-PROMPTS = {"inspiration": "v3_inspiration"}
+PROMPTS = {"inspiration": "v6_inspiration"}
 BLOCK = 6  # cycles per block of the per-block figures
 
 

@@ -1,6 +1,6 @@
 """The effect of constrained JSON decoding on the json_parse rate, and what it costs in time.
 
-Generates N completions (alternating `v1_example` / `v2_rules` prompts rendered for the real daily
+Generates N completions (alternating `v4_example` / `v5_rules` prompts rendered for the real daily
 panel) with and without the constraint, same seeds, and prints for each: the share that is a
 json_parse failure, the share that is a schema failure, generation seconds and tokens/s. It does
 so for the built tiny policy and for an untrained model of the same architecture and tokenizer

@@ -95,7 +95,7 @@ def report(title: str, predictions: pl.DataFrame, panel: pl.DataFrame) -> None:
     print(f"\n{title}: {predictions.height:,} predictions")
     print(f"{'scheme':<16}{'rebalance':>10}{'fee bps':>9}{'gross SR':>10}{'net SR':>9}{'turnover':>10}{'hit':>7}")
     for scheme, every, fee in SETTINGS:
-        cfg = EvalConfig(scheme=scheme, rebalance_every=every, fee_bps=fee)
+        cfg = EvalConfig(scheme=scheme, decide_every=every, fee_bps=fee)
         m = score_predictions(predictions, panel, cfg, bar_interval=interval)
         if not m.valid:
             print(f"{scheme:<16}{every:>10}{fee:>9.0f}  invalid: {m.reason} ({m.message})")

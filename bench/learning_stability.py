@@ -38,14 +38,14 @@ from transformers import AutoTokenizer
 
 from sharpe_rl.analysis.classify import classify
 from sharpe_rl.checks import check_completion
-from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig, RewardConfig, SandboxConfig
+from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig, SandboxConfig
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.evaluation import EvaluationRef, evaluate, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import make_generator
 from sharpe_rl.policy.model import load_policy
 from sharpe_rl.policy.ppo import PPOTrainer
-from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.scoring import shape_reward
 from sharpe_rl.spec import SpecError
@@ -118,7 +118,7 @@ def main() -> None:
     policy_cfg = PolicyConfig(model=args.policy)
     panel = load_panel(args.data)
     symbols = panel.get_column("symbol").unique().sort().to_list()
-    prompt = render_prompt("v2_rules", OHLCV_COLUMNS, detect_interval(panel), 1, symbols)
+    prompt = run_prompt(RunConfig(), detect_interval(panel), symbols)
     policy = load_policy(policy_cfg, seed=args.seed)
     trainer = PPOTrainer(policy, ppo, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
@@ -141,7 +141,7 @@ def main() -> None:
             scored = sandbox_rewards(completions, ref, reward_cfg, args.workers)
         experiences = [
             Experience.from_generation(
-                g, run="bench", cycle=cycle, index=i, prompt_version="v2_rules", reward=reward, cache_key=None
+                g, run="bench", cycle=cycle, index=i, prompt_version="v5_rules", reward=reward, cache_key=None
             )
             for i, (g, (reward, _, _)) in enumerate(zip(generations, scored, strict=True))
         ]

@@ -4,7 +4,7 @@
               its end, read from the policy's `build_info.json`; with `--build` (or when there is
               no policy yet) the build runs here.
 - generation: completion tokens per second of the TransformersGenerator sampling `--batch` (16)
-              completions of the v2_rules prompt at the default PolicyConfig (temperature 1,
+              completions of the v5_rules prompt at the default PolicyConfig (temperature 1,
               max_new_tokens), median of `--rounds` cycles after a warm-up cycle.
 - update:     seconds of one `PPOTrainer.update` (default PPOConfig) on the batch just sampled
               (on-policy, as in a run), with rewards drawn at random; per update and per sample.
@@ -28,16 +28,15 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from sharpe_rl.config import PolicyConfig, PPOConfig, TinyPolicyConfig
+from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig, TinyPolicyConfig
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import Generation, TransformersGenerator
 from sharpe_rl.policy.model import load_policy
 from sharpe_rl.policy.ppo import PPOTrainer
-from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.policy.tiny import BUILD_INFO, build_tiny_policy, policy_exists
-from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
-PROMPT = render_prompt("v2_rules", OHLCV_COLUMNS, timedelta(days=1), 1, ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+PROMPT = run_prompt(RunConfig(), timedelta(days=1), ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
 
 
 def peak_rss_mb() -> float:
@@ -62,7 +61,7 @@ def scored(generations: list[Generation], rng: random.Random) -> list[Experience
     """The batch as the PPO step receives it, with rewards in the shaped range [-1.5, 1]."""
     return [
         Experience.from_generation(
-            g, run="bench", cycle=0, index=i, prompt_version="v2_rules", reward=rng.uniform(-1.5, 1.0)
+            g, run="bench", cycle=0, index=i, prompt_version="v5_rules", reward=rng.uniform(-1.5, 1.0)
         )
         for i, g in enumerate(generations)
     ]

@@ -178,7 +178,7 @@ def synthetic_frame(cycles: int, batch: int, seed: int = 0) -> pl.DataFrame:
                     "run": "bench",
                     "cycle": cycle,
                     "index": index,
-                    "prompt_version": "v1_example",
+                    "prompt_version": "v4_example",
                     "spec_json": json.dumps(spec) if parsed else None,
                     "name": spec["name"] if parsed else None,
                     "error_class": error,

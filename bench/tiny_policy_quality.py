@@ -1,7 +1,7 @@
 """What the tiny policy writes: the share of completions that parse, compile, and actually fit.
 
-Samples N completions with the TransformersGenerator (half from `v1_example`, half from
-`v2_rules`, both rendered for the real daily Binance panel) and checks each one:
+Samples N completions with the TransformersGenerator (half from `v4_example`, half from
+`v5_rules`, both rendered for the real daily Binance panel) and checks each one:
 
 - parse:   `parse_spec` reads an ExperimentSpec out of it (no json_parse / schema error);
 - compile: both sources pass `ast.parse`;
@@ -35,7 +35,8 @@ from pathlib import Path
 import polars as pl
 
 from sharpe_rl.analysis.classify import classify
-from sharpe_rl.config import PolicyConfig
+from sharpe_rl.config import EvalConfig, PolicyConfig
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.policy.generation import Generation, make_generator
 from sharpe_rl.policy.prompts import render_prompt
@@ -133,11 +134,12 @@ class FitChecker:
 
 
 def bench_prompts(panel_path: Path, n: int) -> list[str]:
-    """n prompts, alternating v1_example and v2_rules, rendered for the panel's real schema."""
+    """n prompts, alternating v4_example and v5_rules, rendered for the panel's real schema."""
     panel = load_panel(panel_path)
     columns = [c for c in panel.columns if c not in ("timestamp", "symbol")]
-    versions = ("v1_example", "v2_rules")
-    rendered = {v: render_prompt(v, columns, detect_interval(panel), 1, SYMBOLS) for v in versions}
+    versions = ("v4_example", "v5_rules")
+    interval = detect_interval(panel)
+    rendered = {v: render_prompt(v, columns, interval, Clock.of(EvalConfig(), interval), SYMBOLS) for v in versions}
     return [rendered[versions[i % 2]] for i in range(n)]
 
 

@@ -20,7 +20,7 @@ Measures (per cycle in `sharpe_rl.analysis.quality_diversity`):
   when a new cell is filled and when a cell's elite improves, and is at most the cell count.
 
 `EliteArchive.inspiration` draws a few elites of other cells for a prompt that shows them
-(`v3_inspiration`, `render_prompt(..., elites=...)`).
+(`v6_inspiration`, `render_prompt(..., elites=...)`).
 """
 
 from __future__ import annotations

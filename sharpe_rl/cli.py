@@ -356,7 +356,7 @@ def exec_spec(
 def sample(
     n: Annotated[int, typer.Option("--n", min=1, help="Completions to sample.")] = 8,
     prompt: Annotated[
-        str | None, typer.Option(help="Prompt version under prompts/ (default: the run's, else v2_rules).")
+        str | None, typer.Option(help="Prompt version under prompts/ (default: the run's, else v5_rules).")
     ] = None,
     data: Annotated[
         Path | None, typer.Option(help="The panel the prompt is rendered for (default: the run's, else the default).")

@@ -20,14 +20,27 @@ class _Settings(BaseModel):
 
 
 class EvalConfig(_Settings):
-    """The evaluation protocol: labels, walk-forward folds, holdout and trading costs."""
+    """The evaluation protocol: decisions and labels on a clock, walk-forward folds, holdout and trading costs.
 
-    horizon: int = Field(1, ge=1, description="Label = sign of the forward return over this many bars.")
+    Times are durations ("1d", "4h", "30m", "2w") or whole numbers of bars; `sharpe_rl.data.clock`
+    resolves them for a panel's bar interval.
+    """
+
+    decide_every: int | str | None = Field(
+        None,
+        description="Decisions every this long (1d, 4h, ...; or a number of bars). Default: 1d for bars shorter "
+        "than a day, every bar otherwise.",
+    )
+    horizon: int | str | None = Field(
+        None,
+        description="Label = sign of the close this long after a decision against its close (default: the "
+        "decision cadence).",
+    )
     n_folds: int = Field(4, ge=1, description="Number of walk-forward (expanding window) test folds.")
     min_train_fraction: float = Field(
         0.5, gt=0, lt=1, description="Share of the reward window used to train the first fold."
     )
-    embargo: int = Field(0, ge=0, description="Extra bars dropped between a training set and its test set.")
+    embargo: int | str = Field(0, description="Extra time dropped between a training set and its test set.")
     holdout_fraction: float = Field(
         0.2, ge=0, lt=1, description="Last share of time carved off and never used in any reward."
     )
@@ -38,13 +51,10 @@ class EvalConfig(_Settings):
         "cross_sectional",
         description="Positions: cross-sectional market-neutral demeaned ranks, or per asset 2p-1.",
     )
-    rebalance_every: int | None = Field(
-        None, ge=1, description="Rebalance every this many bars (default: the horizon)."
-    )
-    lookback: int = Field(
-        512,
-        ge=2,
-        description="Bars of history make_features gets per symbol at each prediction step (up to the one predicted).",
+    lookback: int | str | None = Field(
+        None,
+        description="History make_features gets at each decision, up to it (default: 256 bars or 30 days, "
+        "whichever is longer).",
     )
     timing_only: bool = Field(
         True,
@@ -52,9 +62,17 @@ class EvalConfig(_Settings):
         "positions before returns (a fixed ranking earns nothing; costs are paid on the positions held).",
     )
 
-    @property
-    def rebalance_bars(self) -> int:
-        return self.rebalance_every or self.horizon
+    @model_validator(mode="after")
+    def _times_are_times(self) -> EvalConfig:
+        from sharpe_rl.data.clock import parse_duration
+
+        for name in ("decide_every", "horizon", "embargo", "lookback"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                parse_duration(value)
+            elif isinstance(value, int) and value < (0 if name == "embargo" else 1):
+                raise ValueError(f"{name} must be a duration or a number of bars of at least 1, got {value}")
+        return self
 
 
 class SandboxConfig(_Settings):
@@ -246,7 +264,7 @@ class RunConfig(_Settings):
     )
     cycles: int = Field(48, ge=1, description="Generate → execute → score → log → update, this many times.")
     batch_size: int = Field(16, ge=1, description="Experiences per cycle.")
-    prompt_version: str = Field("v2_rules", description="Prompt template under prompts/.")
+    prompt_version: str = Field("v5_rules", description="Prompt template under prompts/.")
     dataset: Path = Field(Path("data/sample_daily.parquet"), description="OHLCV panel (Parquet or CSV).")
     name_symbols: bool = Field(
         False,

@@ -27,8 +27,8 @@ would be dealt into blocks unlike any the policies wrote (a block with copies of
 best ones spread thin), a bias that can put the whole interval on one side of the observed
 difference. An interval that contains 0 is a difference the sample cannot tell from noise.
 
-The prompt is the run's prompt version rendered without elites (for `v3_inspiration` runs the
-same text as `v2_rules`): both policies get the same one. The seed (`EVALUATION_SEED` by default)
+The prompt is the run's prompt version rendered without elites (for `v6_inspiration` runs the
+same text as `v5_rules`): both policies get the same one. The seed (`EVALUATION_SEED` by default)
 is not one a training cycle used. Executions go through the run's result cache, so an experiment
 the run already executed is not executed again. The comparison is saved at
 `runs/evaluations/<run>.json` with one row per completion at `runs/evaluations/<run>.parquet`.

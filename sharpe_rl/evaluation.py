@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sharpe_rl.checks import check_completion
 from sharpe_rl.config import EvalConfig, RewardConfig, RunConfig, SandboxConfig
 from sharpe_rl.data.atomic import sha256_file
+from sharpe_rl.data.clock import Clock, decision_times
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.data.splits import EvalPlan, fold_rows, plan_evaluation, reward_panel, timeline
 from sharpe_rl.noskill import NoSkillBand, cached_band
@@ -55,11 +56,12 @@ from sharpe_rl.spec import ExperimentSpec, SpecError
 
 log = logging.getLogger(__name__)
 
-#: What one `make_features` call costs in the sandbox, for the workload estimate a run prints: a typical
-#: feature set (nine pandas columns on 512 bars, the call and its row handed back) took 1.4 ms on one
-#: 2-core machine and 3.2 ms on another (bench/sandbox_overhead.py: the predict phase over its steps and
-#: symbols). The slower figure, so that the warning comes early rather than late.
-SECONDS_PER_FEATURE_CALL = 0.0032
+#: What one `make_features` call costs in the sandbox, for the workload estimate a run prints: a fixed part (the
+#: frame, the call, the row handed back) and a part per row of the frame (a typical feature set's groupby
+#: windows). Measured with bench/sandbox_overhead.py on the slower of the machines measured (docs/performance.md),
+#: so that the warning comes early rather than late.
+SECONDS_PER_FEATURE_CALL = 0.004
+SECONDS_PER_FEATURE_ROW = 2e-6
 
 
 class DatasetMismatch(RuntimeError):
@@ -205,33 +207,32 @@ class Evaluation:
         )
 
     @cached_property
-    def feature_calls(self) -> int:
-        """The make_features calls one experiment makes on the reward window (the harness's point-in-time steps).
+    def clock(self) -> Clock:
+        """The evaluation's decision cadence, label horizon and history, on this panel's bars."""
+        return Clock.of(self.ref.eval, self.interval)
 
-        One per symbol with a bar at each rebalance time of the test folds: the harness asks for
-        predictions every `rebalance_bars` bars of the timeline, counted from the first test bar.
-        """
-        times = self.panel.get_column("timestamp").unique().sort()
-        first_scored = times.search_sorted(self.plan.folds[0].test_start, side="left")
-        asked = pl.Series("timestamp", [], dtype=times.dtype)
-        for fold in self.plan.folds:
-            first = times.search_sorted(fold.test_start, side="left")
-            last = times.search_sorted(fold.test_end, side="right")
-            start = first + (-(first - first_scored)) % self.ref.eval.rebalance_bars
-            asked = asked.append(times[start:last].gather_every(self.ref.eval.rebalance_bars))
-        return self.panel.filter(pl.col("timestamp").is_in(asked.implode())).height
+    @cached_property
+    def feature_calls(self) -> int:
+        """The make_features calls one experiment makes on the reward window: one per decision time of the test
+        folds (the harness's point-in-time steps), and one per fold's fit."""
+        view = self.reward_panel.get_column("timestamp").unique().sort().dt.epoch("ns").to_numpy()
+        decisions = decision_times(view, [fold.to_wire() for fold in self.plan.folds], self.clock)
+        return len(decisions) + len(self.plan.folds)
 
     def workload(self) -> str:
         """One experiment's point-in-time workload, and a warning when it is unlikely to fit in the time limit."""
-        seconds = self.feature_calls * SECONDS_PER_FEATURE_CALL
+        rows = len(self.symbols) * (self.clock.lookback / self.interval)  # rows of df at a decision, at most
+        seconds = self.feature_calls * (SECONDS_PER_FEATURE_CALL + SECONDS_PER_FEATURE_ROW * rows)
         limit = self.ref.sandbox.timeout_seconds
-        text = f"{self.feature_calls:,} make_features calls per experiment (about {seconds:,.0f} s)"
+        text = (
+            f"{self.clock.describe()}: {self.feature_calls:,} make_features calls per experiment, on up to "
+            f"{rows:,.0f} rows each (about {seconds:,.0f} s)"
+        )
         if seconds > limit:
             text += (
-                f"\nwarning: at about {1000 * SECONDS_PER_FEATURE_CALL:.1f} ms a call, an experiment needs about "
-                f"{seconds:,.0f} s, past the sandbox's {limit:g} s limit: most experiments will time out. Rebalance "
-                "less often (eval.rebalance_every), use fewer symbols or a shorter dataset, or raise "
-                "sandbox.timeout_seconds."
+                f"\nwarning: an experiment needs about {seconds:,.0f} s, past the sandbox's {limit:g} s limit: most "
+                "experiments will time out. Decide less often (eval.decide_every), give less history "
+                "(eval.lookback), use fewer symbols or a shorter dataset, or raise sandbox.timeout_seconds."
             )
         return text
 

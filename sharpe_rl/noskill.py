@@ -42,7 +42,7 @@ DRAWS = 200
 #: A speed is used only where a ranking is re-drawn at least this many times in every fold.
 MIN_DRAWS_PER_FOLD = 6
 #: Changes whenever what the band measures changes, so that a cached band is never stale.
-BAND_VERSION = 2
+BAND_VERSION = 3
 #: The Sharpe noise above which a panel cannot tell a good strategy (a true net Sharpe of 1) from luck.
 WIDE_SIGMA = 1.0
 
@@ -89,7 +89,7 @@ class NoSkillBand(BaseModel):
             f"warning: {'; '.join(reasons)} ({self.n_bars:,} scored bars, {self.n_symbols} symbols). A longer window "
             "narrows the band (a Sharpe ratio's noise falls with the square root of the time scored); more symbols "
             "let real skill stand further above it (more independent bets per decision); a slower cadence "
-            "(eval.rebalance_every) pays less in costs."
+            "(eval.decide_every) pays less in costs."
         )
 
 
@@ -97,17 +97,17 @@ def no_skill_band(
     panel: pl.DataFrame, rows: pl.DataFrame, cfg: EvalConfig, *, bar_interval: timedelta | None = None
 ) -> NoSkillBand:
     """The band of the prediction rows `(timestamp, symbol, fold)` (the reward folds' test rows) on `panel`."""
-    scored = market(panel, rows, bar_interval=bar_interval)
+    scored = market(panel, rows, cfg, bar_interval=bar_interval)
     available = _available(scored, rows)
     rng = np.random.default_rng(0)  # a property of the panel and the settings, not of a run
-    decisions = -(-available.shape[0] // cfg.rebalance_bars)
+    decision_number = np.maximum(np.cumsum(scored.decision) - 1, 0)  # the decision each bar is held from
+    decisions = int(scored.decision.sum())
     by_speed: dict[str, list[float]] = {}
-    for speed in speeds(scored, cfg):
+    for speed in speeds(scored):
         sharpes = by_speed.setdefault(f"every {speed} decision{'s' if speed > 1 else ''}", [])
         for _ in range(DRAWS):
             draws = rng.random((-(-decisions // speed), available.shape[1]))
-            per_decision = np.repeat(draws, speed, axis=0)[:decisions]
-            probability = np.repeat(per_decision, cfg.rebalance_bars, axis=0)[: available.shape[0]]
+            probability = draws[decision_number // speed]
             sharpes.append(_sharpe(scored, np.where(available, probability, np.nan), cfg))
     static = [_sharpe(scored, np.where(available, rng.random(available.shape[1]), np.nan), cfg) for _ in range(20)]
     pooled = np.concatenate([np.asarray(v) for v in by_speed.values()])
@@ -145,13 +145,14 @@ def cached_band(
     return band
 
 
-def speeds(scored: Market, cfg: EvalConfig) -> list[int]:
+def speeds(scored: Market) -> list[int]:
     """`SPEEDS` that re-draw at least `MIN_DRAWS_PER_FOLD` times in the shortest fold (always every decision).
 
     A ranking held for most of a fold is nearly static there, and timing-only scoring leaves it its
     costs alone: a Sharpe ratio of a few cost spikes over nothing, not a measure of luck.
     """
-    shortest = int(np.bincount(np.unique(scored.fold, return_inverse=True)[1]).min()) // cfg.rebalance_bars
+    folds = np.unique(scored.fold, return_inverse=True)[1]
+    shortest = int(np.bincount(folds, weights=scored.decision).min())
     return [speed for speed in SPEEDS if speed == 1 or speed * MIN_DRAWS_PER_FOLD <= shortest]
 
 

@@ -20,9 +20,11 @@ Positions
     - ``cross_sectional``: ranks of p among the usable assets at t (ties get the average rank),
       minus their mean, scaled so Σ|w| = 1; market-neutral. Fewer than two usable assets, or all
       ranks tied → flat.
-    Target weights are set at rebalance bars — every `EvalConfig.rebalance_bars` bars counted from
-    the first scored bar — and held unchanged in between (weights are constant, price drift inside
-    the holding period is not traded). A held asset that stops being tradable is closed.
+    Target weights are set at decisions — the bars `sharpe_rl.data.clock.decision_mask` names from
+    the first scored bar on (by default once a day for intraday bars, every bar for daily ones), the
+    same ones the sandbox is asked at — and held unchanged until the next (weights are constant, price
+    drift inside the holding period is not traded; flat before the first decision). A held asset
+    that stops being tradable is closed.
 
 Timing, not tilts (`EvalConfig.timing_only`, on by default)
     A fixed ranking (long two coins, short one, for the whole window) is a bet on relative drift
@@ -70,6 +72,7 @@ from scipy.special import ndtr, ndtri
 from scipy.stats import kurtosis, rankdata, skew
 
 from sharpe_rl.config import EvalConfig, RewardConfig
+from sharpe_rl.data.clock import Clock, decision_mask
 from sharpe_rl.data.panel import detect_interval
 from sharpe_rl.sandbox.contract import ErrorClass
 
@@ -152,6 +155,7 @@ class Market:
     next_return: np.ndarray  # (scored bars, symbols): close-to-close return of the next bar, 0 where not tradable
     tradable: np.ndarray  # (scored bars, symbols): a finite positive close at t and t + 1
     fold: np.ndarray  # the fold of each scored bar
+    decision: np.ndarray  # whether each scored bar is a decision (`sharpe_rl.data.clock.decision_mask`)
     periods_per_year: float
 
 
@@ -213,7 +217,9 @@ def backtest(
     return Backtest(weights=weights, returns=returns, periods_per_year=scored.periods_per_year)
 
 
-def market(panel: pl.DataFrame, rows: pl.DataFrame, *, bar_interval: timedelta | None = None) -> Market:
+def market(
+    panel: pl.DataFrame, rows: pl.DataFrame, cfg: EvalConfig, *, bar_interval: timedelta | None = None
+) -> Market:
     """The market that prediction rows `(timestamp, symbol, fold)` are scored on: from their first bar to their last
     bar that has a next bar in `panel`; raises `DegeneratePredictions` when a row is not a bar of the panel."""
     panel = panel.select(pl.col("timestamp").cast(_TIMESTAMP), "symbol", "close")
@@ -262,6 +268,9 @@ def market(panel: pl.DataFrame, rows: pl.DataFrame, *, bar_interval: timedelta |
     fold = np.full(shape[0], -1, dtype=np.int64)
     np.maximum.at(fold, bars, located.get_column("fold").to_numpy().astype(np.int64))
     fold = np.maximum.accumulate(fold[scored])
+    interval = bar_interval or detect_interval(panel)
+    timeline_ns = timeline.dt.epoch("ns").to_numpy()
+    decision = decision_mask(timeline_ns, first_bar, Clock.of(cfg, interval))[scored]
     return Market(
         bar_of=bar_of,
         column_of=column_of,
@@ -271,7 +280,8 @@ def market(panel: pl.DataFrame, rows: pl.DataFrame, *, bar_interval: timedelta |
         next_return=np.where(tradable[scored], next_return[scored], 0.0),
         tradable=tradable[scored],
         fold=fold,
-        periods_per_year=_YEAR / (bar_interval or detect_interval(panel)),
+        decision=decision,
+        periods_per_year=_YEAR / interval,
     )
 
 
@@ -280,9 +290,10 @@ def book(market: Market, probability: np.ndarray, cfg: EvalConfig) -> Book:
     usable = market.tradable & np.isfinite(probability)
     target = _target_weights(probability, usable, cfg.scheme)
     n_scored, n_symbols = probability.shape
-    # hold the weights set at each rebalance bar; close what can no longer be traded
-    rebalance_bar = np.arange(n_scored) // cfg.rebalance_bars * cfg.rebalance_bars
-    weights = np.where(market.tradable, target[rebalance_bar], 0.0)
+    # hold the weights set at each decision until the next; flat before the first; close what can no longer trade
+    decided = np.maximum.accumulate(np.where(market.decision, np.arange(n_scored), -1))
+    held = np.where(decided[:, None] >= 0, target[np.maximum(decided, 0)], 0.0)
+    weights = np.where(market.tradable, held, 0.0)
     earning = weights - _fold_means(weights, market.fold) if cfg.timing_only else weights
     gross = (earning * market.next_return).sum(axis=1)
     turnover = np.abs(np.diff(weights, axis=0, prepend=np.zeros((1, n_symbols)))).sum(axis=1)
@@ -302,7 +313,7 @@ def _run_book(
     predictions: pl.DataFrame, panel: pl.DataFrame, cfg: EvalConfig, bar_interval: timedelta | None
 ) -> tuple[Market, Book]:
     predictions = _clean_predictions(predictions)
-    scored = market(panel, predictions, bar_interval=bar_interval)
+    scored = market(panel, predictions, cfg, bar_interval=bar_interval)
     located = (
         predictions.join(scored.bar_of, on="timestamp")
         .join(scored.column_of, on="symbol")

@@ -233,7 +233,7 @@ def generation_seed(run: RunRef, cycle: int) -> int:
 
 # ---- the cycle's prompts --------------------------------------------------------------------
 
-#: Elites a `v3_inspiration` prompt shows: two, so that the prompt and a completion still fit the
+#: Elites a `v6_inspiration` prompt shows: two, so that the prompt and a completion still fit the
 #: tiny policy's context (each elite is a whole experiment, 150-400 tokens).
 INSPIRATION_ELITES = 2
 
@@ -248,7 +248,7 @@ def group_sizes(batch_size: int, group_size: int) -> list[int]:
 def cycle_prompts(run: RunRef, cycle: int) -> list[str]:
     """The prompt of each completion of the cycle's batch, a group of `ppo.group_size` consecutive ones per prompt.
 
-    A prompt version that shows elites (`v3_inspiration`) gets, per group, its own seeded draw of
+    A prompt version that shows elites (`v6_inspiration`) gets, per group, its own seeded draw of
     `INSPIRATION_ELITES` elites of the archive as it stood after the previous cycle (rebuilt from
     the buffer, so a resumed cycle draws the same); groups differ by their elites. Any other
     version renders the same prompt for every group: the groups differ only by their seeds.

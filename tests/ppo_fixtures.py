@@ -45,7 +45,7 @@ def experience(
         run="test",
         cycle=0,
         index=index,
-        prompt_version="v2_rules",
+        prompt_version="v5_rules",
         prompt=" ".join(map(str, prompt)),
         completion=" ".join(map(str, completion)),
         prompt_token_ids=prompt,

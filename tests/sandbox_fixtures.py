@@ -12,12 +12,14 @@ import pandas as pd
 
 
 def make_features(df):
+    g = df.groupby(level="symbol")
     out = pd.DataFrame(index=df.index)
-    out["ret_1"] = df["close"].pct_change()
-    out["ret_5"] = df["close"].pct_change(5)
-    out["vol_10"] = out["ret_1"].rolling(10).std()
+    out["ret_1"] = g["close"].pct_change()
+    out["ret_5"] = g["close"].pct_change(5)
+    out["vol_10"] = g["close"].transform(lambda s: s.pct_change().rolling(10).std())
     out["range"] = (df["high"] - df["low"]) / df["close"]
-    out["volume_z"] = np.log1p(df["volume"]).diff()
+    out["volume_z"] = np.log1p(df["volume"]).groupby(level="symbol").diff()
+    out["ret_5_rank"] = out["ret_5"].groupby(level="timestamp").rank(pct=True)
     return out
 """
 
@@ -122,9 +124,10 @@ def features_doing(prelude: str, body: str = "") -> str:
         + "def make_features(df):\n"
         + inner
         + "\n"
+        + '    g = df.groupby(level="symbol")\n'
         + "    out = pd.DataFrame(index=df.index)\n"
-        + '    out["ret_1"] = df["close"].pct_change()\n'
-        + '    out["ret_5"] = df["close"].pct_change(5)\n'
-        + '    out["vol_10"] = out["ret_1"].rolling(10).std()\n'
+        + '    out["ret_1"] = g["close"].pct_change()\n'
+        + '    out["ret_5"] = g["close"].pct_change(5)\n'
+        + '    out["vol_10"] = g["close"].transform(lambda s: s.pct_change().rolling(10).std())\n'
         + "    return out\n"
     )

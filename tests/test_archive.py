@@ -38,7 +38,7 @@ def experiment(
         run=run,
         cycle=cycle,
         index=index,
-        prompt_version="v2_rules",
+        prompt_version="v5_rules",
         prompt="p",
         completion="c",
         prompt_token_ids=[1],

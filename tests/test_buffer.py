@@ -17,7 +17,7 @@ def make(run: str, cycle: int, index: int, **fields) -> Experience:
         "run": run,
         "cycle": cycle,
         "index": index,
-        "prompt_version": "v2_rules",
+        "prompt_version": "v5_rules",
         "prompt": "Write an experiment.",
         "completion": '{"name": "x"}',
         "prompt_token_ids": [1, 2, 3],

@@ -22,7 +22,7 @@ from sharpe_rl.policy.generation import Generation, TransformersGenerator
 from sharpe_rl.policy.model import load_policy
 from sharpe_rl.policy.ppo import PPOTrainer
 from sharpe_rl.policy.preview import preview
-from sharpe_rl.policy.prompts import render_prompt
+from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import SpecError
 from sharpe_rl.steps import run_config_path
@@ -120,12 +120,12 @@ def test_a_run_samples_from_its_latest_checkpoint(workdir, pipeline_policy):
     policy = load_policy(config.policy, seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(pipeline_policy)
     generator = TransformersGenerator(policy.model, tokenizer, max_new_tokens=config.policy.max_new_tokens)
-    prompt = render_prompt("v2_rules", OHLCV_COLUMNS, timedelta(days=1), config.eval.horizon, SYMBOLS)
+    prompt = run_prompt(config, timedelta(days=1), SYMBOLS)
     batch = generator.generate([prompt] * 4, seed=1)
     trainer = PPOTrainer(policy, PPOConfig(learning_rate=1e-2), seed=config.seed)
     trainer.update(
         [
-            Experience.from_generation(g, run="tuned", cycle=0, index=i, prompt_version="v2_rules", reward=float(i % 2))
+            Experience.from_generation(g, run="tuned", cycle=0, index=i, prompt_version="v5_rules", reward=float(i % 2))
             for i, g in enumerate(batch)
         ]
     )

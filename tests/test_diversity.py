@@ -86,7 +86,7 @@ def scored(
         run="run",
         cycle=cycle,
         index=index,
-        prompt_version="v2_rules",
+        prompt_version="v5_rules",
         prompt="p",
         completion="c",
         prompt_token_ids=[1],

@@ -9,17 +9,23 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralForCausalLM
 
-from sharpe_rl.config import PolicyConfig
+from sharpe_rl.config import EvalConfig, PolicyConfig
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.policy.constrained import SpecJsonAutomaton
 from sharpe_rl.policy.corpus import build_corpus
 from sharpe_rl.policy.generation import TransformersGenerator, make_generator, sampling_logprobs
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.spec import MAX_NAME_CHARS, extract_json_object, parse_spec
 
+
+def clock(horizon_bars: int, hours: int):
+    return Clock.of(EvalConfig(horizon=horizon_bars), timedelta(hours=hours))
+
+
 PROMPTS = [
-    render_prompt("v2_rules", ["open", "high", "low", "close", "volume"], timedelta(days=1), 1, ["BTCUSDT"]),
-    render_prompt("v1_example", ["close"], timedelta(hours=4), 3, ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
-    render_prompt("v2_rules", ["close", "volume"], timedelta(hours=1), 12, ["ETHUSDT", "SOLUSDT", "XRPUSDT"]),
+    render_prompt("v5_rules", ["open", "high", "low", "close", "volume"], timedelta(days=1), clock(1, 24), ["BTCUSDT"]),
+    render_prompt("v4_example", ["close"], timedelta(hours=4), clock(3, 4), ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
+    render_prompt("v5_rules", ["close", "volume"], timedelta(hours=1), clock(12, 1), ["ETHUSDT", "SOLUSDT", "XRPUSDT"]),
 ]
 
 

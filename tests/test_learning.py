@@ -21,7 +21,8 @@ import torch
 from transformers import AutoTokenizer
 
 from sharpe_rl.analysis.classify import classify
-from sharpe_rl.config import PolicyConfig, PPOConfig
+from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import Generation, TransformersGenerator
 from sharpe_rl.policy.model import load_policy
@@ -37,7 +38,7 @@ TARGET = "xgboost"
 
 #: Four datasets, so `advantage: group` has several prompts, each sampled SAMPLES_PER_PROMPT times per cycle.
 PROMPTS = [
-    render_prompt("v2_rules", OHLCV_COLUMNS, interval, 1, symbols)
+    render_prompt("v5_rules", OHLCV_COLUMNS, interval, Clock.of(EvalConfig(), interval), symbols)
     for interval, symbols in (
         (timedelta(days=1), ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
         (timedelta(hours=4), ["BTCUSDT", "ETHUSDT"]),
@@ -83,7 +84,7 @@ def scored(generations: list[Generation], cycle: int) -> list[Experience]:
             run="learning",
             cycle=cycle,
             index=index,
-            prompt_version="v2_rules",
+            prompt_version="v5_rules",
             reward=float(family(g.completion) == TARGET),
         )
         for index, g in enumerate(generations)

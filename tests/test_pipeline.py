@@ -291,7 +291,7 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
     batch = policy_steps.generate(run.policy, [run.prompt] * 2, cycle=0, seed=0)
     assert RecordingVLLM.adapters == []  # a fresh run samples the base policy
     rewarded = [
-        Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v2_rules", reward=float(i))
+        Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v5_rules", reward=float(i))
         for i, g in enumerate(batch.generations)
     ]
     update = policy_steps.update(run.policy, 0, rewarded)

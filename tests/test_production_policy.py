@@ -14,7 +14,8 @@ from ppo_fixtures import adapter_state, experience, save_tiny_base, tiny_policy
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
-from sharpe_rl.config import MISTRAL_7B, PolicyConfig, PPOConfig, RunConfig, mistral_7b_policy
+from sharpe_rl.config import MISTRAL_7B, EvalConfig, PolicyConfig, PPOConfig, RunConfig, mistral_7b_policy
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.generation import Generation, TransformersGenerator
 from sharpe_rl.policy.model import LORA_TARGET_MODULES, load_policy, lora_config
@@ -23,7 +24,9 @@ from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-PROMPT = render_prompt("v2_rules", OHLCV_COLUMNS, timedelta(days=1), 1, ["BTCUSDT", "ETHUSDT"])
+PROMPT = render_prompt(
+    "v5_rules", OHLCV_COLUMNS, timedelta(days=1), Clock.of(EvalConfig(), timedelta(days=1)), ["BTCUSDT", "ETHUSDT"]
+)
 
 
 # ---- the preset ----
@@ -106,7 +109,7 @@ def test_checkpointing_keeps_the_whole_policy_in_eval_mode(base):
 def scored(generations: list[Generation]) -> list[Experience]:
     """Rewards that differ between samples, so the update has something to follow."""
     return [
-        Experience.from_generation(g, run="gpu", cycle=0, index=i, prompt_version="v2_rules", reward=float(i % 2))
+        Experience.from_generation(g, run="gpu", cycle=0, index=i, prompt_version="v5_rules", reward=float(i % 2))
         for i, g in enumerate(generations)
     ]
 

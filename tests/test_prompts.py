@@ -1,4 +1,4 @@
-"""Prompt templates: rendered from the dataset's real schema, versioned, and the v1 example runs."""
+"""Prompt templates: rendered from the dataset's real schema and the evaluation's clock, versioned; the example runs."""
 
 import ast
 import json
@@ -9,15 +9,22 @@ import pandas as pd
 import pytest
 
 from sharpe_rl.archive import Elite
+from sharpe_rl.config import EvalConfig
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.policy.prompts import describe_interval, prompt_versions, render_prompt
 from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES
 from sharpe_rl.spec import ExperimentSpec, parse_spec
 
 OHLCV = ["open", "high", "low", "close", "volume"]
+DAILY = Clock.of(EvalConfig(), timedelta(days=1))
 
 
-def render(version: str, columns=OHLCV, interval=timedelta(days=1), horizon=1, symbols=("BTCUSDT", "ETHUSDT")) -> str:
-    return render_prompt(version, columns, interval, horizon, list(symbols))
+def render(
+    version: str, columns=OHLCV, interval=timedelta(days=1), horizon=None, symbols=("BTCUSDT", "ETHUSDT"), **clock
+) -> str:
+    return render_prompt(
+        version, columns, interval, Clock.of(EvalConfig(horizon=horizon, **clock), interval), list(symbols)
+    )
 
 
 def listed_columns(prompt: str) -> list[str]:
@@ -26,22 +33,26 @@ def listed_columns(prompt: str) -> list[str]:
 
 
 def test_both_versions_are_available():
-    assert {"v1_example", "v2_rules"} <= set(prompt_versions())
+    assert {"v4_example", "v5_rules"} <= set(prompt_versions())
 
 
-def test_v2_lists_exactly_the_dataset_columns():
-    assert listed_columns(render("v2_rules")) == OHLCV
-    assert listed_columns(render("v2_rules", columns=["close", "quote_volume", "trades"])) == [
+def test_v5_lists_exactly_the_dataset_columns():
+    assert listed_columns(render("v5_rules")) == OHLCV
+    assert listed_columns(render("v5_rules", columns=["close", "quote_volume", "trades"])) == [
         "close",
         "quote_volume",
         "trades",
     ]
 
 
-def test_v2_renders_interval_horizon_symbols_and_the_allowed_packages():
-    prompt = render("v2_rules", interval=timedelta(hours=4), horizon=3, symbols=["SOLUSDT", "XRPUSDT"])
+def test_v5_renders_interval_decisions_horizon_history_symbols_and_the_allowed_packages():
+    prompt = render("v5_rules", interval=timedelta(hours=4), horizon=3, symbols=["SOLUSDT", "XRPUSDT"])
     assert "4-hour bars" in prompt
-    assert "3 bars later" in prompt
+    assert "Decisions: once per UTC day, at the close of its last bar." in prompt
+    assert "close 12 hours after the decision" in prompt  # 3 bars of 4 hours
+    assert "bars of the last 43 days up to and including the decision time" in prompt  # 256 bars, in whole days
+    assert "Decisions: at every bar." in render("v5_rules")  # daily bars
+    assert "Decisions: every 5 bars." in render("v5_rules", decide_every=5)
     assert "SOLUSDT, XRPUSDT" in prompt
     imports = next(line for line in prompt.splitlines() if line.startswith("- Import only"))
     for package in ("lightgbm", "xgboost", "sklearn", "torch", "numpy", "pandas", "math"):
@@ -49,24 +60,33 @@ def test_v2_renders_interval_horizon_symbols_and_the_allowed_packages():
     assert "requests" not in imports and " os" not in imports
 
 
-def test_v2_states_the_causality_rule_and_output_format_and_has_no_worked_example():
-    prompt = render("v2_rules")
-    assert "up to and including bar t" in prompt and "shift(-k)" in prompt and "center=True" in prompt
+def test_v5_states_the_whole_panel_contract_the_causality_rule_and_output_format_and_has_no_worked_example():
+    prompt = render("v5_rules")
+    assert "called once per decision time for the whole panel" in prompt
+    assert "indexed by (timestamp, symbol)" in prompt and 'groupby(level="symbol")' in prompt
+    assert 'groupby(level="timestamp").rank(pct=True)' in prompt  # cross-sectional features
+    assert "probability of class 1 in column 1" in prompt  # what the worker reads
+    assert "up to and including t" in prompt and "shift(-k)" in prompt and "center=True" in prompt
     assert '{"name": "<short name>", "features": "<python source>", "model": "<python source>"}' in prompt
     assert "def make_model" not in prompt
 
 
-def test_v1_worked_example_is_a_lightgbm_spec_that_runs():
-    example = parse_spec(render("v1_example"))
+def test_v4_worked_example_is_a_lightgbm_spec_that_runs_on_the_whole_panel():
+    example = parse_spec(render("v4_example"))
     assert "LGBMClassifier" in example.model
     ast.parse(example.features)
     scope: dict = {}
     exec(example.features, scope)
     rng = np.random.default_rng(0)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, 120)))
-    bars = pd.DataFrame({"close": close}, index=pd.date_range("2024-01-01", periods=120, freq="D", tz="UTC"))
+    times = pd.date_range("2024-01-01", periods=120, freq="D", tz="UTC")
+    index = pd.MultiIndex.from_product([times, [0, 1, 2]], names=["timestamp", "symbol"])
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, (120, 3)), axis=0)).ravel()
+    bars = pd.DataFrame({"close": close}, index=index)
     features = scope["make_features"](bars)
     assert features.index.equals(bars.index) and features.shape[1] == 5
+    # per symbol: symbol 1's returns are its own, not the neighbouring row's
+    one = bars.xs(1, level="symbol")["close"]
+    assert features.xs(1, level="symbol")["ret_1"].iloc[1:].to_numpy() == pytest.approx(one.pct_change().iloc[1:])
 
 
 def test_prompts_end_with_the_same_cue():
@@ -75,10 +95,10 @@ def test_prompts_end_with_the_same_cue():
 
 
 def test_unknown_version_and_empty_columns_are_refused():
-    with pytest.raises(ValueError, match="v2_rules"):
+    with pytest.raises(ValueError, match="v5_rules"):
         render("v9_nothing")
     with pytest.raises(ValueError, match="columns"):
-        render("v2_rules", columns=[])
+        render("v5_rules", columns=[])
 
 
 @pytest.mark.parametrize(
@@ -122,13 +142,13 @@ ELITES = [
 ]
 
 
-def test_v3_without_elites_is_v2():
-    assert render("v3_inspiration") == render("v2_rules")
+def test_v6_without_elites_is_v5():
+    assert render("v6_inspiration") == render("v5_rules")
 
 
-def test_v3_shows_each_elite_as_a_spec_in_the_completion_layout_before_the_cue():
-    prompt = render("v3_inspiration", symbols=["BTCUSDT"])
-    with_elites = render_prompt("v3_inspiration", OHLCV, timedelta(days=1), 1, ["BTCUSDT"], elites=ELITES)
+def test_v6_shows_each_elite_as_a_spec_in_the_completion_layout_before_the_cue():
+    prompt = render("v6_inspiration", symbols=["BTCUSDT"])
+    with_elites = render_prompt("v6_inspiration", OHLCV, timedelta(days=1), DAILY, ["BTCUSDT"], elites=ELITES)
     rules, block = with_elites.split("Experiments of earlier cycles that made money", 1)
     assert rules == prompt.removesuffix("Experiment:\n") + "\n"  # the rules unchanged, a blank line, the block
     assert with_elites.endswith("\nExperiment:\n")
@@ -143,8 +163,8 @@ def test_v3_shows_each_elite_as_a_spec_in_the_completion_layout_before_the_cue()
 
 
 def test_elites_given_to_a_version_that_does_not_show_them_are_refused():
-    with pytest.raises(ValueError, match="v3_inspiration"):
-        render_prompt("v2_rules", OHLCV, timedelta(days=1), 1, ["BTCUSDT"], elites=ELITES)
+    with pytest.raises(ValueError, match="v6_inspiration"):
+        render_prompt("v5_rules", OHLCV, timedelta(days=1), DAILY, ["BTCUSDT"], elites=ELITES)
 
 
 def test_a_run_prompt_says_how_many_symbols_there_are_and_names_them_only_when_asked():

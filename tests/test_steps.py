@@ -219,7 +219,7 @@ def test_a_prompt_without_elites_is_the_same_for_every_group(tmp_path, pipeline_
 
 def test_inspiration_prompts_differ_by_group_and_a_resumed_cycle_draws_the_same(tmp_path, pipeline_dataset):
     run = make_run(
-        tmp_path / "runs", pipeline_dataset, prompt_version="v3_inspiration", batch_size=8, ppo=PPOConfig(group_size=2)
+        tmp_path / "runs", pipeline_dataset, prompt_version="v6_inspiration", batch_size=8, ppo=PPOConfig(group_size=2)
     )
     assert steps.cycle_prompts(run, 0) == [run.prompt] * 8  # nothing in the archive yet
     profitable = [(TREND, LIGHTGBM), (VOLUME, LIGHTGBM), (CALENDAR, LOGISTIC), (VOLUME, LOGISTIC), (TREND, LOGISTIC)]

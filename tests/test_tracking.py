@@ -19,7 +19,7 @@ def experience(cycle: int, index: int, sharpe: float | None, error: ErrorClass |
         run="night-1",
         cycle=cycle,
         index=index,
-        prompt_version="v2_rules",
+        prompt_version="v5_rules",
         prompt="prompt",
         completion=json.dumps(SPEC),
         prompt_token_ids=[1, 2],

@@ -1,8 +1,9 @@
 """The evaluation protocol's timeline: reward window, final holdout and walk-forward folds.
 
 All boundaries are bar timestamps of the panel's union timeline and are inclusive. A training
-set ends `horizon + embargo` bars before its test set starts, so no training label (the return
-from bar t to bar t + horizon) reaches into a test bar. The final holdout is carved off the end
+set's last bar closes `horizon + embargo` before its test set's first bar opens, so no training
+label (the return from bar t's close to the close `horizon` later, `sharpe_rl.data.clock`) reaches
+into a test bar. The final holdout is carved off the end
 of time; the sandbox never sees it during a reward run, and `reward_end` is the last bar it may
 see.
 """
@@ -20,6 +21,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.config import EvalConfig
+from sharpe_rl.data.clock import Clock
 
 #: Fewest training bars a fold may have; fewer means the panel is too short for the protocol.
 MIN_TRAIN_BARS = 20
@@ -105,10 +107,21 @@ def plan_evaluation(timestamps: Sequence[datetime], cfg: EvalConfig, holdout_aft
     return _plan(timestamps, cfg, n_holdout)
 
 
+def timeline_interval(timestamps: Sequence[datetime]) -> timedelta:
+    """The bar interval of a sorted timeline: its most common step."""
+    steps = np.diff(np.array([_to_ns(t) for t in timestamps], dtype=np.int64))
+    values, counts = np.unique(steps[steps > 0], return_counts=True)
+    if not len(values):
+        raise ProtocolError("the timeline has fewer than two bars")
+    return timedelta(microseconds=int(values[np.argmax(counts)]) // 1000)
+
+
 def _plan(timestamps: Sequence[datetime], cfg: EvalConfig, n_holdout: int) -> EvalPlan:
     n = len(timestamps)
     reward = timestamps[: n - n_holdout]
-    gap = cfg.horizon + cfg.embargo
+    clock = Clock.of(cfg, timeline_interval(timestamps))
+    # a training label looks `horizon` ahead from its bar's close: it must end before the test window opens
+    gap = clock.horizon + clock.embargo + clock.interval
 
     first_test = math.ceil(len(reward) * cfg.min_train_fraction)
     test_positions = np.arange(first_test, len(reward))
@@ -133,9 +146,9 @@ def _plan(timestamps: Sequence[datetime], cfg: EvalConfig, n_holdout: int) -> Ev
     )
 
 
-def _fold(index: int, bars: Sequence[datetime], test_start: int, test_end: int, gap: int) -> Fold:
-    """Fold with test bars [test_start, test_end] (positions in `bars`), training on all before the gap."""
-    train_end = test_start - gap - 1
+def _fold(index: int, bars: Sequence[datetime], test_start: int, test_end: int, gap: timedelta) -> Fold:
+    """Fold with test bars [test_start, test_end] (positions in `bars`), training on all bars `gap` before it."""
+    train_end = bisect.bisect_right(bars, bars[test_start] - gap) - 1
     if train_end + 1 < MIN_TRAIN_BARS:
         raise ProtocolError(
             f"fold {index} would train on {max(train_end + 1, 0)} bars (fewer than {MIN_TRAIN_BARS}); "

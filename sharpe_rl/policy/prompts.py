@@ -1,14 +1,16 @@
 """Render the versioned prompt templates under `prompts/` for one dataset.
 
 A prompt version is a Jinja2 file `prompts/<version>.j2`. Everything that depends on the data
-(the columns `make_features(df)` receives, the bar interval, the label horizon, the symbols) is
-passed in by the caller from the loaded dataset, never written into a template, so a dataset
-with other columns gets a prompt that lists those columns. The allowed imports are rendered from
+(the columns and index `make_features(df)` receives, the bar interval, the decisions, the label
+horizon, the history, the symbols) is passed in by the caller from the loaded dataset and the
+evaluation's clock, never written into a template, so a dataset with other columns gets a prompt
+that lists those columns. The allowed imports are rendered from
 `ALLOWED_PACKAGES`, the same list the static checks enforce.
 
 Partial templates live under `prompts/blocks/` and are not versions: `blocks/inspiration.j2`
-shows a few elites of the run's archive (`EliteArchive.inspiration`); `v3_inspiration` includes
-it when `render_prompt` is given elites.
+shows a few elites of the run's archive (`EliteArchive.inspiration`); `v6_inspiration` includes
+it when `render_prompt` is given elites. `blocks/panel_rules.j2` is the rules text of `v5_rules`
+and `v6_inspiration`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import jinja2.meta
 
 import sharpe_rl
 from sharpe_rl.config import RunConfig
-from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES, OHLCV_COLUMNS
+from sharpe_rl.data.clock import Clock, describe_duration
+from sharpe_rl.sandbox.contract import ALLOWED_PACKAGES, FEATURE_INDEX, OHLCV_COLUMNS
 
 if TYPE_CHECKING:
     from sharpe_rl.archive import Elite
@@ -78,13 +81,14 @@ def describe_interval(interval: timedelta | str) -> str:
 def run_prompt(
     config: RunConfig, interval: timedelta, symbols: Sequence[str], elites: Sequence[Elite] = (), version: str = ""
 ) -> str:
-    """The prompt a run shows for its dataset: its prompt version (or `version`), label horizon and bar interval, and
-    its symbols named only when `config.name_symbols` says so (by default the policy learns how many, not which)."""
+    """The prompt a run shows for its dataset: its prompt version (or `version`), its evaluation's clock on the
+    dataset's bars, and its symbols named only when `config.name_symbols` says so (by default the policy learns
+    how many, not which)."""
     return render_prompt(
         version or config.prompt_version,
         OHLCV_COLUMNS,
         interval,
-        config.eval.horizon,
+        Clock.of(config.eval, interval),
         list(symbols) if config.name_symbols else len(symbols),
         elites=elites,
     )
@@ -94,39 +98,51 @@ def render_prompt(
     version: str,
     columns: Sequence[str],
     interval: timedelta | str,
-    horizon: int,
+    clock: Clock,
     symbols: Sequence[str] | int,
     elites: Sequence[Elite] = (),
 ) -> str:
     """Render prompt `version` for a dataset.
 
     `columns` are exactly the columns the `df` passed to `make_features` has (the panel's
-    columns without `timestamp`, which is the index, and `symbol`, which is fixed per call).
+    columns; `timestamp` and `symbol` are its index, `contract.FEATURE_INDEX`). `clock` is the
+    evaluation's decisions, label horizon and history on the panel's bars (`sharpe_rl.data.clock`).
     `symbols` are the symbols' names, or their number only (the names are then not given: what a
     model remembers of a named coin cannot be applied; the sandbox's data is disguised too).
     `elites` (from `EliteArchive.inspiration`) are shown by versions that use them
-    (`v3_inspiration`); giving them to another version is an error, not a silent no-op.
+    (`v6_inspiration`); giving them to another version is an error, not a silent no-op.
     """
     if version not in prompt_versions():
         raise ValueError(f"unknown prompt version {version!r}; available: {', '.join(prompt_versions())}")
     if not columns:
         raise ValueError("a prompt needs the dataset's columns")
-    if horizon < 1:
-        raise ValueError(f"label horizon must be at least one bar, got {horizon}")
     stdlib = sorted(name for name in ALLOWED_PACKAGES if name in sys.stdlib_module_names)
     packages = sorted(ALLOWED_PACKAGES - set(stdlib))
     if elites and not shows_elites(version):
-        raise ValueError(f"prompt version {version!r} does not show elites; use v3_inspiration or pass none")
+        raise ValueError(f"prompt version {version!r} does not show elites; use v6_inspiration or pass none")
     template = _environment().get_template(f"{version}.j2")
     return template.render(
         columns=list(columns),
+        index=list(FEATURE_INDEX),
         interval=describe_interval(interval),
-        horizon=horizon,
+        decisions=describe_decisions(clock),
+        horizon=describe_duration(clock.horizon),
+        lookback=describe_duration(clock.lookback),
         symbols=describe_symbols(symbols),
         packages=packages,
         stdlib=stdlib,
         elites=list(elites),
     )
+
+
+def describe_decisions(clock: Clock) -> str:
+    """When the experiment is asked, as a prompt says it."""
+    if clock.every is not None:
+        period = "UTC day" if clock.every == timedelta(days=1) else f"UTC period of {describe_duration(clock.every)}"
+        return f"once per {period}, at the close of its last bar"
+    if clock.every_bars == 1:
+        return "at every bar"
+    return f"every {clock.every_bars} bars"
 
 
 def describe_symbols(symbols: Sequence[str] | int) -> str:
@@ -137,7 +153,7 @@ def describe_symbols(symbols: Sequence[str] | int) -> str:
 
 
 def shows_elites(version: str) -> bool:
-    """Whether prompt `version` renders the archive's elites it is given (`v3_inspiration`)."""
+    """Whether prompt `version` renders the archive's elites it is given (`v6_inspiration`)."""
     return "elites" in _template_variables(version)
 
 

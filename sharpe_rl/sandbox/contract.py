@@ -65,6 +65,15 @@ ALLOWED_PACKAGES = frozenset(
 
 #: The columns of every panel, and exactly what `make_features(df)` receives for one symbol.
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
+#: What `make_features(df)` receives, written once (the worker builds it, the prompts describe it): one call per
+#: decision time t for the whole panel; `df` holds every symbol's bars of the last `lookback` up to and including t,
+#: indexed by (timestamp, symbol) — timestamp the bar's open time (UTC), symbol an integer code — sorted by timestamp
+#: then symbol, with exactly the columns OHLCV_COLUMNS. It returns numeric features on df's index, one row per
+#: (timestamp, symbol); the rows at t are predicted. Fitting makes the same call on the history up to the training
+#: end. `predict_proba(X)` gets one row per symbol with a bar at t, and column 1 of its answer is p(up).
+FEATURE_INDEX = ("timestamp", "symbol")
+#: The column of predict_proba's answer that is read as the probability of the label 1.
+P_UP_COLUMN = 1
 
 #: The harness prints exactly one line starting with this marker and the task's nonce.
 RESULT_MARKER = "@@SHARPE_RL_RESULT@@"

@@ -11,20 +11,19 @@ reading the future impossible rather than detectable:
    stdout out of the way (fd 1 goes to stderr, the result has a private copy).
 2. Starts the worker (stdin /dev/null, stdout = stderr, the two pipe ends its only other files;
    see `worker.py`), which imports its libraries while this process waits.
-3. Reads the task from stdin (`contract.encode_task`: spec, folds, horizon, seed, time limit,
-   lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A sandbox whose
+3. Reads the task from stdin (`contract.encode_task`: spec, folds, decision times, horizon, seed,
+   time limit, lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A sandbox whose
    task does not come within `contract.IDLE_SECONDS` exits without a word.
-4. Labels every bar itself: 1 if the close `horizon` bars later on the union timeline is higher,
-   0 if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
+4. Labels every bar itself: 1 if the close `horizon_ns` after the bar's (same symbol) is higher, 0
+   if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
 5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the
-   labels of the training rows only (a training row ends `horizon + embargo` bars before the test
-   window, so no label reaches into it), and waits for the fit; then, for each test time t, the bars
-   after the previous step up to t, and waits for one probability per bar at t (only at the bars
-   where the host's scoring rebalances; the other test bars are NaN, and their positions are never
-   read). The bars after t
-   are sent only once the answer for t is in: the worker never holds a bar later than the time it
-   is predicting. Folds follow each other in time, so earlier test bars are legitimate history
-   for later folds.
+   labels of the training rows only (a training row's label ends before the test window opens, so
+   no label reaches into it), and waits for the fit; then, for each decision time t of the test
+   window (the host's `decisions`, the same times its scoring holds positions from), the bars after
+   the previous step up to t, and waits for one probability per bar at t; the other test bars are
+   NaN, and their positions are never read. The bars after t are sent only once the answer for t
+   is in: the worker never holds a bar later than the time it is predicting. Folds follow each
+   other in time, so earlier test bars are legitimate history for later folds.
 6. Validates every answer (its kind, its exact length, each p_up in [0, 1] or NaN), measures the
    time of each phase and the worker's peak memory itself, and kills the worker's process group.
 7. Prints `RESULT_MARKER + nonce + json` on its private stdout and exits at once.
@@ -177,25 +176,25 @@ def read_task(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-def forward_labels(timestamps: np.ndarray, close: np.ndarray, timeline: np.ndarray, horizon: int) -> np.ndarray:
-    """1.0 if the close `horizon` bars later (union timeline) is higher, 0.0 if not, NaN if that bar is missing."""
-    future_position = np.searchsorted(timeline, timestamps) + horizon
-    has_future = future_position < len(timeline)
-    future_time = timeline[np.minimum(future_position, len(timeline) - 1)]
+def forward_labels(timestamps: np.ndarray, close: np.ndarray, horizon_ns: int) -> np.ndarray:
+    """1.0 if the close `horizon_ns` after a bar's (same symbol) is higher, 0.0 if not, NaN if that bar is missing.
+
+    `timestamps` and `close` are one symbol's bars, in time order.
+    """
+    future_time = timestamps + horizon_ns
     j = np.minimum(np.searchsorted(timestamps, future_time), len(timestamps) - 1)
-    present = has_future & (timestamps[j] == future_time)
+    present = timestamps[j] == future_time
     with np.errstate(divide="ignore", invalid="ignore"):
         forward_return = np.where(present, close[j] / close - 1.0, np.nan)
     return np.where(np.isfinite(forward_return), (forward_return > 0).astype(np.float64), np.nan)
 
 
-def label_bars(timestamps: np.ndarray, symbols: np.ndarray, close: np.ndarray, horizon: int) -> np.ndarray:
+def label_bars(timestamps: np.ndarray, symbols: np.ndarray, close: np.ndarray, horizon_ns: int) -> np.ndarray:
     """The label of every bar (bars sorted by time, then symbol)."""
-    timeline = np.unique(timestamps)
     labels = np.full(len(timestamps), np.nan)
     for code in np.unique(symbols):
         rows = np.flatnonzero(symbols == code)
-        labels[rows] = forward_labels(timestamps[rows], close[rows], timeline, horizon)
+        labels[rows] = forward_labels(timestamps[rows], close[rows], horizon_ns)
     return labels
 
 
@@ -205,18 +204,16 @@ def run_task(
     """The point-in-time protocol (module docstring, step 5); returns p_up for every test bar, fold by fold."""
     timestamps, symbols = arrays["timestamp"], arrays["symbol"]
     ohlcv = arrays["ohlcv"].reshape(len(timestamps), 5)
-    labels = label_bars(timestamps, symbols, ohlcv[:, 3], int(header["horizon"]))
+    labels = label_bars(timestamps, symbols, ohlcv[:, 3], int(header["horizon_ns"]))
 
     def bars(start: int, end: int) -> bytes:
         return protocol.pack_bars(timestamps[start:end], symbols[start:end], ohlcv[start:end])
 
     times, first_rows = np.unique(timestamps, return_index=True)
     ends = np.append(first_rows[1:], len(timestamps))  # bars of times[i] are rows [first_rows[i], ends[i])
-    # the host scores from the first test bar and rebalances every `rebalance_every` bars from there
-    first_scored = int(np.searchsorted(times, header["folds"][0]["test_start"], side="left"))
-    rebalance_every = int(header["rebalance_every"])
+    decisions = set(header["decisions"])  # the host's decision times: asked there, and nowhere else
 
-    spec = {**header["spec"], "seed": header["seed"], "lookback": header["lookback"]}
+    spec = {**header["spec"], "seed": header["seed"], "lookback_ns": header["lookback_ns"]}
     with timing(timings, "load"):
         expect(worker.ask(protocol.SPEC, json.dumps(spec).encode()), protocol.OK)
     sent = 0
@@ -234,7 +231,7 @@ def run_task(
         with timing(timings, "predict"):
             for i in range(first, last):
                 rows = ends[i] - first_rows[i]
-                if (i - first_scored) % rebalance_every:  # positions change at rebalance bars only
+                if int(times[i]) not in decisions:  # positions change at decisions only
                     answers.append(np.full(rows, np.nan))
                     continue
                 answers.append(read_p_up(worker.ask(protocol.STEP, bars(sent, ends[i])), rows))

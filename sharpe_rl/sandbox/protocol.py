@@ -5,12 +5,12 @@ only. Every message is one length-prefixed frame (`multiprocessing.connection.Co
 `send_bytes`/`recv_bytes`, never pickle): a one-byte kind, then its payload.
 
 harness -> worker (trusted to untrusted)
-    SPEC   JSON {"features": str, "model": str, "seed": int, "lookback": int}
+    SPEC   JSON {"features": str, "model": str, "seed": int, "lookback_ns": int}
     BARS   the next bars in time order (no answer)
     FIT    float64 labels of the first len(labels) bars delivered so far (NaN: no label);
            the worker fits a fresh make_model() on those rows
-    STEP   bars: the next bars in time order, the last of them at the time t to predict; the
-           worker answers for the bars at t, in the order they came
+    STEP   bars: the next bars in time order, the last of them at the decision time t; the worker
+           answers for the bars at t, in the order they came
     (bars are packed by `pack_bars`: int64 ns timestamps, int32 symbol codes, float64 OHLCV)
 
 worker -> harness (untrusted to trusted; the harness validates every frame)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -47,7 +47,8 @@ from pydantic import ValidationError
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
-from sharpe_rl.data.splits import EvalPlan, Fold, plan_evaluation, timeline
+from sharpe_rl.data.clock import Clock, decision_times
+from sharpe_rl.data.splits import EvalPlan, Fold, plan_evaluation, timeline, timeline_interval
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import BAD_TASK_EXIT, ErrorClass, bad_predictions_reason, encode_task
 from sharpe_rl.sandbox.disguise import Disguise, load_disguise_key
@@ -119,6 +120,7 @@ class SandboxRunner:
         self.disguise_key = disguise_key or load_disguise_key(self.cache_dir)
         self.run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.plan: EvalPlan = plan_evaluation(timeline(panel), eval_cfg, holdout_after)
+        self.clock = Clock.of(eval_cfg, timeline_interval(timeline(panel)))
         self.executor = make_executor(sandbox_cfg, self.run_id)
         self.harness_hash = harness_hash()
         self._panel = panel
@@ -184,7 +186,7 @@ class SandboxRunner:
             "code": {"features": job.spec.features, "model": job.spec.model},
             "data": job.view.data_hash,
             "folds": [fold.to_wire() for fold in job.folds],
-            "protocol": self.eval_cfg.model_dump(include={"horizon", "lookback", "rebalance_every"}),
+            "protocol": self.eval_cfg.model_dump(include={"horizon", "lookback", "decide_every", "embargo"}),
             "seed": self.seed,
             "disguise": hashlib.sha256(self.disguise_key.encode()).hexdigest()[:16],
             "harness": self.harness_hash,
@@ -268,9 +270,9 @@ class SandboxRunner:
             "nonce": nonce,
             "spec": {"features": job.spec.features, "model": job.spec.model},
             "folds": [disguise.shift(fold.to_wire()) for fold in job.folds],
-            "horizon": self.eval_cfg.horizon,
-            "lookback": self.eval_cfg.lookback,
-            "rebalance_every": self.eval_cfg.rebalance_bars,
+            "decisions": [int(t) + disguise.offset_ns for t in self.decisions(job)],
+            "horizon_ns": _ns(self.clock.horizon),
+            "lookback_ns": _ns(self.clock.lookback),
             "seed": self.seed,
             "time_limit_seconds": self.sandbox_cfg.timeout_seconds,
         }
@@ -280,6 +282,10 @@ class SandboxRunner:
             "ohlcv": ("<f8", np.ascontiguousarray(ohlcv, dtype="<f8").tobytes()),
         }
         return encode_task(header, arrays), order
+
+    def decisions(self, job: Job) -> np.ndarray:
+        """The decision times of a job's test windows (ns): where the sandbox is asked, and scoring trades."""
+        return decision_times(np.unique(job.view.timestamps), [f.to_wire() for f in job.folds], self.clock)
 
     def _attempt(self, job: Job) -> _Attempt:
         nonce = secrets.token_hex(NONCE_BYTES)
@@ -327,3 +333,7 @@ class SandboxRunner:
             return _Attempt(status=ErrorClass.bad_predictions, message=problem, **base)
         predictions = rows.with_columns(p_up=pl.Series(p_up, dtype=pl.Float64)).sort("fold", "timestamp", "symbol")
         return _Attempt(status="ok", predictions=predictions, **base)
+
+
+def _ns(duration: timedelta) -> int:
+    return duration // timedelta(microseconds=1) * 1000

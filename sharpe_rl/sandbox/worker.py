@@ -11,12 +11,13 @@ the bars of time t only after it has answered for t-1, labels only for training 
 The messages are in `protocol.py`. What this side does with them:
 - SPEC: executes the features source, then the model source, in one namespace; both must define
   `make_features(df)` and `make_model()` (else `bad_interface`).
-- BARS / STEP: appends the bars to each symbol's history. A STEP then calls `make_features` once per
-  symbol with a bar at t, on that symbol's last `lookback` bars up to and including t (`df` is
-  indexed by UTC timestamp, columns exactly open, high, low, close, volume), takes the row at t, and
-  answers `predict_proba(X)[:, 1]` for those rows (`X`: float64, one row per symbol at t; a row with
-  a non-finite feature is not passed to the model and gets NaN, traded flat by the host).
-- FIT: calls `make_features` on each symbol's whole history so far, pools the labelled rows whose
+- BARS / STEP: appends the bars (all symbols, in time order). A STEP then calls `make_features`
+  once, on every symbol's bars of the last `lookback` up to and including t (`df` is indexed by
+  (timestamp, symbol), columns exactly open, high, low, close, volume: `contract.FEATURE_INDEX`),
+  takes the rows at t (one per symbol with a bar at t), and answers `predict_proba(X)[:, 1]` for
+  them (`X`: float64; a row with a non-finite feature is not passed to the model and gets NaN,
+  traded flat by the host).
+- FIT: calls `make_features` once on the whole history so far, pools the labelled rows whose
   features are all finite (in time order, the rows of one time ordered by their feature values, so
   that the symbols' codes, random per task, do not change the fit), and fits a fresh `make_model()`
   on them (`X` float64, `y` int64 0/1).
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import protocol
-from contract import OHLCV_COLUMNS, WORKER_ERRORS, ErrorClass, classify_exception
+from contract import FEATURE_INDEX, OHLCV_COLUMNS, P_UP_COLUMN, WORKER_ERRORS, ErrorClass, classify_exception
 
 #: Modules to import before the task arrives (comma-separated), so a waiting sandbox is warm.
 PRELOAD_ENV = "SHARPE_RL_PRELOAD"
@@ -57,30 +58,32 @@ class ExperimentFailed(Exception):
         self.error_class = error_class
 
 
-class SymbolBars:
-    """One symbol's bars so far, in growing arrays (amortised doubling)."""
+class Bars:
+    """Every bar delivered so far, in delivery order (time, then symbol code), in growing arrays."""
 
     def __init__(self) -> None:
         self.length = 0
-        self.timestamps = np.empty(64, dtype=np.int64)
-        self.values = np.empty((64, len(OHLCV_COLUMNS)), dtype=np.float64)
+        self.timestamps = np.empty(1024, dtype=np.int64)
+        self.codes = np.empty(1024, dtype=np.int64)
+        self.values = np.empty((1024, len(OHLCV_COLUMNS)), dtype=np.float64)
 
-    def append(self, timestamps: np.ndarray, values: np.ndarray) -> None:
+    def append(self, timestamps: np.ndarray, codes: np.ndarray, values: np.ndarray) -> None:
         end = self.length + len(timestamps)
         if end > len(self.timestamps):
             capacity = max(end, 2 * len(self.timestamps))
             self.timestamps = np.resize(self.timestamps, capacity)
+            self.codes = np.resize(self.codes, capacity)
             self.values = np.resize(self.values, (capacity, len(OHLCV_COLUMNS)))
         self.timestamps[self.length : end] = timestamps
+        self.codes[self.length : end] = codes
         self.values[self.length : end] = values
         self.length = end
 
     def frame(self, start: int) -> pd.DataFrame:
-        """Bars [start, length) as the DataFrame `make_features` receives."""
-        index = pd.DatetimeIndex(self.timestamps[start : self.length].astype("datetime64[ns]"), name="timestamp")
-        return pd.DataFrame(
-            self.values[start : self.length].copy(), index=index.tz_localize("UTC"), columns=list(OHLCV_COLUMNS)
-        )
+        """Bars [start, length) as the DataFrame `make_features` receives (see contract.FEATURE_INDEX)."""
+        times = pd.DatetimeIndex(self.timestamps[start : self.length].astype("datetime64[ns]")).tz_localize("UTC")
+        index = pd.MultiIndex.from_arrays([times, self.codes[start : self.length]], names=list(FEATURE_INDEX))
+        return pd.DataFrame(self.values[start : self.length].copy(), index=index, columns=list(OHLCV_COLUMNS))
 
 
 class Experiment:
@@ -88,43 +91,23 @@ class Experiment:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.seed = int(spec["seed"])
-        self.lookback = int(spec["lookback"])
+        self.lookback_ns = int(spec["lookback_ns"])
         reseed(self.seed)
         self.make_features, self.make_model = load_experiment(spec)
-        self.symbols: dict[int, SymbolBars] = {}
-        self.row_symbol: list[np.ndarray] = []  # per delivered batch: the symbol code of each bar
-        self.row_position: list[np.ndarray] = []  # ... and its position in that symbol's history
+        self.bars = Bars()
         self.columns: list[str] | None = None
         self.model: Any = None
 
-    def add_bars(self, payload: memoryview) -> tuple[np.ndarray, np.ndarray]:
-        """Append a batch of bars; returns (timestamps, symbol codes) of the batch."""
+    def add_bars(self, payload: memoryview) -> None:
         timestamps, codes, values = protocol.unpack_bars(payload)
-        positions = np.empty(len(codes), dtype=np.int64)
-        for code in np.unique(codes):
-            rows = np.flatnonzero(codes == code)
-            bars = self.symbols.setdefault(int(code), SymbolBars())
-            positions[rows] = np.arange(bars.length, bars.length + len(rows))
-            bars.append(timestamps[rows], values[rows])
-        self.row_symbol.append(codes.copy())
-        self.row_position.append(positions)
-        return timestamps, codes
+        self.bars.append(timestamps, codes, values)
 
     def fit(self, labels: np.ndarray) -> None:
         """Fit a fresh model on the first len(labels) bars delivered, those with a label and finite features."""
         reseed(self.seed)
-        features = {code: self.features(bars.frame(0)) for code, bars in self.symbols.items()}
-        codes = np.concatenate(self.row_symbol)[: len(labels)]
-        positions = np.concatenate(self.row_position)[: len(labels)]
-        matrix = np.full((len(labels), len(self.columns or [])), np.nan)
-        for code, values in features.items():
-            rows = codes == code
-            matrix[rows] = values[positions[rows]]
+        matrix = self.features(self.bars.frame(0))[: len(labels)]  # one call on the whole history
+        times, codes = self.bars.timestamps[: len(labels)], self.bars.codes[: len(labels)]
         # in time, then by the features' values: an order that no symbol code (a secret, random per task) decides
-        times = np.empty(len(labels), dtype=np.int64)
-        for code, bars in self.symbols.items():
-            rows = codes == code
-            times[rows] = bars.timestamps[positions[rows]]
         train = np.lexsort((codes, *matrix.T[::-1], times))
         train = train[np.isfinite(labels[train]) & np.isfinite(matrix[train]).all(axis=1)]
         if not len(train):
@@ -145,34 +128,38 @@ class Experiment:
 
     def step(self, payload: memoryview) -> np.ndarray:
         """Append the bars up to t; return p_up for each bar at t (the last timestamp of the batch)."""
-        timestamps, codes = self.add_bars(payload)
-        at_t = codes[timestamps == timestamps[-1]]
-        rows = []
-        for code in at_t:
-            bars = self.symbols[int(code)]
-            rows.append(self.features(bars.frame(max(0, bars.length - self.lookback)))[-1])
-        matrix = np.vstack(rows)
-        p_up = np.full(len(at_t), np.nan)
+        self.add_bars(payload)
+        bars = self.bars
+        t = bars.timestamps[bars.length - 1]
+        at_t = bars.length - int(np.searchsorted(bars.timestamps[: bars.length], t, side="left"))
+        start = int(np.searchsorted(bars.timestamps[: bars.length], t - self.lookback_ns, side="right"))
+        matrix = self.features(bars.frame(start))[-at_t:]  # one call for the whole panel, the rows at t
+        p_up = np.full(at_t, np.nan)
         predictable = np.isfinite(matrix).all(axis=1)
         if predictable.any():
             proba = np.asarray(self.model.predict_proba(matrix[predictable]), dtype=np.float64)
             expected = int(predictable.sum())
-            if proba.ndim != 2 or proba.shape[0] != expected or proba.shape[1] < 2:
+            if proba.ndim != 2 or proba.shape[0] != expected or proba.shape[1] <= P_UP_COLUMN:
                 raise ExperimentFailed(
                     ErrorClass.bad_predictions,
                     f"predict_proba returned shape {proba.shape} for {expected} rows; expected ({expected}, 2)",
                 )
-            p_up[predictable] = proba[:, 1]
+            p_up[predictable] = proba[:, P_UP_COLUMN]
         return p_up
 
     def features(self, df: pd.DataFrame) -> np.ndarray:
-        """make_features on one symbol's bars, aligned to them, as float64 (non-finite values are NaN)."""
+        """make_features on the panel's bars, aligned to them, as float64 (non-finite values are NaN)."""
         out = self.make_features(df)
         if isinstance(out, pd.Series):
             out = out.to_frame()
         if not isinstance(out, pd.DataFrame):
             raise ExperimentFailed(
                 ErrorClass.bad_interface, f"make_features must return a pandas DataFrame, got {type(out).__name__}"
+            )
+        if not isinstance(out.index, pd.MultiIndex) or out.index.nlevels != len(FEATURE_INDEX):
+            raise ExperimentFailed(
+                ErrorClass.bad_interface,
+                "make_features must return a DataFrame on df's (timestamp, symbol) index, one row per row of df",
             )
         out = out.reindex(df.index)
         columns = [str(c) for c in out.columns]
