@@ -29,7 +29,7 @@ START = datetime(2024, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 #: The mechanics of positions and costs, tested with what positions earn in full (timing_only off); what
 #: timing_only takes out is tested on its own below.
-NO_FEES = EvalConfig(scheme="per_asset", fee_bps=0, timing_only=False)
+NO_FEES = EvalConfig(scheme="per_asset", fee_bps=0, timing_only=False, decide_every=1)
 
 
 def make_panel(closes: dict[str, list[float | None]], step: timedelta = DAY) -> pl.DataFrame:
@@ -174,8 +174,8 @@ def test_turnover_and_costs_on_two_assets_by_hand():
 @pytest.mark.parametrize(
     "cfg",
     [
-        EvalConfig(scheme="per_asset", rebalance_every=2, timing_only=False),
-        EvalConfig(scheme="per_asset", horizon=2, timing_only=False),
+        EvalConfig(scheme="per_asset", decide_every=2, timing_only=False),
+        EvalConfig(scheme="per_asset", decide_every="2d", timing_only=False),  # daily bars: the same decisions
     ],
 )
 def test_positions_are_held_between_rebalances(cfg):

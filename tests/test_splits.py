@@ -71,7 +71,7 @@ def test_wire_form_is_nanoseconds():
 def test_reward_panel_stops_at_the_reward_end():
     bars = hourly(100)
     panel = pl.DataFrame({"timestamp": bars * 2, "symbol": ["A"] * 100 + ["B"] * 100, "close": [1.0] * 200})
-    plan = plan_evaluation(timeline(panel), EvalConfig(n_folds=2))
+    plan = plan_evaluation(timeline(panel), EvalConfig(n_folds=2, decide_every=1))
     cut = reward_panel(panel, plan)
     assert cut.get_column("timestamp").max() == plan.reward_end
     assert cut.filter(pl.col("timestamp") >= plan.holdout_start).is_empty()

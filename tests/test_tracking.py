@@ -50,7 +50,7 @@ def children(t: Tracker) -> list:
 
 def test_parent_run_holds_the_config_as_params_and_artifact(tracker):
     run = tracker.client.get_run(tracker.parent_run_id)
-    assert run.data.params["eval.horizon"] == "1"
+    assert run.data.params["eval.n_folds"] == "4" and run.data.params["eval.horizon"] == "None"
     assert run.data.params["sandbox.executor"] == "docker"
     artifacts = [a.path for a in tracker.client.list_artifacts(tracker.parent_run_id)]
     assert "config.json" in artifacts
