@@ -3,7 +3,8 @@
 These are the guarantees the reward rests on, stated on what the harness sends: the experiment's
 process never receives a bar later than the time it is asked to predict, receives labels only for
 training rows whose horizon ends before the test window, and is asked exactly at the host's
-rebalance bars, fold after fold.
+rebalance bars, fold after fold. The labels themselves are checked against answers written by
+hand (tests/vectorised_reference.py imports the harness's labelling, so it cannot).
 """
 
 from __future__ import annotations
@@ -158,3 +159,32 @@ def test_a_run_whose_experiments_cannot_finish_in_the_time_limit_is_warned(tmp_p
     loaded = load_evaluation(EvaluationRef.of(dataset, EvalConfig(), tight, tmp_path / "cache"))
     assert "past the sandbox's 0.1 s limit: most experiments will time out" in loaded.workload()
     assert "eval.rebalance_every" in loaded.workload()
+
+
+# ---- labels, known answers: two symbols, B missing at t2, A's close equal at t1 and t2 ----
+
+#: (time, symbol code, close), sorted by time then symbol, as the harness holds its bars.
+LABELLED_BARS = [
+    (0, 0, 10.0), (0, 1, 5.0),
+    (1, 0, 11.0), (1, 1, 6.0),
+    (2, 0, 11.0),
+    (3, 0, 9.0), (3, 1, 4.0),
+    (4, 0, 12.0), (4, 1, 7.0),
+]  # fmt: skip
+NAN = float("nan")
+#: Written out by hand: 1 if the close `horizon` times later (on the union timeline t0..t4) is higher,
+#: 0 if it is not (a tie is 0), NaN if that bar is missing (B at t2: a gap never stretches a label)
+#: or past the end.
+HAND_LABELS = {
+    #     A t0  B t0  A t1  B t1  A t2  A t3  B t3  A t4  B t4
+    1: [1.0, 1.0, 0.0, NAN, 0.0, 1.0, 1.0, NAN, NAN],  # A: 10→11, 11→11 (tie), 11→9, 9→12; B: 5→6, 4→7
+    2: [1.0, NAN, 0.0, 0.0, 1.0, NAN, NAN, NAN, NAN],  # A: 10→11, 11→9, 11→12; B: 6→4
+}
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_each_bar_is_labelled_by_its_own_close_horizon_bars_later(horizon):
+    times, codes, close = (np.array(column) for column in zip(*LABELLED_BARS, strict=True))
+    timestamps = (np.datetime64("2024-01-01", "ns") + times * np.timedelta64(1, "D")).astype(np.int64)
+    labels = harness.label_bars(timestamps, codes.astype(np.int32), close, horizon)
+    np.testing.assert_array_equal(labels, HAND_LABELS[horizon])
