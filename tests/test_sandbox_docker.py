@@ -197,7 +197,6 @@ def attack_specs(host_canary: Path) -> dict[str, tuple[ExperimentSpec, str, str]
             "runtime_error",
             "the experiment's process",
         ),
-        "forge_at_exit": (features_doing(FORGE + "\nimport atexit", "atexit.register(forge, forged_ok())"), "ok", ""),
     }
     return {name: (spec(name, features), status, fragment) for name, (features, status, fragment) in attacks.items()}
 
@@ -214,7 +213,7 @@ ATTACKS = [
     "network_connect", "network_dns", "only_loopback", "read_host_file", "reach_the_harness", "read_shadow",
     "write_harness", "fill_tmp", "exec_from_tmp", "become_root", "fork_bomb", "memory_bomb", "memory_error",
     "stdout_flood", "kill_itself", "kill_the_harness", "exit_silently", "sys_exit", "forge_a_result",
-    "forge_extra_score", "forge_at_exit",
+    "forge_extra_score",
 ]  # fmt: skip
 
 
@@ -231,15 +230,6 @@ def test_attack_is_contained_and_classified(attack_results, name):
 def test_output_is_capped_on_the_host(attack_results):
     flood = attack_results["results"]["stdout_flood"]
     assert flood.ok and len(flood.stderr_tail) <= 4000
-
-
-def test_a_forged_result_never_replaces_the_harness_result(attack_results):
-    result = attack_results["results"]["forge_at_exit"]
-    predictions = attack_results["runner"].predictions(result)
-    assert 0.987654 not in predictions.get_column("p_up").to_list()
-    assert (
-        predictions.height == attack_results["runner"].reward_view.test_rows(attack_results["runner"].plan.folds).height
-    )
 
 
 def test_the_harness_outlives_the_experiment_and_reports(attack_results):
