@@ -28,21 +28,23 @@ def sandbox_image() -> str:
     Without a Docker engine the test is skipped, unless SHARPE_RL_REQUIRE_DOCKER=1 (CI), where
     a missing engine is a failure: the tests that claim isolation must never be skipped there.
     """
+    from service_fixtures import require
+
     from sharpe_rl.sandbox import InfrastructureError
     from sharpe_rl.sandbox.image import docker_client, ensure_image
 
     try:
         return ensure_image(docker_client())
     except InfrastructureError as exc:
-        if os.environ.get("SHARPE_RL_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"SHARPE_RL_REQUIRE_DOCKER=1, but the sandbox cannot run: {exc}")
-        pytest.skip(f"no sandbox: {exc}")
+        require(False, f"the sandbox cannot run: {exc}")
 
 
 def shared_panel(name: str) -> pl.DataFrame:
+    """A real panel from the shared data folder; every sandbox test reads one, so CI fails without it."""
+    from service_fixtures import require
+
     source = SHARED_DATA / name
-    if not source.is_file():
-        pytest.skip(f"{source} is not there (the shared data folder sits beside the checkout)")
+    require(source.is_file(), f"{source} is not there (the shared data folder sits beside the checkout)")
     return pl.read_parquet(source)
 
 
@@ -134,10 +136,16 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     Once per module: the ports are fixed (4200, 5000), so two can never run at once. Afterwards it
     is stopped as Ctrl-C stops it, so its server, worker and MLflow UI stop with it.
     """
+    from service_fixtures import REQUIRE_BROWSER, REQUIRE_DOCKER, require
+
     from sharpe_rl.services import MLFLOW_PORT, is_up, prefect_api_url
 
-    if is_up(f"{prefect_api_url()}/health") or is_up(f"http://127.0.0.1:{MLFLOW_PORT}/health"):
-        pytest.skip("a Prefect server or MLflow UI already runs on this machine's default ports")
+    busy = is_up(f"{prefect_api_url()}/health") or is_up(f"http://127.0.0.1:{MLFLOW_PORT}/health")
+    require(
+        not busy,
+        "a Prefect server or MLflow UI already runs on this machine's default ports (stop it to run these tests)",
+        (REQUIRE_DOCKER, REQUIRE_BROWSER),
+    )
     runs = tmp_path_factory.mktemp("serve") / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     process = subprocess.Popen(

@@ -25,12 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip when `condition` fails, except in CI (SHARPE_RL_REQUIRE_DOCKER=1), where the fault tests must run."""
+#: Set to 1 by CI (.ci/run): the Docker, browser and slow tests must run there, so what would skip them fails them.
+REQUIRE_DOCKER = "SHARPE_RL_REQUIRE_DOCKER"
+REQUIRE_BROWSER = "SHARPE_RL_REQUIRE_BROWSER"
+
+
+def require(condition: bool, reason: str, required_by: tuple[str, ...] = (REQUIRE_DOCKER,)) -> None:
+    """Skip the test when `condition` is false, or fail it when a setting of `required_by` is 1 (CI)."""
     if condition:
         return
-    if os.environ.get("SHARPE_RL_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"SHARPE_RL_REQUIRE_DOCKER=1, but {reason}")
+    for setting in required_by:
+        if os.environ.get(setting) == "1":
+            pytest.fail(f"{setting}=1, but {reason}")
     pytest.skip(reason)
 
 

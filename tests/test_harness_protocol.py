@@ -3,7 +3,10 @@
 These are the guarantees the reward rests on, stated on what the harness sends: the experiment's
 process never receives a bar later than the time it is asked to predict, receives labels only for
 training rows whose horizon ends before the test window, and is asked exactly at the host's
-rebalance bars, fold after fold.
+rebalance bars, fold after fold. The labels themselves are checked against answers written by
+hand (tests/vectorised_reference.py imports the harness's labelling, so it cannot). And a worker
+process that breaks the protocol (a frame too long, a wrong count of probabilities, an error code
+it may not claim, an answer of the wrong kind) ends in the failure class the harness documents.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sharpe_rl.spec import ExperimentSpec
 sys.path.insert(0, str(HARNESS_DIR))
 import harness
 import protocol
+from contract import ErrorClass
 
 
 class RecordingWorker:
@@ -158,3 +162,174 @@ def test_a_run_whose_experiments_cannot_finish_in_the_time_limit_is_warned(tmp_p
     loaded = load_evaluation(EvaluationRef.of(dataset, EvalConfig(), tight, tmp_path / "cache"))
     assert "past the sandbox's 0.1 s limit: most experiments will time out" in loaded.workload()
     assert "eval.rebalance_every" in loaded.workload()
+
+
+# ---- labels, known answers: two symbols, B missing at t2, A's close equal at t1 and t2 ----
+
+#: (time, symbol code, close), sorted by time then symbol, as the harness holds its bars.
+LABELLED_BARS = [
+    (0, 0, 10.0), (0, 1, 5.0),
+    (1, 0, 11.0), (1, 1, 6.0),
+    (2, 0, 11.0),
+    (3, 0, 9.0), (3, 1, 4.0),
+    (4, 0, 12.0), (4, 1, 7.0),
+]  # fmt: skip
+NAN = float("nan")
+#: Written out by hand: 1 if the close `horizon` times later (on the union timeline t0..t4) is higher,
+#: 0 if it is not (a tie is 0), NaN if that bar is missing (B at t2: a gap never stretches a label)
+#: or past the end.
+HAND_LABELS = {
+    #     A t0  B t0  A t1  B t1  A t2  A t3  B t3  A t4  B t4
+    1: [1.0, 1.0, 0.0, NAN, 0.0, 1.0, 1.0, NAN, NAN],  # A: 10→11, 11→11 (tie), 11→9, 9→12; B: 5→6, 4→7
+    2: [1.0, NAN, 0.0, 0.0, 1.0, NAN, NAN, NAN, NAN],  # A: 10→11, 11→9, 11→12; B: 6→4
+}
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_each_bar_is_labelled_by_its_own_close_horizon_bars_later(horizon):
+    times, codes, close = (np.array(column) for column in zip(*LABELLED_BARS, strict=True))
+    timestamps = (np.datetime64("2024-01-01", "ns") + times * np.timedelta64(1, "D")).astype(np.int64)
+    labels = harness.label_bars(timestamps, codes.astype(np.int32), close, horizon)
+    np.testing.assert_array_equal(labels, HAND_LABELS[horizon])
+
+
+# ---- a worker that breaks the protocol: each ends in its failure class, over a real pipe ----
+
+#: A worker process that answers as protocol.py says (OK to SPEC and FIT, 0.5 for each bar at t)
+#: except where `broken(kind, payload)` returns a raw frame to send instead: the generated code runs
+#: in the worker's process and can write anything to its pipe.
+FAKE_WORKER = """
+import sys
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+sys.path.insert(0, {harness_dir!r})
+import protocol
+from contract import WORKER_ERRORS, ErrorClass
+
+
+def rows_at_t(payload):
+    timestamps, _, _ = protocol.unpack_bars(payload)
+    return int((timestamps == timestamps[-1]).sum())
+
+
+def broken(kind, payload):
+    {broken}
+
+
+inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+while True:
+    frame = inbox.recv_bytes()
+    kind, payload = frame[:1], frame[1:]
+    if kind == protocol.BARS:
+        continue
+    answer = protocol.P_UP + np.full(rows_at_t(payload), 0.5).tobytes() if kind == protocol.STEP else protocol.OK
+    outbox.send_bytes(broken(kind, payload) or answer)
+"""
+BROKE_THE_PROTOCOL = "the experiment's process broke the protocol"
+#: name -> (what `broken` returns, the error class and the message the harness must end in; {rows} is
+#: the number of bars at the first test time, {frame} the longest frame the harness accepts).
+BROKEN_WORKERS = {
+    "a frame one byte too long": (
+        "return protocol.P_UP + bytes(protocol.MAX_WORKER_FRAME) if kind == protocol.STEP else None",
+        ErrorClass.runtime_error,
+        BROKE_THE_PROTOCOL + " (bad message length)",
+    ),
+    "a frame of the longest length, read and judged": (
+        "return protocol.P_UP + bytes(protocol.MAX_WORKER_FRAME - 1) if kind == protocol.STEP else None",
+        ErrorClass.bad_predictions,
+        "predict_proba gave {frame:g} probabilities for {rows} rows",
+    ),
+    "one probability too few": (
+        "return protocol.P_UP + np.full(rows_at_t(payload) - 1, 0.5).tobytes() if kind == protocol.STEP else None",
+        ErrorClass.bad_predictions,
+        "predict_proba gave {fewer} probabilities for {rows} rows",
+    ),
+    "one probability too many": (
+        "return protocol.P_UP + np.full(rows_at_t(payload) + 1, 0.5).tobytes() if kind == protocol.STEP else None",
+        ErrorClass.bad_predictions,
+        "predict_proba gave {more} probabilities for {rows} rows",
+    ),
+    "half a probability more": (
+        "return protocol.P_UP + bytes(8 * rows_at_t(payload) + 4) if kind == protocol.STEP else None",
+        ErrorClass.bad_predictions,
+        "predict_proba gave {half:g} probabilities for {rows} rows",
+    ),
+    "an error code past the classes it may claim": (
+        "return protocol.ERROR + bytes([len(WORKER_ERRORS)]) + b'made up\\0its traceback' if kind == protocol.FIT "
+        "else None",
+        ErrorClass.runtime_error,
+        "made up",
+    ),
+    "the largest error code": (
+        "return protocol.ERROR + bytes([255]) + b'made up\\0its traceback' if kind == protocol.FIT else None",
+        ErrorClass.runtime_error,
+        "made up",
+    ),
+    "an error code it may claim": (
+        "return protocol.error_frame(WORKER_ERRORS.index(ErrorClass.value_error), 'bad C', 'its traceback') "
+        "if kind == protocol.FIT else None",
+        ErrorClass.value_error,
+        "bad C",
+    ),
+    "an error report without its code": (
+        "return protocol.ERROR if kind == protocol.FIT else None",
+        ErrorClass.runtime_error,
+        BROKE_THE_PROTOCOL,
+    ),
+    "probabilities for the spec": (
+        "return protocol.P_UP if kind == protocol.SPEC else None",
+        ErrorClass.runtime_error,
+        BROKE_THE_PROTOCOL,
+    ),
+    "OK for a step": (
+        "return protocol.OK if kind == protocol.STEP else None",
+        ErrorClass.runtime_error,
+        BROKE_THE_PROTOCOL,
+    ),
+    "an OK that says more": (
+        "return protocol.OK + b'x' if kind == protocol.FIT else None",
+        ErrorClass.runtime_error,
+        BROKE_THE_PROTOCOL,
+    ),
+    "a kind the protocol does not have": (
+        "return b'Z' + bytes(8) if kind == protocol.STEP else None",
+        ErrorClass.runtime_error,
+        BROKE_THE_PROTOCOL,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> tuple[dict, dict[str, np.ndarray]]:
+    """The harness's task for the reward folds of the synthetic panel, as it reads it from stdin."""
+    runner = SandboxRunner(
+        three_symbol_panel(),
+        EvalConfig(),
+        SandboxConfig(executor="process", warm_pool=False),
+        tmp_path_factory.mktemp("task"),
+    )
+    task, _ = runner.task(Job(SPEC, runner.reward_view, runner.plan.folds), nonce="n")
+    return harness.read_task(io.BytesIO(task))
+
+
+@pytest.mark.parametrize("name", list(BROKEN_WORKERS))
+def test_a_worker_that_breaks_the_protocol_ends_in_its_failure_class(task, tmp_path, monkeypatch, name):
+    broken, error_class, message = BROKEN_WORKERS[name]
+    fake = tmp_path / "worker.py"
+    fake.write_text(FAKE_WORKER.format(harness_dir=str(HARNESS_DIR), broken=broken))
+    monkeypatch.setattr(harness, "WORKER_PATH", str(fake))
+    header, arrays = task
+    worker = harness.Worker()
+    try:
+        with pytest.raises(harness.ExperimentFailed) as failed:
+            harness.run_task(header, arrays, worker, dict.fromkeys(harness.TIMING_KEYS, 0.0))
+    finally:
+        worker.stop()
+    rows = int((arrays["timestamp"] == header["folds"][0]["test_start"]).sum())
+    counts = {"rows": rows, "fewer": rows - 1, "more": rows + 1, "half": rows + 0.5}
+    expected = message.format(frame=(protocol.MAX_WORKER_FRAME - 1) / 8, **counts)
+    assert (failed.value.error_class, str(failed.value)) == (error_class, expected)
+    if "error code" in name:
+        assert failed.value.traceback == "its traceback"

@@ -4,8 +4,9 @@ One section per class of attack found against the earlier sandbox (the reward-in
 classes 1 to 7), each written from its description. Where an attack reads the future, the same
 spec is first run through the earlier, vectorised evaluation (tests/vectorised_reference.py) to
 show that the leak was real there (net Sharpe far above anything honest); in the sandbox it must
-end in a failure status or a net Sharpe in the range of honest models. Honest code must still run,
-and for causal code the point-in-time predictions must equal the vectorised ones.
+run, and predict exactly what its leaked input is under the point-in-time protocol, where it
+carries no future (a failure for any other reason would prove nothing). Honest code must still
+run, and for causal code the point-in-time predictions must equal the vectorised ones.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from vectorised_reference import vectorised_predictions
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.panel import detect_interval
-from sharpe_rl.data.splits import reward_panel
+from sharpe_rl.data.splits import Fold, reward_panel
+from sharpe_rl.sandbox.disguise import Disguise
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.sandbox.runner import SandboxRunner
-from sharpe_rl.scoring import score_predictions
+from sharpe_rl.sandbox.views import DataView
+from sharpe_rl.scoring import Metrics, score_predictions
 
 pytestmark = pytest.mark.docker
 
@@ -47,6 +50,19 @@ def make_features(df):
     out["ret_1"] = df["close"].pct_change().fillna(0.0)
     return out
 """
+#: What NEXT_RETURN_FEATURES is at a time t when the bars end at t: shift(-1) has nothing to read
+#: at the latest bar and fillna makes it 0.0.
+NEXT_RETURN_STAND_IN = """
+import pandas as pd
+
+
+def make_features(df):
+    out = pd.DataFrame(index=df.index)
+    out["next_ret"] = 0.0
+    out["ret_1"] = df["close"].pct_change().fillna(0.0)
+    return out
+"""
+#: Ignores what it is fitted on: its answer at t depends on the features at t alone.
 SQUEEZED_MODEL = """
 import numpy as np
 
@@ -93,51 +109,28 @@ def make_model():
     return PeekAhead()
 """
 
-# ---- class 3: detecting the guard (read the fold boundaries, or count the folds) and leaking elsewhere
-
-TASK_FILE_FEATURES = """
-import json
-import pandas as pd
-
-try:
-    LAST_TEST_START = json.load(open("/task/task.json"))["folds"][-1]["test_start"]
-except OSError:
-    LAST_TEST_START = None
-
-
-def make_features(df):
-    out = pd.DataFrame(index=df.index)
-    leak = df["close"].pct_change().shift(-1).fillna(0.0)
-    if LAST_TEST_START is not None:
-        leak[df.index.asi8 >= LAST_TEST_START] = 0.0
-    out["next_ret"] = leak
-    out["ret_1"] = df["close"].pct_change().fillna(0.0)
-    return out
-"""
-FOLD_COUNTING_MODEL = SQUEEZED_MODEL.replace(
-    "def make_model():\n    return Squeezed()",
-    "MODELS_MADE = [0]\n\n\ndef make_model():\n    MODELS_MADE[0] += 1\n    return Squeezed()",
-).replace("1e-7 * np.tanh", "1e-7 * (MODELS_MADE[0] < 4) * np.tanh")
-
 LEAKS = {
     "sub_tolerance": spec("sub_tolerance", NEXT_RETURN_FEATURES, SQUEEZED_MODEL),
     "transductive": spec("transductive", RETURN_FEATURES, PEEK_AHEAD_MODEL),
-    "reads_the_task_file": spec("task_file", TASK_FILE_FEATURES, SQUEEZED_MODEL),
-    "counts_the_folds": spec("counting", NEXT_RETURN_FEATURES, FOLD_COUNTING_MODEL),
+}
+#: What each leak amounts to when the bars end at t, as they do in the sandbox: its predictions there
+#: must be exactly this code's, predicting the rows of each time in a call of their own, in the
+#: order of the task's disguised symbol codes.
+POINT_IN_TIME_EQUIVALENT = {
+    # shift(-1) has nothing to read at the latest bar and fillna makes next_ret 0.0 (Squeezed ignores
+    # its training rows, where next_ret is a past bar's return, legitimately)
+    "sub_tolerance": spec("sub_tolerance, causal", NEXT_RETURN_STAND_IN, SQUEEZED_MODEL),
+    # X holds the rows of time t only, in the task's secret order: "row t + 1" is another symbol's row at t
+    "transductive": LEAKS["transductive"],
 }
 
+# Class 3 (code that recognised the truncation guard by the task file or by counting folds, and
+# leaked elsewhere) attacked a guard that is gone (docs/reward-integrity.md): with no task file and
+# no re-run, its code is class 1's.
 
-def sharpe(predictions: pl.DataFrame, scored: pl.DataFrame, cfg: EvalConfig) -> float:
-    metrics = score_predictions(predictions, scored, cfg, bar_interval=detect_interval(scored))
-    return metrics.sharpe_net if metrics.valid else float("nan")
 
-
-def sandbox_sharpe(runner: SandboxRunner, result: ExecutionResult, scored: pl.DataFrame) -> float | None:
-    """The net Sharpe the host gives this result, None when the experiment failed (no reward to buy)."""
-    if not result.ok:
-        return None
-    value = sharpe(runner.predictions(result), scored, runner.eval_cfg)
-    return None if np.isnan(value) else value
+def score(predictions: pl.DataFrame, scored: pl.DataFrame, cfg: EvalConfig) -> Metrics:
+    return score_predictions(predictions, scored, cfg, bar_interval=detect_interval(scored))
 
 
 @pytest.fixture(scope="module")
@@ -148,38 +141,44 @@ def runner(sandbox_panel, sandbox_image, tmp_path_factory) -> Iterator[SandboxRu
 
 
 @pytest.fixture(scope="module")
-def leak_results(runner):
-    return dict(zip(LEAKS, runner.run_many(list(LEAKS.values())), strict=True))
+def leak_results(runner) -> dict[tuple[str, bool], ExecutionResult]:
+    """(leak, holdout) -> its result in the sandbox: the reward folds, and the holdout."""
+    results = dict(zip([(name, False) for name in LEAKS], runner.run_many(list(LEAKS.values())), strict=True))
+    return results | {(name, True): runner.run_holdout(leak) for name, leak in LEAKS.items()}
 
 
+def window(runner: SandboxRunner, holdout: bool) -> tuple[DataView, list[Fold], pl.DataFrame]:
+    """The data view, the folds and the panel the host scores them on (as sharpe_rl.evaluation does)."""
+    whole = runner.holdout_view.panel
+    if holdout:
+        assert runner.plan.holdout_fold is not None
+        scored = whole.filter(pl.col("timestamp") >= runner.plan.holdout_start)
+        return runner.holdout_view, [runner.plan.holdout_fold], scored
+    return runner.reward_view, runner.plan.folds, reward_panel(whole, runner.plan)
+
+
+@pytest.mark.parametrize("holdout", [False, True], ids=["reward", "holdout"])
 @pytest.mark.parametrize("name", list(LEAKS))
-def test_the_leak_paid_in_the_vectorised_evaluation(runner, sandbox_panel, name):
-    predictions = vectorised_predictions(LEAKS[name], runner.reward_view, runner.plan.folds, runner.eval_cfg.horizon)
-    assert sharpe(predictions, reward_panel(sandbox_panel, runner.plan), runner.eval_cfg) > HONEST_SHARPE_CEILING
+def test_the_leak_paid_in_the_vectorised_evaluation(runner, name, holdout):
+    view, folds, scored = window(runner, holdout)
+    metrics = score(vectorised_predictions(LEAKS[name], view, folds, runner.eval_cfg.horizon), scored, runner.eval_cfg)
+    assert metrics.valid and metrics.sharpe_net > HONEST_SHARPE_CEILING, metrics
 
 
+# The holdout runs under the same protocol, so it exposes a leak instead of confirming it (class 4).
+
+
+@pytest.mark.parametrize("holdout", [False, True], ids=["reward", "holdout"])
 @pytest.mark.parametrize("name", list(LEAKS))
-def test_the_leak_earns_nothing_in_the_sandbox(runner, leak_results, sandbox_panel, name):
-    result = leak_results[name]
-    value = sandbox_sharpe(runner, result, reward_panel(sandbox_panel, runner.plan))
-    assert value is None or value < HONEST_SHARPE_CEILING, f"{name}: net Sharpe {value} ({result.status})"
-
-
-# ---- class 4: the holdout runs under the same protocol, so it exposes a leak instead of confirming it
-
-
-@pytest.mark.parametrize("name", ["sub_tolerance", "transductive"])
-def test_the_holdout_is_point_in_time_too(runner, sandbox_panel, name):
-    holdout = sandbox_panel.filter(pl.col("timestamp") >= runner.plan.holdout_start)
-    assert runner.plan.holdout_fold is not None
-    leaked = vectorised_predictions(
-        LEAKS[name], runner.holdout_view, [runner.plan.holdout_fold], runner.eval_cfg.horizon
+def test_the_leak_reads_no_future_in_the_sandbox(runner, leak_results, name, holdout):
+    result = leak_results[name, holdout]
+    assert result.ok, f"{result.status}: {result.message}\n{result.traceback}"  # a crash is no leak stopped
+    view, folds, _ = window(runner, holdout)
+    disguise = Disguise.draw(runner.disguise_key, view.data_hash, LEAKS[name].code_hash, len(view.symbols))
+    expected = vectorised_predictions(
+        POINT_IN_TIME_EQUIVALENT[name], view, folds, runner.eval_cfg.horizon, task_codes=disguise.codes
     )
-    assert sharpe(leaked, holdout, runner.eval_cfg) > HONEST_SHARPE_CEILING
-
-    result = runner.run_holdout(LEAKS[name])
-    value = sandbox_sharpe(runner, result, holdout)
-    assert value is None or value < HONEST_SHARPE_CEILING, f"{name}: holdout net Sharpe {value}"
+    assert runner.predictions(result).equals(expected)
 
 
 # ---- class 5: the result wire (the experiment shares no process, and no output, with what reports)

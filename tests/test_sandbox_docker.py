@@ -72,19 +72,39 @@ def forged_ok(extra=None):
 """
 
 #: What the experiment's process tries in order to reach the data, the task or the harness's output.
-#: The harness is PID 1 of the container and its parent; both must be out of reach.
+#: The harness is PID 1 of the container and its parent; both must be out of reach. Its memory is
+#: read at the start of its first readable mapping (/proc/<pid>/mem has nothing at offset 0: a read
+#: there fails whatever the access); a descriptor is reached once it opens (a read of its stdin
+#: would wait for ever).
 REACH_THE_HARNESS = """
 import ctypes, os
 reached = [path for path in ("/data", "/task") if os.path.exists(path)]
 for pid in sorted({1, os.getppid()}):
-    for name in ("mem", "environ", "maps", "fd/0", "fd/1", "fd/3"):
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            start = next(int(line.split("-")[0], 16) for line in maps if line.split()[1].startswith("r"))
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(start)
+            if mem.read(1):
+                reached.append(f"/proc/{pid}/mem")
+    except (OSError, StopIteration):
+        pass
+    for name in ("environ", "maps"):
         try:
             with open(f"/proc/{pid}/{name}", "rb") as f:
                 if f.read(1):
                     reached.append(f"/proc/{pid}/{name}")
         except OSError:
             pass
-    if ctypes.CDLL(None, use_errno=True).ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
+    for fd in (0, 1, 3):
+        try:
+            os.close(os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK))
+            reached.append(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    # PTRACE_SEIZE: the access check of PTRACE_ATTACH, without stopping the harness (which would end
+    # the run in a timeout instead of this report); the kernel detaches when this process exits
+    if ctypes.CDLL(None, use_errno=True).ptrace(0x4206, pid, None, None) == 0:
         reached.append(f"ptrace {pid}")
 if reached:
     raise RuntimeError("ESCAPED: " + ", ".join(reached))
@@ -177,7 +197,6 @@ def attack_specs(host_canary: Path) -> dict[str, tuple[ExperimentSpec, str, str]
             "runtime_error",
             "the experiment's process",
         ),
-        "forge_at_exit": (features_doing(FORGE + "\nimport atexit", "atexit.register(forge, forged_ok())"), "ok", ""),
     }
     return {name: (spec(name, features), status, fragment) for name, (features, status, fragment) in attacks.items()}
 
@@ -194,7 +213,7 @@ ATTACKS = [
     "network_connect", "network_dns", "only_loopback", "read_host_file", "reach_the_harness", "read_shadow",
     "write_harness", "fill_tmp", "exec_from_tmp", "become_root", "fork_bomb", "memory_bomb", "memory_error",
     "stdout_flood", "kill_itself", "kill_the_harness", "exit_silently", "sys_exit", "forge_a_result",
-    "forge_extra_score", "forge_at_exit",
+    "forge_extra_score",
 ]  # fmt: skip
 
 
@@ -211,15 +230,6 @@ def test_attack_is_contained_and_classified(attack_results, name):
 def test_output_is_capped_on_the_host(attack_results):
     flood = attack_results["results"]["stdout_flood"]
     assert flood.ok and len(flood.stderr_tail) <= 4000
-
-
-def test_a_forged_result_never_replaces_the_harness_result(attack_results):
-    result = attack_results["results"]["forge_at_exit"]
-    predictions = attack_results["runner"].predictions(result)
-    assert 0.987654 not in predictions.get_column("p_up").to_list()
-    assert (
-        predictions.height == attack_results["runner"].reward_view.test_rows(attack_results["runner"].plan.folds).height
-    )
 
 
 def test_the_harness_outlives_the_experiment_and_reports(attack_results):

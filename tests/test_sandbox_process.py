@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from sandbox_fixtures import features_doing, spec
+from service_fixtures import require
 from unprivileged import home_for_normal_user, run_as_normal_user
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
@@ -304,8 +305,7 @@ def test_it_refuses_to_run_when_the_sandbox_cannot_start(monkeypatch):
 
 
 def test_the_same_tests_pass_as_a_normal_user():
-    if os.geteuid() != 0:
-        pytest.skip("runs as root only: it starts this module again as a normal user")
+    require(os.geteuid() == 0, "runs as root only: it starts this module again as a normal user")
     home = home_for_normal_user()
     pytest_args = ["-q", "-p", "no:cacheprovider", "--basetemp", str(home / "pytest"), "-k", "not normal_user"]
     files = [

@@ -120,6 +120,15 @@ def test_deflated_sharpe_matches_the_papers_numerical_example():
     assert dsr == pytest.approx(0.9004, abs=5e-5)
 
 
+def test_deflate_gives_the_papers_dsr_from_the_annualised_figures_the_pipeline_holds():
+    # The same example as the pipeline hands it over: Metrics carry the annualised Sharpe and the
+    # periods per year, and `deflate` takes the annualised variance of the trials' Sharpe ratios.
+    metrics = Metrics(valid=True, n_bars=1250, periods_per_year=250, sharpe_net=2.5, skewness=-3.0, kurtosis=10.0)
+    assert round(deflate(metrics, n_trials=100, trials_sharpe_variance=0.5).dsr, 4) == 0.9004
+    # given an annualised variance, the expected best trial is annualised: the paper's daily SR₀ × √250
+    assert expected_max_sharpe(100, 0.5) / math.sqrt(250) == pytest.approx(0.1132, abs=5e-5)
+
+
 def test_probabilistic_sharpe_hand_computed():
     # Normal returns (skew 0, kurtosis 3), SR = 0.1 per bar over n = 101 bars, benchmark 0:
     # z = 0.1 × √100 / √(1 − 0 + (3 − 1)/4 × 0.01) = 1 / √1.005 = 0.997509; PSR = Φ(z).

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from service_fixtures import REQUIRE_BROWSER, require
 
 from sharpe_rl.config import EvalConfig, PolicyConfig, RunConfig, SandboxConfig
 from sharpe_rl.services import MLFLOW_PORT, PREFECT_PORT, prefect_api_url
@@ -81,10 +82,7 @@ def browser():
         missing = "Playwright is not installed (pip install -e '.[dev]')"
     else:
         missing = None if chromium else "no `chromium` on the PATH (Debian: apt-get install chromium)"
-    if missing:
-        if os.environ.get("SHARPE_RL_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"SHARPE_RL_REQUIRE_BROWSER=1, but the UIs cannot be checked: {missing}")
-        pytest.skip(missing)
+    require(missing is None, f"the UIs cannot be checked: {missing}", (REQUIRE_BROWSER,))
     args = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
     args += ["--disable-component-update", "--disable-sync"]
     if os.geteuid() == 0:

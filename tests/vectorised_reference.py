@@ -4,7 +4,9 @@ Each symbol's features are computed once on the whole data view, each fold's mod
 the training rows and predicts the whole test window in one call. For causal code this is what the
 point-in-time protocol must reproduce; for code that reads the future it is what paid the leaks
 (so an attack shown to earn a large Sharpe here, and nothing in the sandbox, is a real attack
-stopped, not a spec that never worked).
+stopped, not a spec that never worked). Given `task_codes` (each symbol's code in a sandbox task,
+`Disguise.codes`), the model predicts the rows of each test time in a call of their own, in the
+task's order, as the harness asks it to: what code that reads other rows of its `X` sees there.
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ from harness import label_bars
 from worker import load_experiment, reseed
 
 
-def vectorised_predictions(spec: ExperimentSpec, view: DataView, folds: list[Fold], horizon: int) -> pl.DataFrame:
-    """(timestamp, symbol, fold, p_up) for every test row, sorted by fold, timestamp, symbol."""
+def vectorised_predictions(
+    spec: ExperimentSpec,
+    view: DataView,
+    folds: list[Fold],
+    horizon: int,
+    task_codes: np.ndarray | None = None,
+) -> pl.DataFrame:
+    """(timestamp, symbol, fold, p_up) for every test row, sorted by fold, timestamp, symbol.
+
+    `task_codes`: None predicts each fold's test window in one call (the earlier evaluation); else the
+    task's code of each of `view.symbols`, and each test time is predicted in one call, rows in code order.
+    """
     make_features, make_model = load_experiment({"features": spec.features, "model": spec.model})
     panel = view.panel
     timestamps = panel.get_column("timestamp").dt.epoch("ns").to_numpy()
@@ -63,9 +75,15 @@ def vectorised_predictions(spec: ExperimentSpec, view: DataView, folds: list[Fol
         model: Any = make_model()
         model.fit(features[train], labels[train].astype(np.int64))
         p_up = np.full(len(test), np.nan)
-        predictable = complete[test]
-        if predictable.any():
-            p_up[predictable] = np.asarray(model.predict_proba(features[test[predictable]]), dtype=np.float64)[:, 1]
+        if task_codes is None:
+            calls = [np.arange(len(test))]
+        else:  # the rows of each time, in the task's order
+            order = np.lexsort((task_codes[np.searchsorted(view.symbols, symbols[test])], timestamps[test]))
+            calls = np.split(order, np.flatnonzero(np.diff(timestamps[test][order])) + 1)
+        for call in calls:
+            asked = call[complete[test[call]]]
+            if len(asked):
+                p_up[asked] = np.asarray(model.predict_proba(features[test[asked]]), dtype=np.float64)[:, 1]
         rows = {"timestamp": panel.get_column("timestamp").gather(test), "symbol": symbols[test].tolist()}
         parts.append(pl.DataFrame({**rows, "p_up": p_up}).with_columns(fold=pl.lit(fold.index, pl.Int32)))
     return pl.concat(parts).select("timestamp", "symbol", "fold", "p_up").sort("fold", "timestamp", "symbol")
