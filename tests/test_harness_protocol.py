@@ -42,6 +42,7 @@ class RecordingWorker:
         self.fits: list[np.ndarray] = []
         self.asked_at: list[int] = []
         self.timestamps = np.empty(0, dtype=np.int64)
+        self.decisions: list[int] = []
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         assert kind == protocol.BARS
@@ -76,7 +77,8 @@ SPEC = ExperimentSpec(name="x", features="def make_features(df):\n    return df"
 
 
 def run(eval_cfg: EvalConfig, tmp_path, holdout: bool = False) -> tuple[Job, RecordingWorker, np.ndarray]:
-    """Run the harness's protocol against the recording worker; returns the job, the worker and the answers."""
+    """Run the harness's protocol against the recording worker; returns the job, the worker and the answers (the
+    worker's `decisions` are the host's for the job, on the host's clock)."""
     runner = SandboxRunner(three_symbol_panel(), eval_cfg, SandboxConfig(executor="process", warm_pool=False), tmp_path)
     if holdout:
         job = Job(SPEC, runner.holdout_view, [runner.plan.holdout_fold])
@@ -90,20 +92,22 @@ def run(eval_cfg: EvalConfig, tmp_path, holdout: bool = False) -> tuple[Job, Rec
     offset = header["folds"][0]["test_start"] - job.folds[0].to_wire()["test_start"]
     worker.asked_at = [t - offset for t in worker.asked_at]
     worker.timestamps = worker.timestamps - offset
+    worker.decisions = runner.decisions(job).tolist()
     return job, worker, Disguise.restore(p_up, order, job.view.test_indices(job.folds))
 
 
-@pytest.mark.parametrize("horizon", [1, 3])
+@pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.parametrize("holdout", [False, True])
-def test_no_bar_after_t_is_sent_before_the_answer_for_t(tmp_path, horizon, holdout):
-    job, worker, p_up = run(EvalConfig(horizon=horizon, embargo=1), tmp_path, holdout)
+def test_no_bar_after_t_is_sent_before_the_answer_for_t(tmp_path, every, holdout):
+    job, worker, p_up = run(EvalConfig(decide_every=every, horizon=3, embargo=1), tmp_path, holdout)
     # every answer was asked for the latest bar it held (RecordingWorker checked the time order)
     assert worker.asked_at == sorted(set(worker.asked_at))
     rows = job.view.test_rows(job.folds)
     assert len(p_up) == rows.height  # one probability per test row, in the host's order
-    # asked at every rebalance bar (every `horizon` bars by default) from the first test bar on
+    # asked at every decision (every `every` bars of these daily bars) from the first test bar on, which are the
+    # times the host's scoring holds its positions from
     test_times = rows.get_column("timestamp").unique().sort().dt.epoch("ns").to_list()
-    assert worker.asked_at == test_times[::horizon]
+    assert worker.asked_at == test_times[::every] == worker.decisions
 
 
 @pytest.mark.parametrize("holdout", [False, True])
@@ -111,18 +115,17 @@ def test_labels_reach_only_training_rows_whose_horizon_ends_before_the_test(tmp_
     horizon = 3
     job, worker, _ = run(EvalConfig(horizon=horizon, embargo=2), tmp_path, holdout)
     assert len(worker.fits) == len(job.folds)
-    timeline = np.unique(job.view.panel.get_column("timestamp").dt.epoch("ns").to_numpy())
+    day = 86400 * 10**9
     for fold, labels in zip(job.folds, worker.fits, strict=True):
         wire = fold.to_wire()
         labelled = worker.timestamps[: len(labels)][~np.isnan(labels)]
         assert labelled.max() <= wire["train_end"]
-        # the bar each label looks at (horizon bars later) is before the test window starts
-        future = timeline[np.searchsorted(timeline, labelled) + horizon]
-        assert future.max() < wire["test_start"]
+        # the close each label looks at (horizon days later) closes before the test window opens
+        assert labelled.max() + horizon * day + day <= wire["test_start"]
 
 
-def test_only_rebalance_bars_are_asked_and_the_rest_are_nan(tmp_path):
-    job, worker, p_up = run(EvalConfig(rebalance_every=5), tmp_path)
+def test_only_decisions_are_asked_and_the_rest_are_nan(tmp_path):
+    job, worker, p_up = run(EvalConfig(decide_every=5), tmp_path)
     rows = job.view.test_rows(job.folds)
     times = rows.get_column("timestamp").unique().sort().dt.epoch("ns").to_list()
     assert worker.asked_at == times[::5]
@@ -140,18 +143,17 @@ def test_the_first_fold_trains_before_any_test_bar_is_sent(tmp_path):
 
 @pytest.mark.parametrize(
     "eval_cfg",
-    [EvalConfig(), EvalConfig(horizon=3, embargo=1), EvalConfig(rebalance_every=5), EvalConfig(rebalance_every=7)],
+    [EvalConfig(), EvalConfig(horizon=3, embargo=1), EvalConfig(decide_every=5), EvalConfig(decide_every=7)],
 )
 def test_the_workload_a_run_announces_counts_the_feature_calls_the_harness_asks_for(tmp_path, eval_cfg):
-    job, worker, _ = run(eval_cfg, tmp_path)
-    rows = job.view.test_rows(job.folds).get_column("timestamp").dt.epoch("ns")
-    asked_rows = int(rows.is_in(worker.asked_at).sum())  # one make_features call per symbol at each asked bar
+    _, worker, _ = run(eval_cfg, tmp_path)
+    calls = len(worker.asked_at) + len(worker.fits)  # one make_features call per decision and one per fit
     dataset = tmp_path / "panel.parquet"
     three_symbol_panel().write_parquet(dataset)
     ref = EvaluationRef.of(dataset, eval_cfg, SandboxConfig(executor="process"), tmp_path / "cache")
     loaded = load_evaluation(ref)
-    assert loaded.feature_calls == asked_rows
-    assert loaded.workload().startswith(f"{asked_rows:,} make_features calls per experiment")
+    assert loaded.feature_calls == calls
+    assert f": {calls:,} make_features calls per experiment" in loaded.workload()
     assert "warning" not in loaded.workload()
 
 
@@ -161,7 +163,7 @@ def test_a_run_whose_experiments_cannot_finish_in_the_time_limit_is_warned(tmp_p
     tight = SandboxConfig(executor="process", timeout_seconds=0.1)
     loaded = load_evaluation(EvaluationRef.of(dataset, EvalConfig(), tight, tmp_path / "cache"))
     assert "past the sandbox's 0.1 s limit: most experiments will time out" in loaded.workload()
-    assert "eval.rebalance_every" in loaded.workload()
+    assert "eval.decide_every" in loaded.workload()
 
 
 # ---- labels, known answers: two symbols, B missing at t2, A's close equal at t1 and t2 ----
@@ -175,9 +177,8 @@ LABELLED_BARS = [
     (4, 0, 12.0), (4, 1, 7.0),
 ]  # fmt: skip
 NAN = float("nan")
-#: Written out by hand: 1 if the close `horizon` times later (on the union timeline t0..t4) is higher,
-#: 0 if it is not (a tie is 0), NaN if that bar is missing (B at t2: a gap never stretches a label)
-#: or past the end.
+#: Written out by hand: 1 if the close `horizon` days later (daily bars t0..t4) is higher, 0 if it is
+#: not (a tie is 0), NaN if that bar is missing (B at t2: a gap never stretches a label) or past the end.
 HAND_LABELS = {
     #     A t0  B t0  A t1  B t1  A t2  A t3  B t3  A t4  B t4
     1: [1.0, 1.0, 0.0, NAN, 0.0, 1.0, 1.0, NAN, NAN],  # A: 10→11, 11→11 (tie), 11→9, 9→12; B: 5→6, 4→7
@@ -186,10 +187,10 @@ HAND_LABELS = {
 
 
 @pytest.mark.parametrize("horizon", [1, 2])
-def test_each_bar_is_labelled_by_its_own_close_horizon_bars_later(horizon):
+def test_each_bar_is_labelled_by_its_own_close_horizon_days_later(horizon):
     times, codes, close = (np.array(column) for column in zip(*LABELLED_BARS, strict=True))
     timestamps = (np.datetime64("2024-01-01", "ns") + times * np.timedelta64(1, "D")).astype(np.int64)
-    labels = harness.label_bars(timestamps, codes.astype(np.int32), close, horizon)
+    labels = harness.label_bars(timestamps, codes.astype(np.int32), close, horizon * 86400 * 10**9)
     np.testing.assert_array_equal(labels, HAND_LABELS[horizon])
 
 

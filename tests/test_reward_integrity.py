@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from sharpe_rl.data.panel import detect_interval
 from sharpe_rl.data.splits import Fold, reward_panel
 from sharpe_rl.sandbox.disguise import Disguise
 from sharpe_rl.sandbox.result import ExecutionResult
-from sharpe_rl.sandbox.runner import SandboxRunner
+from sharpe_rl.sandbox.runner import Job, SandboxRunner
 from sharpe_rl.sandbox.views import DataView
 from sharpe_rl.scoring import Metrics, score_predictions
 
@@ -45,9 +46,10 @@ import pandas as pd
 
 
 def make_features(df):
+    ret = df.groupby(level="symbol")["close"].pct_change()
     out = pd.DataFrame(index=df.index)
-    out["next_ret"] = df["close"].pct_change().shift(-1).fillna(0.0)
-    out["ret_1"] = df["close"].pct_change().fillna(0.0)
+    out["next_ret"] = ret.groupby(level="symbol").shift(-1).fillna(0.0)
+    out["ret_1"] = ret.fillna(0.0)
     return out
 """
 #: What NEXT_RETURN_FEATURES is at a time t when the bars end at t: shift(-1) has nothing to read
@@ -59,7 +61,7 @@ import pandas as pd
 def make_features(df):
     out = pd.DataFrame(index=df.index)
     out["next_ret"] = 0.0
-    out["ret_1"] = df["close"].pct_change().fillna(0.0)
+    out["ret_1"] = df.groupby(level="symbol")["close"].pct_change().fillna(0.0)
     return out
 """
 #: Ignores what it is fitted on: its answer at t depends on the features at t alone.
@@ -88,7 +90,7 @@ import pandas as pd
 
 def make_features(df):
     out = pd.DataFrame(index=df.index)
-    out["ret_1"] = df["close"].pct_change().fillna(0.0)
+    out["ret_1"] = df.groupby(level="symbol")["close"].pct_change().fillna(0.0)
     return out
 """
 PEEK_AHEAD_MODEL = """
@@ -133,6 +135,10 @@ def score(predictions: pl.DataFrame, scored: pl.DataFrame, cfg: EvalConfig) -> M
     return score_predictions(predictions, scored, cfg, bar_interval=detect_interval(scored))
 
 
+def horizon_ns(runner: SandboxRunner) -> int:
+    return runner.clock.horizon // timedelta(microseconds=1) * 1000
+
+
 @pytest.fixture(scope="module")
 def runner(sandbox_panel, sandbox_image, tmp_path_factory) -> Iterator[SandboxRunner]:
     cache = tmp_path_factory.mktemp("cache")
@@ -161,7 +167,7 @@ def window(runner: SandboxRunner, holdout: bool) -> tuple[DataView, list[Fold], 
 @pytest.mark.parametrize("name", list(LEAKS))
 def test_the_leak_paid_in_the_vectorised_evaluation(runner, name, holdout):
     view, folds, scored = window(runner, holdout)
-    metrics = score(vectorised_predictions(LEAKS[name], view, folds, runner.eval_cfg.horizon), scored, runner.eval_cfg)
+    metrics = score(vectorised_predictions(LEAKS[name], view, folds, horizon_ns(runner)), scored, runner.eval_cfg)
     assert metrics.valid and metrics.sharpe_net > HONEST_SHARPE_CEILING, metrics
 
 
@@ -175,8 +181,9 @@ def test_the_leak_reads_no_future_in_the_sandbox(runner, leak_results, name, hol
     assert result.ok, f"{result.status}: {result.message}\n{result.traceback}"  # a crash is no leak stopped
     view, folds, _ = window(runner, holdout)
     disguise = Disguise.draw(runner.disguise_key, view.data_hash, LEAKS[name].code_hash, len(view.symbols))
+    decisions = runner.decisions(Job(LEAKS[name], view, folds))
     expected = vectorised_predictions(
-        POINT_IN_TIME_EQUIVALENT[name], view, folds, runner.eval_cfg.horizon, task_codes=disguise.codes
+        POINT_IN_TIME_EQUIVALENT[name], view, folds, horizon_ns(runner), task_codes=disguise.codes, decisions=decisions
     )
     assert runner.predictions(result).equals(expected)
 
@@ -344,9 +351,10 @@ def test_point_in_time_predictions_equal_the_vectorised_ones_for_causal_code(
     result = four_hour_results[family]
     assert result.ok, f"{result.status}: {result.message}\n{result.traceback}"
     point_in_time = runner.predictions(result)
-    vectorised = vectorised_predictions(
-        spec(family, HONEST_FEATURES, HONEST_MODELS[family]), runner.reward_view, runner.plan.folds, 1
-    )
+    honest = spec(family, HONEST_FEATURES, HONEST_MODELS[family])
+    view, folds = runner.reward_view, runner.plan.folds
+    decisions = runner.decisions(Job(honest, view, folds))
+    vectorised = vectorised_predictions(honest, view, folds, horizon_ns(runner), decisions=decisions)
     assert point_in_time.select("timestamp", "symbol", "fold").equals(vectorised.select("timestamp", "symbol", "fold"))
     # float32 networks may differ in the last bit between a batch of rows and the rows of one time
     tolerance = 1e-6 if family == "torch_mlp" else 1e-12

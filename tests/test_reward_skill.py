@@ -22,6 +22,7 @@ bars 2017-2026, whose years any current language model has read about (memory).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -31,7 +32,8 @@ from sandbox_fixtures import HONEST_FEATURES, LOGISTIC
 from vectorised_reference import vectorised_predictions
 
 from sharpe_rl.config import EvalConfig, RewardConfig, SandboxConfig
-from sharpe_rl.data.splits import EvalPlan, fold_rows, plan_evaluation, reward_panel, timeline
+from sharpe_rl.data.clock import Clock, decision_times
+from sharpe_rl.data.splits import EvalPlan, fold_rows, plan_evaluation, reward_panel, timeline, timeline_interval
 from sharpe_rl.noskill import NoSkillBand, no_skill_band
 from sharpe_rl.sandbox.runner import SandboxRunner
 from sharpe_rl.sandbox.views import make_view
@@ -77,8 +79,8 @@ SEED = {seed}
 
 
 def make_features(df):
-    block = df.index.asi8 // (3 * 86400 * 10**9)
-    first = df["close"].groupby(block).transform("first")
+    block = df.index.get_level_values("timestamp").asi8 // (3 * 86400 * 10**9)
+    first = df["close"].groupby([df.index.get_level_values("symbol"), block]).transform("first")
     draws = [random.Random(f"{{SEED}}:{{b}}:{{c:.6g}}").random() for b, c in zip(block, first)]
     return pd.DataFrame({{"draw": draws}}, index=df.index)
 """
@@ -93,7 +95,7 @@ import pandas as pd
 def make_features(df):
     level = df["close"].to_numpy()
     tilt = np.select([level > 10000, level > 1000, level > 10], [{btc}, {eth}, {sol}], {xrp})
-    wiggle = 2e-9 * ((df.index.asi8 // 3600000000000) % 7)
+    wiggle = 2e-9 * ((df.index.get_level_values("timestamp").asi8 // 3600000000000) % 7)
     return pd.DataFrame({{"tilt": tilt + wiggle}}, index=df.index)
 """
 
@@ -108,7 +110,7 @@ RANKS = {table!r}
 
 def make_features(df):
     out = []
-    for month, close in zip(df.index.strftime("%Y-%m"), df["close"]):
+    for month, close in zip(df.index.get_level_values("timestamp").strftime("%Y-%m"), df["close"]):
         known = [p for lo, hi, p in RANKS.get(month, []) if lo <= close <= hi]
         out.append(known[0] if known else random.Random(f"{{month}}:{{close:.4g}}").random())
     return pd.DataFrame({{"memory": out}}, index=df.index)
@@ -121,6 +123,7 @@ class Panel:
     def __init__(self, panel: pl.DataFrame) -> None:
         self.panel = panel
         self.plan: EvalPlan = plan_evaluation(timeline(panel), SCORING)
+        self.clock = Clock.of(SCORING, timeline_interval(timeline(panel)))
         self.reward = reward_panel(panel, self.plan)
         self.holdout = panel.filter(pl.col("timestamp") >= self.plan.holdout_start)
         self.band: NoSkillBand = no_skill_band(self.reward, fold_rows(self.reward, self.plan.folds), SCORING)
@@ -141,9 +144,13 @@ class Panel:
 
 def earlier_predictions(spec: ExperimentSpec, data: Panel, holdout: bool = False) -> pl.DataFrame:
     """The experiment's predictions as the earlier, undisguised evaluation made them (in-process)."""
+    horizon_ns = data.clock.horizon // timedelta(microseconds=1) * 1000
     if holdout:
-        return vectorised_predictions(spec, make_view(data.panel, None), [data.plan.holdout_fold], SCORING.horizon)
-    return vectorised_predictions(spec, make_view(data.panel, data.plan.reward_end), data.plan.folds, SCORING.horizon)
+        view, folds = make_view(data.panel, None), [data.plan.holdout_fold]
+    else:
+        view, folds = make_view(data.panel, data.plan.reward_end), data.plan.folds
+    decisions = decision_times(np.unique(view.timestamps), [f.to_wire() for f in folds], data.clock)
+    return vectorised_predictions(spec, view, folds, horizon_ns, decisions=decisions)
 
 
 @pytest.fixture(scope="module")
