@@ -1,5 +1,6 @@
 """Classification of what an experiment tried, against a hand-labelled set of specs."""
 
+import random
 from datetime import timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from sharpe_rl.analysis.classify import (
     classify_model,
     classify_spec_json,
 )
+from sharpe_rl.policy.corpus import FEATURE_SNIPPETS, features_source
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.spec import ExperimentSpec, parse_spec
 
@@ -172,6 +174,17 @@ def test_features_that_compare_the_symbols_at_each_time_are_cross_sectional(expr
 )
 def test_features_that_name_a_symbol_are_cross_asset(expression):
     assert classify_features(features_computing(expression)).kinds == ("cross_asset",)
+
+
+@pytest.mark.parametrize("snippet", sorted(FEATURE_SNIPPETS))
+def test_the_tiny_policys_feature_snippets_sit_in_their_blocks(snippet):
+    """The corpus's cross-sectional snippets fill the cross_section block; no per-symbol one reads as comparing
+    or naming symbols."""
+    lines = FEATURE_SNIPPETS[snippet][1](random.Random(0))
+    blocks = classify_features(features_source(lines)).blocks
+    cross_sectional = any("groupby(level='timestamp')" in line for line in lines)
+    assert (blocks == ("cross_section",)) == cross_sectional
+    assert "cross_asset" not in blocks
 
 
 def test_a_wide_frame_read_over_time_is_not_cross_sectional():
