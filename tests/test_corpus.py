@@ -7,7 +7,7 @@ import random
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ from sharpe_rl.spec import ExperimentSpec, parse_spec
 SIZE, SHARE = 400, 0.05
 #: Bars of its own a symbol needs before every feature is defined (the longest window is 100 bars).
 WARMUP = 100
-#: The panel's symbol codes, in the order they are drawn; code 1 is listed late, at LISTED_LATE_AT.
+#: The panel's symbol codes, not in the order of their prices' scale; code 1 is listed late, at LISTED_LATE_AT.
 CODES = (3, 1, 0, 2)
 LISTED_LATE_AT = 110
 TIMES = 260
@@ -86,7 +86,7 @@ def load(spec: ExperimentSpec) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], 
     return namespace["make_features"], namespace["make_model"]
 
 
-def snippet_features(name: str, seeds=range(3)) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def snippet_features(name: str, seeds: Iterable[int] = range(3)) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """make_features of one snippet, drawn with several seeds (so several windows) in one body."""
     _, make = FEATURE_SNIPPETS[name]
     namespace: dict = {}
@@ -102,7 +102,9 @@ def assert_runs_after_warmup(features: pd.DataFrame, panel: pd.DataFrame) -> Non
     assert np.isfinite(features.to_numpy(dtype=float)[warm]).all()
 
 
-def assert_causal(make_features: Callable[[pd.DataFrame], pd.DataFrame], panel: pd.DataFrame, cuts) -> None:
+def assert_causal(
+    make_features: Callable[[pd.DataFrame], pd.DataFrame], panel: pd.DataFrame, cuts: Iterable[int]
+) -> None:
     """The rows up to each cut time t, exactly the same whether or not the bars after t exist."""
     full = make_features(panel)
     times = panel.index.get_level_values("timestamp").unique()
@@ -132,6 +134,7 @@ def fit_and_predict(spec: ExperimentSpec, panel: pd.DataFrame) -> np.ndarray:
 
 
 def run_mistaken(example: CorpusExample, panel: pd.DataFrame) -> None:
+    """What the sandbox does first with a spec: make_features on the panel, then make_model()."""
     spec = parse_spec(example.completion)
     make_features, make_model = load(spec)
     make_features(panel)
