@@ -16,6 +16,15 @@ local variables, columns written earlier and helper functions. Each kind belongs
 building block. The features are *custom* when they use a kind the prompt's worked example does
 not use (`TEMPLATE_FEATURE_KINDS`, checked against `prompts/v1_example.j2` by the tests).
 
+Both contracts of `make_features` are read: one symbol's bars (earlier runs, still in the replay
+buffer) and the panel (every symbol at once, indexed by (timestamp, symbol)). On the panel,
+grouping by symbol (`g = df.groupby(level="symbol")`, then `g["close"].pct_change(5)` or
+`g["close"].transform(lambda s: ...)`) is how one symbol's feature is computed, so it adds no kind:
+the operations inside decide, as on one symbol's bars. Grouping by timestamp
+(`x.groupby(level="timestamp").rank(pct=True)`, `.transform("mean")`) or working across a frame
+unstacked to one column per symbol (`rank(axis=1)`) compares the symbols at each time: the
+"cross_section" kind. Naming one symbol (a ticker, `xs(code, level="symbol")`) is "cross_asset".
+
 Cells: the quality-diversity grid is (model-family label × feature building block). An experiment
 occupies one cell per building block its features use (`Classification.cells`), so a LightGBM
 model on returns and volume sits in (lightgbm, returns) and (lightgbm, volume). Whole combinations
@@ -42,7 +51,17 @@ MODEL_FAMILIES = ("lightgbm", "xgboost", "sklearn", "torch", "statsmodels", "ens
 #: Kinds of scikit-learn estimator (the `kind` of family "sklearn").
 SKLEARN_KINDS = ("trees", "boosting", "linear", "knn", "svm", "mlp", "naive_bayes", "other")
 #: Feature building blocks, in the order the report lists them.
-FEATURE_BLOCKS = ("returns", "volatility", "oscillators", "volume", "trend", "calendar", "cross_asset", "other")
+FEATURE_BLOCKS = (
+    "returns",
+    "volatility",
+    "oscillators",
+    "volume",
+    "trend",
+    "calendar",
+    "cross_section",
+    "cross_asset",
+    "other",
+)
 #: The model-family labels a classified experiment can get (`ModelClass.label`), "unknown" excepted.
 MODEL_LABELS = tuple(
     label
@@ -68,7 +87,8 @@ FEATURE_KIND_BLOCK = {
     "sma": "trend",  # rolling mean (moving-average ratios, crossovers, momentum)
     "ema": "trend",
     "calendar": "calendar",  # index.hour, dayofweek, month
-    "cross_asset": "cross_asset",  # names another symbol (make_features sees one symbol)
+    "cross_section": "cross_section",  # compares the symbols at each time: groupby(level="timestamp"), rank(axis=1)
+    "cross_asset": "cross_asset",  # names a symbol: a ticker ("BTCUSDT_close"), xs(code, level="symbol")
     "raw": "other",  # a raw column or a lag of it, or arithmetic the reader does not recognise
 }
 #: The kinds the prompt's worked example uses: lagged returns, rolling volatility, a moving-average
@@ -79,11 +99,16 @@ _OHLCV = frozenset(OHLCV_COLUMNS)
 _CALENDAR_ATTRIBUTES = frozenset(
     {"hour", "minute", "dayofweek", "day_of_week", "weekday", "dayofyear", "day_of_year", "month", "quarter"}
 )
-# A string literal naming a trading pair ("ETHUSDT", "BTC-USD", "BTCUSDT_close") or the symbol column.
-_OTHER_SYMBOL = re.compile(
-    r"(^|[^A-Za-z0-9])[A-Z0-9]{2,10}[-/]?(USDT|USDC|BUSD|USD|BTC|ETH|EUR)($|[^A-Za-z0-9])"  # a ticker
-    r"|^symbol$"
-)
+# A string literal naming a trading pair ("ETHUSDT", "BTC-USD", "BTCUSDT_close").
+_TICKER = re.compile(r"(^|[^A-Za-z0-9])[A-Z0-9]{2,10}[-/]?(USDT|USDC|BUSD|USD|BTC|ETH|EUR)($|[^A-Za-z0-9])")
+# The levels of the panel's index (timestamp, symbol), by name and by position.
+_INDEX_LEVELS: dict[str | int, str] = {
+    "timestamp": "timestamp",
+    0: "timestamp",
+    "symbol": "symbol",
+    1: "symbol",
+    -1: "symbol",
+}
 _WINDOWS = frozenset({"rolling", "ewm", "expanding"})
 _FRAME_BUILDERS = frozenset({"DataFrame", "concat"})
 
@@ -504,14 +529,14 @@ def _combine(models: list[ModelClass], estimator: str) -> ModelClass | None:
     return ModelClass("ensemble", members=tuple(labels), estimator=estimator)
 
 
-def _argument(call: ast.Call | None, keywords: tuple[str, ...]) -> ast.expr | None:
-    """The keyword argument named in `keywords`, else the first positional argument."""
+def _argument(call: ast.Call | None, keywords: tuple[str, ...], position: int = 0) -> ast.expr | None:
+    """The keyword argument named in `keywords`, else the positional argument at `position`."""
     if call is None:
         return None
     for keyword in call.keywords:
         if keyword.arg in keywords:
             return keyword.value
-    return call.args[0] if call.args else None
+    return call.args[position] if len(call.args) > position else None
 
 
 def _import_aliases(tree: ast.Module) -> dict[str, str]:
@@ -589,6 +614,7 @@ class _State:
 
     env: dict[str, frozenset[str]]
     items: dict[str, list[frozenset[str]]] = field(default_factory=dict)
+    selections: dict[str, frozenset[str]] = field(default_factory=dict)  # see `_selection_signals`
 
 
 class _FeatureReader:
@@ -647,6 +673,7 @@ class _FeatureReader:
     def _bind(self, target: ast.expr, value: ast.expr, signals: frozenset[str], state: _State) -> None:
         if isinstance(target, ast.Name):
             state.env[target.id] = signals
+            state.selections[target.id] = _selection_signals(value)
             if isinstance(value, ast.List | ast.Tuple):
                 state.items[target.id] = [self._signals(e, state) for e in value.elts]
         elif isinstance(target, ast.Tuple | ast.List):
@@ -672,17 +699,20 @@ class _FeatureReader:
                 function = self.functions.get(name)  # a helper passed by reference (`.apply(rsi)`)
                 return self._summary(function) if function is not None else frozenset()
             case ast.Constant(value=str() as text):
-                if text in _OHLCV:
+                if text in _OHLCV:  # "symbol" and "timestamp" are index levels (groupby, unstack): no data
                     return frozenset({f"col:{text}"})
-                return frozenset({"cross_asset"}) if _OTHER_SYMBOL.search(text) else frozenset()
+                return frozenset({"cross_asset"}) if _TICKER.search(text) else frozenset()
             case ast.Attribute(value=value, attr=attr):
                 if attr in _OHLCV:  # df.close selects one column: the frame's other columns do not flow
-                    return frozenset({f"col:{attr}"})
+                    return frozenset({f"col:{attr}"}) | self._selection(value, state)
                 calendar = {"calendar"} if attr in _CALENDAR_ATTRIBUTES else set()
                 return self._signals(value, state) | calendar
-            case ast.Subscript(slice=ast.Constant(value=str() as key)):
-                # Selecting one column: what flows is that column, not the rest of the frame.
-                return self.columns[key] if key in self.columns else self._signals(node.slice, state)
+            case ast.Subscript(value=value, slice=ast.Constant(value=str() as key)):
+                # Selecting one column: what flows is that column (and which rows), not the rest of the frame.
+                if key == "symbol":  # a symbol column: code about other symbols (the panel has it as an index level)
+                    return frozenset({"cross_asset"})
+                selected = self.columns[key] if key in self.columns else self._signals(node.slice, state)
+                return selected | self._selection(value, state)
             case ast.Call():
                 return self._call_signals(node, state)
             case ast.BinOp(left=left, op=op, right=right):
@@ -691,6 +721,10 @@ class _FeatureReader:
         for child in ast.iter_child_nodes(node):
             signals |= self._signals(child, state)
         return signals
+
+    def _selection(self, node: ast.expr, state: _State) -> frozenset[str]:
+        """`_selection_signals` of `node`, or of the value a name was bound to."""
+        return state.selections.get(node.id, frozenset()) if isinstance(node, ast.Name) else _selection_signals(node)
 
     def _call_signals(self, call: ast.Call, state: _State) -> frozenset[str]:
         arguments = [*call.args, *(k.value for k in call.keywords)]
@@ -708,11 +742,13 @@ class _FeatureReader:
             if name in _ROW_REDUCERS and _is_frame_builder(func.value):
                 # pd.concat([...], axis=1).max(axis=1) is one feature (true range), not several.
                 recording, self._recording = self._recording, False
-                signals |= self._signals(func.value, state)
+                receiver = self._signals(func.value, state)
                 self._recording = recording
             else:
-                signals |= self._signals(func.value, state)
-            signals |= _method_signals(func, call)
+                receiver = self._signals(func.value, state)
+            signals |= receiver | _method_signals(func, call)
+            if "wide" in receiver and _along_columns(call):  # across a frame of one column per symbol
+                signals |= {"cross_section"}
             if name in ("append", "extend") and isinstance(func.value, ast.Name):
                 self._collect(func.value.id, name, call, state)
         else:
@@ -790,7 +826,61 @@ def _method_signals(func: ast.Attribute, call: ast.Call) -> set[str]:
         return {"gain_loss"} if any(isinstance(b, ast.Constant) and b.value == 0 for b in bounds) else set()
     if method in ("where", "mask") and call.args and isinstance(call.args[0], ast.Compare):
         return {"gain_loss"}
+    if method == "groupby" and _grouping_level(call) == "timestamp":
+        return {"cross_section"}
+    if method == "unstack" and (not (call.args or call.keywords) or _level_of(_argument(call, ("level",))) == "symbol"):
+        return {"wide"}  # one column per symbol (the last level is unstacked by default)
+    if _selects_one_symbol(call):
+        return {"cross_asset"}
     return set()
+
+
+def _selection_signals(node: ast.expr) -> frozenset[str]:
+    """What a column selected from `node` keeps of it: the rows of a frame grouped by timestamp (compared
+    across symbols, "cross_section") or of one symbol (`xs(code, level="symbol")`, "cross_asset")."""
+    if _grouping_level(node) == "timestamp":
+        return frozenset({"cross_section"})
+    if _selects_one_symbol(node):
+        return frozenset({"cross_asset"})
+    return frozenset()
+
+
+def _selects_one_symbol(node: ast.expr) -> bool:
+    """Whether `node` is `x.xs(code, level="symbol")`: one symbol's rows."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "xs":
+        return _level_of(_argument(node, ("level",), position=2)) == "symbol"
+    return False
+
+
+def _grouping_level(node: ast.expr) -> str | None:
+    """The index level `node.groupby(...)` groups by ("timestamp" or "symbol"), if `node` is such a call."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "groupby":
+        return _level_of(_argument(node, ("level", "by")))
+    return None
+
+
+def _level_of(node: ast.expr | None) -> str | None:
+    """ "timestamp" or "symbol" when `node` names a level of the panel's index: "symbol", 0, ["timestamp"],
+    `df.index.get_level_values("symbol")`."""
+    match node:
+        case ast.Constant(value=bool()):
+            return None
+        case ast.Constant(value=str() | int() as level):
+            return _INDEX_LEVELS.get(level)
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() as level)):
+            return _INDEX_LEVELS.get(-level)
+        case ast.List(elts=[element]) | ast.Tuple(elts=[element]):
+            return _level_of(element)
+        case ast.Call(func=ast.Attribute(attr="get_level_values"), args=[element]):
+            return _level_of(element)
+    return None
+
+
+def _along_columns(call: ast.Call) -> bool:
+    """Whether the call works along each row (`axis=1` or `axis="columns"`)."""
+    return any(
+        k.arg == "axis" and isinstance(k.value, ast.Constant) and k.value.value in (1, "columns") for k in call.keywords
+    )
 
 
 def _is_frame_builder(node: ast.expr) -> bool:
@@ -812,6 +902,8 @@ def _feature_kind(signals: frozenset[str]) -> str:
     """One kind per feature: the most specific operation it derives from wins."""
     if "cross_asset" in signals:
         return "cross_asset"
+    if "cross_section" in signals:
+        return "cross_section"
     if "calendar" in signals:
         return "calendar"
     if "col:volume" in signals:

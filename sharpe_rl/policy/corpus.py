@@ -3,23 +3,34 @@
 Each example is a real prompt (both prompt versions, varied bar intervals, horizons and symbols)
 followed by the JSON object of one experiment, so the tiny policy learns to answer the prompts
 the RL loop will actually show it. An experiment joins 2-6 feature snippets (returns,
-volatility, RSI, z-scores, volume ratios, moving-average ratios, ranges, ...) with one of nine
-model families (LightGBM, XGBoost, random forest, extra trees, histogram gradient boosting,
-logistic regression, k-NN, MLP, a small torch network), all with varied parameters. Families
-are assigned round-robin, so each is about one ninth of the corpus. An experiment is named
-after its family (`lgbm`, `knn`, ...).
+volatility, RSI, z-scores, volume ratios, moving-average ratios, ranges, ..., and cross-sectional
+ranks and spreads) with one of nine model families (LightGBM, XGBoost, random forest, extra
+trees, histogram gradient boosting, logistic regression, k-NN, MLP, a small torch network), all
+with varied parameters. Families are assigned round-robin, so each is about one ninth of the
+corpus. An experiment is named after its family (`lgbm`, `knn`, ...).
 
-Intermediate variables have fixed names (`delta`, `rolling_mean`, `true_range`, ...), so a
-snippet's lines agree with each other whatever its window. Every feature is causal: the value
-at bar t uses bars up to t only (trailing rolling windows,
-`pct_change`, `diff`, `shift(1)`, `ewm`), never `shift(-k)`, centred windows or whole-sample
-statistics. Models that cannot take NaN (the first bars of rolling features) impute inside a
-pipeline, which is fitted on the training fold only.
+The features follow the panel contract: `make_features(df)` gets every symbol's bars at once,
+indexed by (timestamp, symbol) and sorted by timestamp then symbol, and returns one row per
+(timestamp, symbol). Its body always starts with `g = df.groupby(level='symbol')`:
+- per-symbol snippets read each symbol's own bars only: `g['close'].pct_change(5)` and
+  `g['close'].shift(1)` on the groupby, windows through `g['close'].transform(lambda s: ...)` (or
+  `x.groupby(level='symbol').transform(...)` for a series `x` computed row by row), row-wise
+  expressions such as `(df['high'] - df['low']) / df['close']` without grouping;
+- cross-sectional snippets compare the symbols at the same time: a per-symbol value, then
+  `.groupby(level='timestamp').rank(pct=True)` or `.transform('mean')` (momentum, volatility and
+  volume ranks, the return against the cross-sectional mean, breadth).
+Intermediate variables have fixed names (`gain`, `rolling_mean`, `true_range`, `ret`, ...), so a
+snippet's lines agree with each other whatever its window. Every feature is causal: the value at
+(t, s) uses bars up to t only (trailing windows, `pct_change`, `diff`, `shift(1)`, `ewm`, the
+other symbols' values at t), never `shift(-k)`, centred windows or whole-sample statistics.
+Models that cannot take NaN (the first bars of rolling features) impute inside a pipeline, which
+is fitted on the training fold only.
 
 A share of the examples (`mistake_share`, 2% by default in `TinyPolicyConfig`) carries exactly
 one realistic mistake, so that the RL loop has failures to learn away:
-- `missing_column`: one column reference is replaced by one the dataset lacks (`df['Close']`,
-  `df['vwap']`, ...) and fails with KeyError;
+- `missing_column`: one column reference of `df` is replaced by one the dataset lacks
+  (`df['Close']`, `df['vwap']`, ...), or the symbol is taken for a column
+  (`df.groupby(df['symbol'])`; it is an index level), and fails with KeyError;
 - `wrong_argument`: one keyword argument is misspelled (`n_estimator=`, `rolling(20,
   min_period=1)`, ...) and fails with TypeError.
 Mistaken examples are still valid ExperimentSpecs whose code parses: they fail only when run.
@@ -38,7 +49,6 @@ from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import ExperimentSpec
 
-#: The columns of a panel's bars (see docs/ARCHITECTURE.md, Data); `df` has exactly these.
 #: Corpus prompts are rendered in both versions, alternately.
 CORPUS_PROMPT_VERSIONS = ("v1_example", "v2_rules")
 MISTAKE_KINDS = ("missing_column", "wrong_argument")
@@ -47,6 +57,8 @@ _SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "D
 _INTERVALS = (timedelta(days=1), timedelta(hours=4), timedelta(hours=1), timedelta(minutes=15))
 _HORIZONS = (1, 1, 1, 2, 3, 5, 6, 12, 24)
 _WRONG_COLUMNS = ("vwap", "adj_close", "price", "returns", "quote_volume")
+#: The grouping every make_features starts with (`g = ...`): per-symbol features go through it.
+GROUP_BY_SYMBOL = "df.groupby(level='symbol')"
 
 
 @dataclass(frozen=True)
@@ -67,25 +79,24 @@ Snippet = Callable[[random.Random], list[str]]
 
 def _returns(rng: random.Random) -> list[str]:
     k = rng.choice([1, 2, 3, 5, 10, 20])
-    return [f"out['ret_{k}'] = df['close'].pct_change({k})"]
+    return [f"out['ret_{k}'] = g['close'].pct_change({k})"]
 
 
 def _log_returns(rng: random.Random) -> list[str]:
     k = rng.choice([1, 3, 7, 14])
-    return [f"out['logret_{k}'] = np.log(df['close']).diff({k})"]
+    return [f"out['logret_{k}'] = g['close'].transform(lambda s: np.log(s).diff({k}))"]
 
 
 def _volatility(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 30, 60])
-    return [f"out['vol_{w}'] = df['close'].pct_change().rolling({w}).std()"]
+    return [f"out['vol_{w}'] = g['close'].transform(lambda s: s.pct_change().rolling({w}).std())"]
 
 
 def _rsi(rng: random.Random) -> list[str]:
     w = rng.choice([7, 14, 21])
     return [
-        "delta = df['close'].diff()",
-        f"gain = delta.clip(lower=0).rolling({w}).mean()",
-        f"loss = (-delta.clip(upper=0)).rolling({w}).mean()",
+        f"gain = g['close'].transform(lambda s: s.diff().clip(lower=0).rolling({w}).mean())",
+        f"loss = g['close'].transform(lambda s: (-s.diff().clip(upper=0)).rolling({w}).mean())",
         f"out['rsi_{w}'] = 100 - 100 / (1 + gain / (loss + 1e-12))",
     ]
 
@@ -93,36 +104,39 @@ def _rsi(rng: random.Random) -> list[str]:
 def _zscore(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 50])
     return [
-        f"rolling_mean = df['close'].rolling({w}).mean()",
-        f"rolling_std = df['close'].rolling({w}).std()",
+        f"rolling_mean = g['close'].transform(lambda s: s.rolling({w}).mean())",
+        f"rolling_std = g['close'].transform(lambda s: s.rolling({w}).std())",
         f"out['zscore_{w}'] = (df['close'] - rolling_mean) / (rolling_std + 1e-12)",
     ]
 
 
 def _volume_ratio(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 50])
-    return [f"out['volume_ratio_{w}'] = df['volume'] / (df['volume'].rolling({w}).mean() + 1e-12)"]
+    return [
+        f"out['volume_ratio_{w}'] = df['volume'] / (g['volume'].transform(lambda s: s.rolling({w}).mean()) + 1e-12)"
+    ]
 
 
 def _volume_zscore(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 50])
     return [
-        "log_volume = np.log1p(df['volume'])",
-        f"out['volume_z_{w}'] = (log_volume - log_volume.rolling({w}).mean()) "
-        f"/ (log_volume.rolling({w}).std() + 1e-12)",
+        f"log_volume_mean = g['volume'].transform(lambda s: np.log1p(s).rolling({w}).mean())",
+        f"log_volume_std = g['volume'].transform(lambda s: np.log1p(s).rolling({w}).std())",
+        f"out['volume_z_{w}'] = (np.log1p(df['volume']) - log_volume_mean) / (log_volume_std + 1e-12)",
     ]
 
 
 def _ma_ratio(rng: random.Random) -> list[str]:
     fast, slow = rng.choice([(3, 10), (5, 20), (10, 50), (20, 100)])
     return [
-        f"out['ma_ratio_{fast}_{slow}'] = df['close'].rolling({fast}).mean() / df['close'].rolling({slow}).mean() - 1"
+        f"out['ma_ratio_{fast}_{slow}'] = g['close'].transform(lambda s: s.rolling({fast}).mean() "
+        f"/ s.rolling({slow}).mean() - 1)"
     ]
 
 
 def _ema_gap(rng: random.Random) -> list[str]:
     span = rng.choice([8, 12, 26, 50])
-    ema = f"df['close'].ewm(span={span}, adjust=False).mean()"
+    ema = f"g['close'].transform(lambda s: s.ewm(span={span}, adjust=False).mean())"
     return [f"out['ema_gap_{span}'] = df['close'] / {ema} - 1"]
 
 
@@ -130,7 +144,10 @@ def _range(rng: random.Random) -> list[str]:
     w = rng.choice([1, 5, 10])
     if w == 1:
         return ["out['range'] = (df['high'] - df['low']) / df['close']"]
-    return [f"out['range_{w}'] = ((df['high'] - df['low']) / df['close']).rolling({w}).mean()"]
+    return [
+        "bar_range = (df['high'] - df['low']) / df['close']",
+        f"out['range_{w}'] = bar_range.groupby(level='symbol').transform(lambda s: s.rolling({w}).mean())",
+    ]
 
 
 def _close_location(rng: random.Random) -> list[str]:
@@ -138,48 +155,87 @@ def _close_location(rng: random.Random) -> list[str]:
 
 
 def _gap(rng: random.Random) -> list[str]:
-    return ["out['gap'] = df['open'] / df['close'].shift(1) - 1"]
+    return ["out['gap'] = df['open'] / g['close'].shift(1) - 1"]
 
 
 def _drawdown(rng: random.Random) -> list[str]:
     w = rng.choice([20, 50, 100])
-    return [f"out['drawdown_{w}'] = df['close'] / df['close'].rolling({w}).max() - 1"]
+    return [f"out['drawdown_{w}'] = g['close'].transform(lambda s: s / s.rolling({w}).max() - 1)"]
 
 
 def _atr(rng: random.Random) -> list[str]:
     w = rng.choice([7, 14, 28])
     return [
-        "prev_close = df['close'].shift(1)",
+        "prev_close = g['close'].shift(1)",
         "true_range = pd.concat([df['high'] - df['low'], (df['high'] - prev_close).abs(), "
         "(df['low'] - prev_close).abs()], axis=1).max(axis=1)",
-        f"out['atr_{w}'] = true_range.rolling({w}).mean() / df['close']",
+        f"out['atr_{w}'] = true_range.groupby(level='symbol').transform(lambda s: s.rolling({w}).mean()) / df['close']",
     ]
 
 
 def _stochastic(rng: random.Random) -> list[str]:
     w = rng.choice([9, 14, 30])
     return [
-        f"lowest = df['low'].rolling({w}).min()",
-        f"highest = df['high'].rolling({w}).max()",
+        f"lowest = g['low'].transform(lambda s: s.rolling({w}).min())",
+        f"highest = g['high'].transform(lambda s: s.rolling({w}).max())",
         f"out['stoch_{w}'] = (df['close'] - lowest) / (highest - lowest + 1e-12)",
     ]
 
 
 def _skew(rng: random.Random) -> list[str]:
     w = rng.choice([20, 30, 60])
-    return [f"out['skew_{w}'] = df['close'].pct_change().rolling({w}).skew()"]
+    return [f"out['skew_{w}'] = g['close'].transform(lambda s: s.pct_change().rolling({w}).skew())"]
 
 
 def _parkinson(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 30])
     return [
-        f"out['parkinson_{w}'] = np.sqrt((np.log(df['high'] / df['low']) ** 2).rolling({w}).mean() / (4 * np.log(2)))"
+        "log_range_sq = np.log(df['high'] / df['low']) ** 2",
+        f"out['parkinson_{w}'] = np.sqrt(log_range_sq.groupby(level='symbol')"
+        f".transform(lambda s: s.rolling({w}).mean()) / (4 * np.log(2)))",
     ]
 
 
 def _up_share(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20])
-    return [f"out['up_share_{w}'] = (df['close'].diff() > 0).astype(float).rolling({w}).mean()"]
+    return [f"out['up_share_{w}'] = g['close'].transform(lambda s: (s.diff() > 0).astype(float).rolling({w}).mean())"]
+
+
+# Cross-sectional snippets: each compares the symbols at the same time (groupby on the "timestamp" level).
+
+
+def _momentum_rank(rng: random.Random) -> list[str]:
+    k = rng.choice([1, 5, 10, 20, 60])
+    return [f"out['mom_rank_{k}'] = g['close'].pct_change({k}).groupby(level='timestamp').rank(pct=True)"]
+
+
+def _return_vs_market(rng: random.Random) -> list[str]:
+    k = rng.choice([1, 3, 5, 10])
+    return [
+        f"ret = g['close'].pct_change({k})",
+        f"out['ret_vs_market_{k}'] = ret - ret.groupby(level='timestamp').transform('mean')",
+    ]
+
+
+def _volatility_rank(rng: random.Random) -> list[str]:
+    w = rng.choice([10, 20, 30, 60])
+    return [
+        f"vol = g['close'].transform(lambda s: s.pct_change().rolling({w}).std())",
+        f"out['vol_rank_{w}'] = vol.groupby(level='timestamp').rank(pct=True)",
+    ]
+
+
+def _volume_rank(rng: random.Random) -> list[str]:
+    w = rng.choice([5, 10, 20, 50])
+    return [
+        f"volume_ratio = df['volume'] / (g['volume'].transform(lambda s: s.rolling({w}).mean()) + 1e-12)",
+        f"out['volume_rank_{w}'] = volume_ratio.groupby(level='timestamp').rank(pct=True)",
+    ]
+
+
+def _breadth(rng: random.Random) -> list[str]:
+    k = rng.choice([1, 5, 20])
+    return [f"out['breadth_{k}'] = np.sign(g['close'].pct_change({k})).groupby(level='timestamp').transform('mean')"]
 
 
 #: Each snippet with the columns it reads; a spec only uses snippets its dataset can feed.
@@ -202,19 +258,26 @@ FEATURE_SNIPPETS: dict[str, tuple[frozenset[str], Snippet]] = {
     "skew": (frozenset({"close"}), _skew),
     "parkinson": (frozenset({"high", "low"}), _parkinson),
     "up_share": (frozenset({"close"}), _up_share),
+    "momentum_rank": (frozenset({"close"}), _momentum_rank),
+    "return_vs_market": (frozenset({"close"}), _return_vs_market),
+    "volatility_rank": (frozenset({"close"}), _volatility_rank),
+    "volume_rank": (frozenset({"volume"}), _volume_rank),
+    "breadth": (frozenset({"close"}), _breadth),
 }
 
 
 def features_source(lines: list[str]) -> str:
     """The source of a `make_features(df)` whose body is `lines`.
 
-    numpy is always imported, used or not: for a tiny model, an import that depends on a line
-    written much later is a long-range dependency it gets wrong (NameError) for no benefit.
+    numpy is always imported and `g` (the panel grouped by symbol) always defined, used or not:
+    for a tiny model, a line that depends on one written much later is a long-range dependency it
+    gets wrong (NameError) for no benefit.
     """
     body = "\n".join(f"    {line}" for line in lines)
     return (
         "import numpy as np\nimport pandas as pd\n\n\n"
-        f"def make_features(df):\n    out = pd.DataFrame(index=df.index)\n{body}\n    return out\n"
+        f"def make_features(df):\n    g = {GROUP_BY_SYMBOL}\n"
+        f"    out = pd.DataFrame(index=df.index)\n{body}\n    return out\n"
     )
 
 
@@ -385,9 +448,14 @@ def inject_mistake(spec: ExperimentSpec, family: str, kind: str, rng: random.Ran
     """The same experiment with one realistic mistake of `kind` (see the module docstring)."""
     features, model = spec.features, spec.model
     if kind == "missing_column":
-        match = rng.choice(list(re.finditer(r"df\['(\w+)'\]", features)))
-        wrong = rng.choice([match.group(1).capitalize(), *_WRONG_COLUMNS])
-        features = features[: match.start()] + f"df['{wrong}']" + features[match.end() :]
+        # a column of df the dataset lacks, or the symbol taken for a column (it is an index level)
+        targets = [*re.finditer(r"df\['(\w+)'\]", features), *re.finditer(re.escape(GROUP_BY_SYMBOL), features)]
+        match = rng.choice(targets)
+        if match.group(0) == GROUP_BY_SYMBOL:
+            wrong = "df.groupby(df['symbol'])"
+        else:
+            wrong = f"df['{rng.choice([match.group(1).capitalize(), *_WRONG_COLUMNS])}']"
+        features = features[: match.start()] + wrong + features[match.end() :]
     elif kind == "wrong_argument" and family in _WRONG_KEYWORDS:
         right, wrong = _WRONG_KEYWORDS[family]
         model = model.replace(right, wrong, 1)
