@@ -18,6 +18,8 @@ from sharpe_rl.analysis.classify import (
     classify_model,
     classify_spec_json,
 )
+from sharpe_rl.config import EvalConfig
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.policy.corpus import FEATURE_SNIPPETS, features_source
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.spec import ExperimentSpec, parse_spec
@@ -195,7 +197,10 @@ def test_a_wide_frame_read_over_time_is_not_cross_sectional():
 
 def test_the_prompt_example_is_the_template():
     """The template is defined by the prompt's own worked example, read with the same classifier."""
-    prompt = render_prompt("v1_example", ["open", "high", "low", "close", "volume"], timedelta(hours=1), 1, ["BTCUSDT"])
+    clock = Clock.of(EvalConfig(), timedelta(hours=1))
+    prompt = render_prompt(
+        "v4_example", ["open", "high", "low", "close", "volume"], timedelta(hours=1), clock, ["BTCUSDT"]
+    )
     example = classify(parse_spec(prompt))
     assert example.model_family == "lightgbm"
     assert set(example.features.kinds) == TEMPLATE_FEATURE_KINDS

@@ -153,7 +153,7 @@ def test_prompts_are_real_renderings_of_both_versions(corpus):
     assert Counter(e.prompt_version for e in corpus) == {v: SIZE // 2 for v in CORPUS_PROMPT_VERSIONS}
     for example in corpus:
         assert example.prompt.endswith("Experiment:\n")
-        assert ("Example:" in example.prompt) == (example.prompt_version == "v1_example")
+        assert ("Example:" in example.prompt) == (example.prompt_version == "v4_example")
 
 
 def test_families_are_balanced(corpus):

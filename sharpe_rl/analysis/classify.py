@@ -14,7 +14,7 @@ Features: every feature `make_features(df)` outputs (a column assigned into a fr
 returned expression) gets one *kind* from the operations that produced it, followed through
 local variables, columns written earlier and helper functions. Each kind belongs to one
 building block. The features are *custom* when they use a kind the prompt's worked example does
-not use (`TEMPLATE_FEATURE_KINDS`, checked against `prompts/v1_example.j2` by the tests).
+not use (`TEMPLATE_FEATURE_KINDS`, checked against `prompts/v4_example.j2` by the tests).
 
 Both contracts of `make_features` are read: one symbol's bars (earlier runs, still in the replay
 buffer) and the panel (every symbol at once, indexed by (timestamp, symbol)). On the panel,

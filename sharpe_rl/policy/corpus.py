@@ -45,12 +45,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sharpe_rl.config import EvalConfig
+from sharpe_rl.data.clock import Clock
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
 from sharpe_rl.spec import ExperimentSpec
 
 #: Corpus prompts are rendered in both versions, alternately.
-CORPUS_PROMPT_VERSIONS = ("v1_example", "v2_rules")
+CORPUS_PROMPT_VERSIONS = ("v4_example", "v5_rules")
 MISTAKE_KINDS = ("missing_column", "wrong_argument")
 
 _SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT", "LINKUSDT")
@@ -468,6 +470,13 @@ def inject_mistake(spec: ExperimentSpec, family: str, kind: str, rng: random.Ran
     return spec.model_copy(update={"features": features, "model": model})
 
 
+def _clock(rng: random.Random, interval: timedelta) -> Clock:
+    """A prompt's decisions and label: mostly the defaults for its bars, sometimes every bar or another horizon."""
+    decide_every = rng.choice([None, None, None, 1])
+    horizon = rng.choice([None, None, *_HORIZONS])
+    return Clock.of(EvalConfig(decide_every=decide_every, horizon=horizon), interval)
+
+
 def _symbols(rng: random.Random) -> list[str] | int:
     """A prompt's symbols: named, or (as runs show them by default) only counted."""
     symbols = sorted(rng.sample(_SYMBOLS, rng.randint(2, 6)))
@@ -485,11 +494,12 @@ def build_corpus(
     for i in range(size):
         version = CORPUS_PROMPT_VERSIONS[i % len(CORPUS_PROMPT_VERSIONS)]
         family = families[(i // len(CORPUS_PROMPT_VERSIONS)) % len(families)]
+        interval = rng.choice(_INTERVALS)
         prompt = render_prompt(
             version,
             columns=columns,
-            interval=rng.choice(_INTERVALS),
-            horizon=rng.choice(_HORIZONS),
+            interval=interval,
+            clock=_clock(rng, interval),
             symbols=_symbols(rng),
         )
         spec = make_spec(rng, family, columns)
