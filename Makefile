@@ -58,7 +58,8 @@ $(DATA): | $(STAMP)
 
 policy: $(POLICY)
 
-$(POLICY): | $(STAMP)
+# Rebuilt when what it is trained on changes: its corpus, its builder, the prompt templates it answers.
+$(POLICY): sharpe_rl/policy/corpus.py sharpe_rl/policy/tiny.py $(wildcard prompts/*.j2 prompts/blocks/*.j2) | $(STAMP)
 	$(call step,policy,building the tiny policy on the CPU (about 3 min),$(BIN)/sharpe-rl build-policy)
 
 # build.py needs only the Docker SDK and the checkout (PYTHONPATH), not the full venv. It returns

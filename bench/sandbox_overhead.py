@@ -33,6 +33,7 @@ from pathlib import Path
 
 import docker
 import polars as pl
+from panel_speed import FEATURES  # the benches' one LightGBM spec (bench/ is on sys.path)
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.panel import load_panel
@@ -44,22 +45,6 @@ from sharpe_rl.spec import ExperimentSpec
 
 DEFAULT_PANEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_4h.parquet"
 
-FEATURES = """
-import numpy as np
-import pandas as pd
-
-
-def make_features(df):
-    out = pd.DataFrame(index=df.index)
-    ret = df["close"].pct_change()
-    for k in (1, 3, 6, 12, 24):
-        out[f"ret_{k}"] = df["close"].pct_change(k)
-    out["vol_12"] = ret.rolling(12).std()
-    out["vol_48"] = ret.rolling(48).std()
-    out["range"] = (df["high"] - df["low"]) / df["close"]
-    out["volume_ratio"] = df["volume"] / df["volume"].rolling(48).mean()
-    return out
-"""
 MODEL = """
 import lightgbm as lgb
 
@@ -105,7 +90,7 @@ def in_process(panel, spec: ExperimentSpec, scratch: Path) -> float:
     import worker
 
     plan_runner = runner(panel, "process", scratch / "plan")
-    task = plan_runner.task(Job(spec, plan_runner.reward_view, plan_runner.plan.folds), nonce="bench")
+    task, _ = plan_runner.task(Job(spec, plan_runner.reward_view, plan_runner.plan.folds), nonce="bench")
     header, arrays = harness.read_task(io.BytesIO(task))
     started = time.perf_counter()
     harness.run_task(header, arrays, InProcessWorker(worker), dict.fromkeys(harness.TIMING_KEYS, 0.0))

@@ -38,13 +38,13 @@ import pandas as pd
 
 
 def make_features(df):
+    g = df.groupby(level="symbol")
     out = pd.DataFrame(index=df.index)
-    ret = df["close"].pct_change()
     for k in (1, 3, 5, 10):
-        out[f"ret_{k}"] = df["close"].pct_change(k)
-    out["vol_10"] = ret.rolling(10).std()
+        out[f"ret_{k}"] = g["close"].pct_change(k)
+    out["vol_10"] = g["close"].transform(lambda s: s.pct_change().rolling(10).std())
     out["range"] = (df["high"] - df["low"]) / df["close"]
-    out["volume_z"] = np.log1p(df["volume"]).diff()
+    out["volume_z"] = np.log1p(df["volume"]).groupby(level="symbol").diff()
     return out
 """
 MODELS = [

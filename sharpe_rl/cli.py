@@ -295,7 +295,7 @@ def exec_spec(
             data, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
         )
         outcome = evaluate(spec_file.read_text(), ref)
-        band = load_evaluation(ref).noskill
+        band = load_evaluation(ref).noskill if outcome.metrics is not None else None  # beside a Sharpe
     except (PanelError, DatasetMismatch, ProtocolError, OSError) as exc:
         _fail(exc)
     except InfrastructureError as exc:
@@ -305,15 +305,14 @@ def exec_spec(
         name: getattr(metrics, name) if metrics is not None else None
         for name in ("sharpe_net", "sharpe_gross", "turnover", "hit_rate")
     } | {
-        "evidence": band.evidence(metrics.sharpe_net) if metrics is not None else None,
-        "reward": outcome.reward(_RUN_DEFAULTS.reward, noskill_sigma=band.sigma),
+        "evidence": band.evidence(metrics.sharpe_net) if metrics is not None and band is not None else None,
+        "reward": outcome.reward(_RUN_DEFAULTS.reward, noskill_sigma=band.sigma if band else None),
     }
     if as_json:
         found = {"status": outcome.status, "error_class": outcome.error_class, "message": outcome.message}
         shown = result.model_dump(mode="json") if result is not None else found
-        typer.echo(
-            json.dumps(shown | {"outcome": outcome.status, "score": score, "noskill": band.model_dump()}, indent=2)
-        )
+        noskill = band.model_dump() if band is not None else None
+        typer.echo(json.dumps(shown | {"outcome": outcome.status, "score": score, "noskill": noskill}, indent=2))
         return
     if result is None:  # a static failure is an outcome too: nothing ran, the class says why
         stdout.print(f"[bold red]{outcome.error_class}[/bold red] (static check, nothing ran): ", end="")
@@ -327,14 +326,14 @@ def exec_spec(
     table.add_row("status", f"[{style}]{outcome.status}[/{style}]" + (" (cached)" if result.cached else ""))
     if outcome.message:
         table.add_row("message", escape(outcome.message))
-    if metrics is not None:
+    if metrics is not None and band is not None:
         table.add_row(
             "score",
             f"net Sharpe {metrics.sharpe_net:.3f} (gross {metrics.sharpe_gross:.3f}), turnover {metrics.turnover:.3f}, "
             f"hit rate {100 * metrics.hit_rate:.1f}% on the reward window",
         )
         table.add_row("evidence", f"{score['evidence']:+.2f} sigmas of no-skill noise ({band.sigma:.2f} Sharpe)")
-    table.add_row("", band.sentence())
+        table.add_row("", band.sentence())
     table.add_row("reward", f"{score['reward']:+.3f}")
     table.add_row("timings", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
     if result.peak_memory_mb is not None:

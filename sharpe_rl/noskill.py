@@ -42,7 +42,7 @@ DRAWS = 200
 #: A speed is used only where a ranking is re-drawn at least this many times in every fold.
 MIN_DRAWS_PER_FOLD = 6
 #: Changes whenever what the band measures changes, so that a cached band is never stale.
-BAND_VERSION = 3
+BAND_VERSION = 4
 #: The Sharpe noise above which a panel cannot tell a good strategy (a true net Sharpe of 1) from luck.
 WIDE_SIGMA = 1.0
 

@@ -39,8 +39,8 @@ Returns and costs
     scored bars of fold f (0 when `timing_only` is off);  turnover_t = Σ_i |w_{t,i} − w_{t−1,i}| with
     w_{−1} = 0 (the initial entry is paid; the final exit is not);  net_t = gross_t − fee_bps / 1e4 ×
     turnover_t.
-    The scored bars run from the first to the last predicted bar that has a next bar; bars inside
-    that span without a usable prediction are flat and still count.
+    The scored bars run from the first decision to the last predicted bar that has a next bar; bars
+    inside that span without a usable prediction are flat and still count.
 
 Metrics
     Sharpe = mean / sample standard deviation (ddof 1) × √(periods per year), with periods per year
@@ -254,7 +254,11 @@ def market(
     tradable = np.isfinite(next_return) & (close[:-1] > 0) & (close[1:] > 0)
 
     bars = located.get_column("bar").to_numpy()
-    first_bar = int(bars.min())
+    interval = bar_interval or detect_interval(panel)
+    timeline_ns = timeline.dt.epoch("ns").to_numpy()
+    decisions = decision_mask(timeline_ns, int(bars.min()), Clock.of(cfg, interval))
+    # scored from the first decision (nothing is held before it) to the last bar that has a next bar
+    first_bar = int(np.argmax(decisions)) if decisions.any() else int(bars.min())
     last_bar = min(int(bars.max()), shape[0] - 2)  # the panel's last bar has no next bar
     n_scored = last_bar - first_bar + 1
     if n_scored < MIN_SCORED_BARS:
@@ -267,10 +271,7 @@ def market(
     # each scored bar's fold: the (latest) fold predicted at it, else the fold of the bar before
     fold = np.full(shape[0], -1, dtype=np.int64)
     np.maximum.at(fold, bars, located.get_column("fold").to_numpy().astype(np.int64))
-    fold = np.maximum.accumulate(fold[scored])
-    interval = bar_interval or detect_interval(panel)
-    timeline_ns = timeline.dt.epoch("ns").to_numpy()
-    decision = decision_mask(timeline_ns, first_bar, Clock.of(cfg, interval))[scored]
+    fold = np.maximum.accumulate(np.maximum.accumulate(fold)[scored])
     return Market(
         bar_of=bar_of,
         column_of=column_of,
@@ -280,7 +281,7 @@ def market(
         next_return=np.where(tradable[scored], next_return[scored], 0.0),
         tradable=tradable[scored],
         fold=fold,
-        decision=decision,
+        decision=decisions[scored],
         periods_per_year=_YEAR / interval,
     )
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from sharpe_rl.cli import app
 from sharpe_rl.config import RunConfig
-from sharpe_rl.data.splits import plan_evaluation, reward_panel, timeline
+from sharpe_rl.data.splits import fold_rows, plan_evaluation, reward_panel, timeline
+from sharpe_rl.noskill import no_skill_band
 from sharpe_rl.scoring import score_predictions, shape_reward
 
 cli = CliRunner()
@@ -47,9 +48,17 @@ def test_an_ok_run_prints_the_result_and_the_score_a_run_gives_it_as_json(workdi
     config = RunConfig()
     predictions = pl.read_parquet(printed["predictions_path"])
     plan = plan_evaluation(timeline(sandbox_panel), config.eval)
-    metrics = score_predictions(predictions, reward_panel(sandbox_panel, plan), config.eval)
+    scored = reward_panel(sandbox_panel, plan)
+    metrics = score_predictions(predictions, scored, config.eval)
+    band = no_skill_band(scored, fold_rows(scored, plan.folds), config.eval)  # the panel's no-skill noise
+    assert printed["noskill"]["sigma"] == pytest.approx(band.sigma)
+    assert band.sentence() in " ".join(exec_(write_spec(workdir, spec("honest").model_dump_json())).output.split())
     expected = {name: getattr(metrics, name) for name in ("sharpe_net", "sharpe_gross", "turnover", "hit_rate")}
-    assert printed["score"] == pytest.approx(expected | {"reward": shape_reward(metrics, config.reward)})
+    expected |= {
+        "evidence": metrics.sharpe_net / band.sigma,
+        "reward": shape_reward(metrics, config.reward, noskill_sigma=band.sigma),
+    }
+    assert printed["score"] == pytest.approx(expected)
     assert printed["outcome"] == "ok"
 
 
@@ -68,9 +77,10 @@ def test_a_static_failure_runs_nothing_and_exits_zero(workdir):
     printed = json.loads(result.output)
     assert printed["status"] == "forbidden_import"
     assert printed["score"] == {"sharpe_net": None, "sharpe_gross": None, "turnover": None, "hit_rate": None} | {
-        "reward": RunConfig().reward.penalty_format
+        "evidence": None,
+        "reward": RunConfig().reward.penalty_format,
     }
-    assert not (workdir / "runs").exists()
+    assert not (workdir / "runs" / "cache" / "results").exists()  # nothing ran
 
 
 def test_no_engine_exits_non_zero_and_says_how_to_start_one(workdir, monkeypatch):

@@ -12,8 +12,8 @@ reading the future impossible rather than detectable:
 2. Starts the worker (stdin /dev/null, stdout = stderr, the two pipe ends its only other files;
    see `worker.py`), which imports its libraries while this process waits.
 3. Reads the task from stdin (`contract.encode_task`: spec, folds, decision times, horizon, seed,
-   time limit, lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A sandbox whose
-   task does not come within `contract.IDLE_SECONDS` exits without a word.
+   time limit, lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A
+   sandbox whose task does not come within `contract.IDLE_SECONDS` exits without a word.
 4. Labels every bar itself: 1 if the close `horizon_ns` after the bar's (same symbol) is higher, 0
    if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
 5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the
