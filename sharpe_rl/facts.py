@@ -31,6 +31,7 @@ class RunFacts(BaseModel):
     holdout_start: datetime | None
     holdout_end: datetime | None
     symbols_named: bool
+    clock: str = ""  # the decisions, label and history, in words (`Clock.describe`)
     selection: Selection | None = None
 
     def holdout_words(self) -> str:

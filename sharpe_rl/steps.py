@@ -192,6 +192,7 @@ def start(config: RunConfig) -> RunRef:
         holdout_start=dataset.plan.holdout_start,
         holdout_end=dataset.plan.holdout_end,
         symbols_named=config.name_symbols,
+        clock=dataset.clock.describe(),
     )
     save_facts(runs, name, facts)
     band = dataset.noskill

@@ -317,6 +317,7 @@ def test_the_report_says_whether_the_reward_is_worth_learning_from(tmp_path):
     assert "no-skill band: a random ranking scores between -1.20 and +0.90 (95%)" in report.markdown
     assert "the data has nothing after the policy's knowledge cutoff 2023-09-27" in report.markdown
     assert "0.61 (over 90 distinct experiments" in report.markdown
+    assert "| decisions | daily decisions (at the close of the bar that ends each period, UTC)" in report.markdown
     top = report.tables["top_experiments"]
     row = next(r for r in top if r["holdout_sharpe"] is not None)
     assert row["decay"] == pytest.approx(row["holdout_sharpe"] - row["sharpe"], abs=1e-3)

@@ -396,6 +396,7 @@ def _evaluation(facts: RunFacts) -> Section:
             "metric": "a static ranking scores",
             "value": f"{facts.noskill.static:+.2f} (timing only: its entry cost, and what listings and gaps move)",
         },
+        {"metric": "decisions", "value": facts.clock or MISSING},
         {"metric": "reward window", "value": f"{facts.reward_start:%Y-%m-%d} to {facts.reward_end:%Y-%m-%d}"},
         {"metric": "holdout", "value": facts.holdout_words()},
         {
