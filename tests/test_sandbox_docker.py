@@ -36,10 +36,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image")]
 LIMITS = {"timeout_seconds": 60, "memory_mb": 512, "pids_limit": 64, "tmpfs_mb": 16, "output_limit_kb": 1024}
 
 
-def make_runner(panel: pl.DataFrame, cache_dir: Path, **limits) -> SandboxRunner:
-    """A runner with no warm pool: the containers each test counts are the ones its experiments ran in."""
+def make_runner(panel: pl.DataFrame, cache_dir: Path, disguise_key: str | None = None, **limits) -> SandboxRunner:
+    """A runner with no warm pool: the containers each test counts are the ones its experiments ran in (the same
+    data disguise as another runner's when given its key)."""
     sandbox = SandboxConfig(**{"executor": "docker", "workers": 2, "warm_pool": False, **LIMITS, **limits})
-    return SandboxRunner(panel, EvalConfig(), sandbox, cache_dir)
+    return SandboxRunner(panel, EvalConfig(), sandbox, cache_dir, disguise_key=disguise_key)
 
 
 def run_batch(runner: SandboxRunner, specs: dict[str, ExperimentSpec]) -> dict[str, ExecutionResult]:
@@ -391,7 +392,7 @@ SAME_TWICE["logistic"] = spec("logistic")
 
 def test_parallel_runs_equal_serial_runs_bit_for_bit(sandbox_panel, tmp_path):
     serial = make_runner(sandbox_panel, tmp_path / "serial", workers=1)
-    parallel = make_runner(sandbox_panel, tmp_path / "parallel", workers=2)
+    parallel = make_runner(sandbox_panel, tmp_path / "parallel", workers=2, disguise_key=serial.disguise_key)
     one_by_one = [serial.run(s) for s in SAME_TWICE.values()]
     done: list[int] = []
     together = parallel.run_many(list(SAME_TWICE.values()), on_done=lambda index, result: done.append(index))
