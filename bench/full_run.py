@@ -66,6 +66,7 @@ def report(runs: Path, name: str, wall: float, experiments: int) -> None:
     from mlflow.tracking import MlflowClient
 
     from sharpe_rl.buffer import ReplayBuffer
+    from sharpe_rl.facts import load_facts
     from sharpe_rl.tracking import EXPERIMENT_NAME, default_tracking_uri
 
     frame = ReplayBuffer(runs).frame(run=name)
@@ -98,6 +99,17 @@ def report(runs: Path, name: str, wall: float, experiments: int) -> None:
     print(f"\n  {'cycles':<9} {'experiments':>11} {'ran':>6} {'mean reward':>12}")
     for row in blocks.iter_rows(named=True):
         print(f"  {row['first']:>3}-{row['last']:<5} {row['len']:11d} {row['ran']:6.1%} {row['reward']:+12.3f}")
+    facts = load_facts(runs, name)
+    if facts is not None:
+        print(f"\n  {facts.clock}\n  {facts.noskill.sentence()} (noise {facts.noskill.sigma:.2f})")
+        print(f"  holdout: {facts.holdout_words()}")
+        selection = facts.selection
+        if selection is not None and selection.agreement is not None:
+            print(f"  reward–holdout agreement (Spearman): {selection.agreement.sentence()}")
+        if selection is not None and selection.pbo is not None:
+            print(
+                f"  probability of backtest overfitting: {selection.pbo:.2f} ({selection.pbo_experiments} experiments)"
+            )
 
 
 if __name__ == "__main__":

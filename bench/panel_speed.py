@@ -98,6 +98,8 @@ with SandboxRunner(panel, EvalConfig(), SandboxConfig(**json.loads(sys.argv[4]))
     started = time.perf_counter()
     result = runner.run(spec)
     wall = time.perf_counter() - started
+import sharpe_rl
+assert sharpe_rl.__file__.startswith(sys.argv[5]), sharpe_rl.__file__  # the earlier revision's code, not this one
 print(json.dumps({"status": result.status, "message": result.message, "wall": wall, "timings": result.timings}))
 """
 
@@ -118,11 +120,12 @@ def earlier(path: Path, revision: str, scratch: Path) -> dict:
     tree = scratch / "earlier"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), revision], check=True)
     try:
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        subprocess.run([sys.executable, str(tree / "sandbox_image" / "build.py")], env=env, check=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}  # in the worktree (cwd first on `-c`'s path): its own code
+        subprocess.run([sys.executable, str(tree / "sandbox_image" / "build.py")], env=env, cwd=tree, check=True)
         out = subprocess.run(
-            [sys.executable, "-c", EARLIER_RUN, str(path), EARLIER_FEATURES, MODEL, json.dumps(SANDBOX)],
+            [sys.executable, "-c", EARLIER_RUN, str(path), EARLIER_FEATURES, MODEL, json.dumps(SANDBOX), str(tree)],
             env=env,
+            cwd=tree,
             check=True,
             capture_output=True,
             text=True,
