@@ -8,7 +8,7 @@ identical code runs once), each phase's total, mean per cycle and share of the r
 of 6 cycles the share of experiments that ran and the mean reward (does the learning forget?).
 
     .venv/bin/python bench/full_run.py [--cycles 48] [--batch-size 16] [--data data/sample_daily.parquet]
-        [--policy runs/policy/tiny] [--executor docker] [--runs-dir DIR] [--keep]
+        [--policy runs/policy/tiny] [--executor docker] [--runs-dir DIR] [--keep] [--last-days N]
 """
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ def main() -> None:
     parser.add_argument("--executor", default="docker")
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: a fresh temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the runs directory (its path is printed)")
+    parser.add_argument("--last-days", type=int, default=None, help="run on the panel's last N days only")
     args = parser.parse_args()
 
     runs = args.runs_dir or Path(tempfile.mkdtemp(prefix="sharpe-rl-full-run-"))
     name = f"full-run-{args.cycles}x{args.batch_size}"
+    if args.last_days:
+        args.data = last_days(args.data, args.last_days, runs)
     command = [
         sys.executable, "-m", "sharpe_rl.cli", "run",
         "--cycles", str(args.cycles), "--batch-size", str(args.batch_size),
@@ -59,6 +62,20 @@ def main() -> None:
             print(f"runs directory kept: {runs}")
         elif args.runs_dir is None:
             shutil.rmtree(runs, ignore_errors=True)
+
+
+def last_days(data: Path, days: int, runs: Path) -> Path:
+    """The panel's last `days` days, written beside the runs."""
+    import polars as pl
+
+    from sharpe_rl.data.panel import load_panel
+
+    panel = load_panel(data)
+    cut = panel.filter(pl.col("timestamp") > pl.col("timestamp").max() - pl.duration(days=days))
+    path = runs / f"{data.stem}-last-{days}d.parquet"
+    runs.mkdir(parents=True, exist_ok=True)
+    cut.write_parquet(path)
+    return path
 
 
 def report(runs: Path, name: str, wall: float, experiments: int) -> None:

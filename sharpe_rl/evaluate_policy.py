@@ -51,6 +51,7 @@ from sharpe_rl.analysis.classify import classify
 from sharpe_rl.config import RunConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation, metric_numbers
+from sharpe_rl.facts import comparison_path, load_comparison  # noqa: F401 - where a comparison is kept
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.prompts import run_prompt
@@ -274,12 +275,6 @@ def compare(samples: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> pl.D
 # ---- storage --------------------------------------------------------------------------------
 
 
-def comparison_path(runs_dir: Path, run: str) -> Path:
-    if not run or Path(run).name != run or run.startswith("."):
-        raise ValueError(f"run name {run!r} must be a plain file name")
-    return Path(runs_dir) / "evaluations" / f"{run}.json"
-
-
 def save_comparison(plan: ComparisonPlan, samples: pl.DataFrame, table: pl.DataFrame) -> Path:
     """Store the comparison (JSON, with what was compared) and its sample (Parquet), each atomically."""
     path = comparison_path(plan.runs_dir, plan.run)
@@ -294,9 +289,3 @@ def save_comparison(plan: ComparisonPlan, samples: pl.DataFrame, table: pl.DataF
     }
     write_bytes_atomic(path, json.dumps(document, indent=1).encode())
     return path
-
-
-def load_comparison(runs_dir: Path, run: str) -> dict[str, Any] | None:
-    """The stored comparison of `run` (`save_comparison`'s document), or None."""
-    path = comparison_path(runs_dir, run)
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -2,13 +2,16 @@
 
 Written when the run starts (the no-skill band, the policy's memory, the windows, whether the
 prompt named the symbols) and completed when it ends (`Selection`: does the reward carry over).
-The report reads it; MLflow gets the same numbers.
+The report reads it; MLflow gets the same numbers. Beside it, `load_comparison` reads what
+`sharpe-rl evaluate-policy` measured of the run (its trained policy against its base).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -63,3 +66,16 @@ def load_facts(runs_dir: Path, run: str) -> RunFacts | None:
     """The run's facts, None for a run from before they were kept."""
     path = facts_path(runs_dir, run)
     return RunFacts.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def comparison_path(runs_dir: Path, run: str) -> Path:
+    """Where `sharpe-rl evaluate-policy` keeps its comparison of a run's trained policy with its base."""
+    if not run or Path(run).name != run or run.startswith("."):
+        raise ValueError(f"run name {run!r} must be a plain file name")
+    return Path(runs_dir) / "evaluations" / f"{run}.json"
+
+
+def load_comparison(runs_dir: Path, run: str) -> dict[str, Any] | None:
+    """The stored comparison of `run` (`sharpe_rl.evaluate_policy.save_comparison`'s document), or None."""
+    path = comparison_path(runs_dir, run)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -6,6 +6,7 @@ from those true labels (not from the classifier), then compared with the polars 
 """
 
 import base64
+import json
 import math
 import re
 import statistics
@@ -307,6 +308,7 @@ def test_the_report_says_whether_the_reward_is_worth_learning_from(tmp_path):
         holdout_start=day,
         holdout_end=day,
         symbols_named=False,
+        clock="daily decisions (at the close of the bar that ends each period, UTC); label over 1 day",
         selection=Selection(agreement=Agreement(rho=0.05, lo=-0.3, hi=0.4, n=20), pbo=0.61, pbo_experiments=90),
     )
     save_facts(tmp_path / "runs", "r1", facts)
@@ -464,3 +466,35 @@ def test_report_command(tmp_path):
     result = runner.invoke(app, ["report", "missing", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "runs: first, second" in result.output
+
+
+def comparison_document(low: float, high: float) -> dict:
+    rows = [
+        {"window": "holdout", "statistic": "mean_sharpe", "base": 0.1, "final": 0.1 + (low + high) / 2,
+         "difference": (low + high) / 2, "low": low, "high": high},
+        {"window": "holdout", "statistic": "run_share", "base": 0.9, "final": 0.92, "difference": 0.02, "low": -0.03,
+         "high": 0.07},
+    ]  # fmt: skip
+    return {"run": "r1", "checkpoint_cycle": 23, "n": 64, "seed": 99, "comparison": rows}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "words"),
+    [
+        (0.05, 0.4, "is better than its base on the holdout: mean net Sharpe +0.23 [+0.05, +0.40] over 64"),
+        (-0.2, 0.3, "is not distinguishable from its base on the holdout: mean net Sharpe +0.05 [-0.20, +0.30]"),
+        (-0.5, -0.1, "is worse than its base on the holdout"),
+    ],
+)
+def test_the_headline_says_whether_the_trained_policy_beats_its_base_on_the_holdout(tmp_path, low, high, words):
+    runs = tmp_path / "runs"
+    (runs / "evaluations").mkdir(parents=True)
+    (runs / "evaluations" / "r1.json").write_text(json.dumps(comparison_document(low, high)))
+    report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=runs)
+    headline = report.sections[0].text
+    assert f"The trained policy (cycle 23) {words}" in headline and "run share +2.0% [-3.0%, +7.0%]" in headline
+
+
+def test_the_headline_says_when_the_trained_policy_was_not_compared_yet(tmp_path):
+    report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=tmp_path / "runs")
+    assert "not measured yet (`sharpe-rl evaluate-policy r1`)" in report.sections[0].text

@@ -26,7 +26,7 @@ from sharpe_rl.analysis.plots import write_plots
 from sharpe_rl.analysis.quality_diversity import grid_table
 from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
 from sharpe_rl.data.atomic import staged_files
-from sharpe_rl.facts import RunFacts, load_facts
+from sharpe_rl.facts import RunFacts, load_comparison, load_facts
 
 MISSING = "—"
 
@@ -151,13 +151,16 @@ def build_report(
     out_dir = Path(out_dir)
     analysis = analyse(select_run(frame, run), top_n)
     facts = load_facts(runs_dir, analysis.run) if runs_dir is not None else None
+    comparison = load_comparison(runs_dir, analysis.run) if runs_dir is not None else None
     compare = None
     if compare_frame is not None or compare_run is not None:
         other = compare_frame if compare_frame is not None else frame
         compare = analyse(select_run(other, compare_run), top_n)
     with staged_files(out_dir) as staging:  # a reader never finds half a report, even on a full disk
         plots = {name: path.relative_to(staging) for name, path in write_plots(analysis, staging / "plots").items()}
-        sections = _sections(analysis, compare, {name: path.as_posix() for name, path in plots.items()}, facts)
+        sections = _sections(
+            analysis, compare, {name: path.as_posix() for name, path in plots.items()}, facts, comparison
+        )
         context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
         markdown = _environment().get_template("report.md.j2").render(context)
         html = _environment().get_template("report.html.j2").render(context)
@@ -244,7 +247,11 @@ _NAME_LENGTH = 48  # experiment names are the policy's free text
 
 
 def _sections(
-    analysis: RunAnalysis, compare: RunAnalysis | None, plots: dict[str, str], facts: RunFacts | None
+    analysis: RunAnalysis,
+    compare: RunAnalysis | None,
+    plots: dict[str, str],
+    facts: RunFacts | None,
+    comparison: dict[str, Any] | None = None,
 ) -> list[Section]:
     a = analysis
     headline = Table(
@@ -258,7 +265,9 @@ def _sections(
         terminal=True,
     )
     top_rows = [row | {"name": _shorten(row["name"])} | _decay(row, facts) for row in a.top_experiments.to_dicts()]
-    sections = [Section("Headline", f"Run `{a.run}`." + (f" {_verdict(facts)}" if facts else ""), (headline,))]
+    verdicts = [_verdict(facts)] if facts else []
+    verdicts.append(_learning(comparison, a.run))
+    sections = [Section("Headline", f"Run `{a.run}`. " + " ".join(verdicts), (headline,))]
     if facts is not None:
         sections.append(_evaluation(facts))
     if compare is not None:
@@ -380,6 +389,30 @@ def _verdict(facts: RunFacts) -> str:
     if selection is None or selection.agreement is None:
         return "Whether the reward carries over to the holdout is measured when the run ends."
     return f"Reward–holdout agreement (Spearman): {selection.agreement.sentence()}."
+
+
+def _learning(comparison: dict[str, Any] | None, run: str) -> str:
+    """The headline's answer to "is the trained policy better than its base on the holdout?"."""
+    if comparison is None:
+        return f"Trained policy against its base: not measured yet (`sharpe-rl evaluate-policy {run}`)."
+    rows = {(r["window"], r["statistic"]): r for r in comparison["comparison"]}
+    holdout = rows.get(("holdout", "mean_sharpe"))
+    if holdout is None or holdout["low"] is None or math.isnan(holdout["low"]):
+        return "Trained policy against its base: no holdout difference could be measured."
+    verdict = (
+        "better than its base on the holdout"
+        if holdout["low"] > 0
+        else "worse than its base on the holdout"
+        if holdout["high"] < 0
+        else "not distinguishable from its base on the holdout"
+    )
+    share = rows.get(("holdout", "run_share")) or rows.get(("reward", "run_share"))
+    ran = f"; run share {share['difference']:+.1%} [{share['low']:+.1%}, {share['high']:+.1%}]" if share else ""
+    return (
+        f"The trained policy (cycle {comparison['checkpoint_cycle']}) is {verdict}: mean net Sharpe "
+        f"{holdout['difference']:+.2f} [{holdout['low']:+.2f}, {holdout['high']:+.2f}] over {comparison['n']} "
+        f"completions each{ran}."
+    )
 
 
 def _evaluation(facts: RunFacts) -> Section:
