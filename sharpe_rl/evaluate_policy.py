@@ -151,9 +151,9 @@ def sample_record(
     holdout = holdout or {}
     return (
         {"policy": which, "index": index, "completion": completion, "status": outcome.status, "family": family}
-        | {f"reward_{k}": reward.get(k) for k in _MOMENTS}
+        | {f"reward_{k}": reward.get(k) for k in (*_MOMENTS, "turnover")}
         | {"holdout_status": holdout.get("holdout_status")}
-        | {f"holdout_{k}": holdout.get(f"metric_holdout_{k}") for k in _MOMENTS}
+        | {f"holdout_{k}": holdout.get(f"metric_holdout_{k}") for k in (*_MOMENTS, "turnover")}
     )
 
 

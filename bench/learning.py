@@ -1,0 +1,175 @@
+"""Is the learning real, over seeds? Base and trained policies after a night each, compared as pre-registered.
+
+The comparison is written down in docs/learning.md ("The pre-registered comparison") before its
+runs: for each seed, a night of `--cycles` × `--batch-size` on the panel, then `sharpe-rl
+evaluate-policy` (N completions of the base policy and N of the night's final checkpoint, same
+prompt and seeds, executed on the reward window and the holdout). The N pairs of every seed are
+pooled, and each difference (trained − base) gets a 95% paired bootstrap interval, pairs resampled
+within each seed (a seed's pairs share its night):
+
+- holdout: mean net Sharpe of the completions that ran (the primary outcome), and their evidence
+  (net Sharpe over the panel's no-skill noise);
+- reward window: the same two;
+- run share (the completions that ran and were scored), and mean turnover of those that ran;
+- model families and feature blocks of what ran, base beside trained.
+
+    .venv/bin/python bench/learning.py --data PANEL [--last-days D] [--seeds 1 2 3] [--cycles 24]
+        [--batch-size 16] [--n 64] [--runs-dir DIR] [--out learning.json]
+
+Resumable: a seed whose night finished is not run again, a seed whose comparison is stored is not
+compared again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sharpe_rl.facts import load_facts
+from sharpe_rl.policy.checkpoint import Checkpoints
+
+RESAMPLES = 2000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--last-days", type=int, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--cycles", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--n", type=int, default=64, help="completions per policy per seed")
+    parser.add_argument("--policy", type=Path, default=Path("runs/policy/tiny"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/learning"))
+    parser.add_argument("--out", type=Path, default=None, help="write the pooled comparison here (JSON)")
+    args = parser.parse_args()
+
+    data = args.data.resolve()
+    if args.last_days:
+        data = last_days(data, args.last_days, args.runs_dir)
+    samples = []
+    for seed in args.seeds:
+        name = f"learning-seed{seed}"
+        if Checkpoints(args.runs_dir, name).latest_cycle() != args.cycles - 1:
+            cli("run", "--cycles", args.cycles, "--batch-size", args.batch_size, "--data", data, "--seed", seed,
+                "--policy", args.policy.resolve(), "--name", name, "--runs-dir", args.runs_dir)  # fmt: skip
+        stored = args.runs_dir / "evaluations" / f"{name}.parquet"
+        if not stored.is_file():
+            cli("evaluate-policy", name, "--n", args.n, "--runs-dir", args.runs_dir)
+        facts = load_facts(args.runs_dir, name)
+        sigma = facts.noskill.sigma if facts else float("nan")
+        samples.append(pl.read_parquet(stored).with_columns(seed=pl.lit(seed), sigma=pl.lit(sigma)))
+        if facts and facts.selection and facts.selection.agreement:
+            print(f"seed {seed}: reward–holdout agreement {facts.selection.agreement.sentence()}")
+    pooled = pl.concat(samples, how="diagonal_relaxed")
+    table = compare(pooled)
+    print_table(table, len(args.seeds), args.n)
+    print_families(pooled)
+    if args.out:
+        args.out.write_text(json.dumps({"seeds": args.seeds, "n": args.n, "comparison": table}, indent=1))
+
+
+def cli(*arguments: object) -> None:
+    command = [sys.executable, "-m", "sharpe_rl.cli", *map(str, arguments)]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+
+
+def last_days(data: Path, days: int, runs: Path) -> Path:
+    from sharpe_rl.data.panel import load_panel
+
+    panel = load_panel(data)
+    path = runs / f"{data.stem}-last-{days}d.parquet"
+    if not path.is_file():
+        runs.mkdir(parents=True, exist_ok=True)
+        panel.filter(pl.col("timestamp") > pl.col("timestamp").max() - pl.duration(days=days)).write_parquet(path)
+    return path
+
+
+def statistics(rows: pl.DataFrame) -> dict[str, float]:
+    """One policy's statistics over a (pooled) sample."""
+    out = {}
+    for window in ("holdout", "reward"):
+        sharpe = rows[f"{window}_sharpe_net"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        ran = ~np.isnan(sharpe)
+        sigma = rows["sigma"].to_numpy()
+        out[f"{window} mean net Sharpe"] = float(sharpe[ran].mean()) if ran.any() else np.nan
+        out[f"{window} mean evidence (sigmas)"] = float((sharpe[ran] / sigma[ran]).mean()) if ran.any() else np.nan
+    ran = ~np.isnan(rows["reward_sharpe_net"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+    out["run share"] = float(ran.mean())
+    turnover = (
+        rows["reward_turnover"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        if "reward_turnover" in rows.columns
+        else np.full(len(ran), np.nan)
+    )
+    out["mean turnover (reward window)"] = float(np.nanmean(turnover[ran])) if ran.any() else np.nan
+    return out
+
+
+def compare(pooled: pl.DataFrame) -> list[dict[str, float | str]]:
+    """Trained − base per statistic, with a 95% paired bootstrap interval (pairs resampled within each seed)."""
+    base = pooled.filter(pl.col("policy") == "base").sort("seed", "index")
+    final = pooled.filter(pl.col("policy") == "final").sort("seed", "index")
+    assert base.select("seed", "index").equals(final.select("seed", "index")), "unpaired samples"
+    observed_base, observed_final = statistics(base), statistics(final)
+    rng = np.random.default_rng(0)
+    seeds = base["seed"].to_numpy()
+    groups = [np.flatnonzero(seeds == s) for s in np.unique(seeds)]
+    drawn: dict[str, list[float]] = {name: [] for name in observed_base}
+    for _ in range(RESAMPLES):
+        rows = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        b, f = statistics(base[rows]), statistics(final[rows])
+        for name in drawn:
+            drawn[name].append(f[name] - b[name])
+    table = []
+    for name in observed_base:
+        values = np.array(drawn[name])
+        low, high = np.nanpercentile(values, [2.5, 97.5])
+        table.append(
+            {
+                "statistic": name,
+                "base": observed_base[name],
+                "trained": observed_final[name],
+                "difference": observed_final[name] - observed_base[name],
+                "low": float(low),
+                "high": float(high),
+            }
+        )
+    return table
+
+
+def print_table(table: list[dict], seeds: int, n: int) -> None:
+    print(f"\npooled over {seeds} seeds, {n} pairs each (95% paired bootstrap, resampled within seeds)")
+    print(f"{'statistic':<34}{'base':>9}{'trained':>9}{'trained - base':>16}  interval")
+    for row in table:
+        print(
+            f"{row['statistic']:<34}{row['base']:9.3f}{row['trained']:9.3f}{row['difference']:+16.3f}"
+            f"  [{row['low']:+.3f}, {row['high']:+.3f}]"
+        )
+
+
+def print_families(pooled: pl.DataFrame) -> None:
+    ran = pooled.filter(pl.col("status") == "ok")
+    shares = (
+        ran.group_by("policy", "family")
+        .len()
+        .with_columns((pl.col("len") / pl.col("len").sum().over("policy")).alias("share"))
+        .pivot(on="policy", index="family", values="share")
+        .fill_null(0.0)
+        .sort("family")
+    )
+    print("\nmodel families of what ran (share)")
+    for row in shares.iter_rows(named=True):
+        print(
+            f"  {row['family'] or 'unknown':<20} base {row.get('base', 0.0):6.1%}  trained {row.get('final', 0.0):6.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
