@@ -108,3 +108,27 @@ def test_fetch_reports_missing_options_and_source_errors(tmp_path):
     assert run("fetch", "--source", "file").exit_code == 2
     unknown = run("fetch", "--source", "binance", "--symbols", "BTCUSDT", "--start", "2024-01-01", "--interval", "7x")
     assert unknown.exit_code == 1 and "unknown Binance interval '7x'" in unknown.output
+
+
+def test_info_shows_the_no_skill_band_of_the_default_evaluation(tmp_path):
+    from data_fixtures import three_symbol_panel
+
+    from sharpe_rl.config import EvalConfig
+    from sharpe_rl.data.splits import fold_rows, plan_evaluation, reward_panel, timeline
+    from sharpe_rl.noskill import no_skill_band
+
+    panel = three_symbol_panel()
+    path = tmp_path / "panel.parquet"
+    panel.write_parquet(path)
+    info = run("info", path)
+    assert info.exit_code == 0, info.output
+    plan = plan_evaluation(timeline(panel), EvalConfig())
+    scored = reward_panel(panel, plan)
+    band = no_skill_band(scored, fold_rows(scored, plan.folds), EvalConfig())
+    assert band.sentence() in " ".join(info.output.split())  # the table wraps the line
+
+
+def test_info_on_a_panel_too_short_for_the_evaluation_says_so_instead_of_a_band(user_csv):
+    info = run("info", user_csv)
+    assert info.exit_code == 0, info.output
+    assert "no band: the reward window has" in " ".join(info.output.split())

@@ -17,7 +17,7 @@ from spec_snippets import CALENDAR, LIGHTGBM, LOGISTIC, TREND, VOLUME
 from sharpe_rl import steps
 from sharpe_rl.archive import load_archive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
-from sharpe_rl.config import PPOConfig, RewardConfig, RunConfig
+from sharpe_rl.config import PolicyConfig, PPOConfig, RewardConfig, RunConfig
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.facts import RunFacts, load_facts, save_facts
@@ -281,3 +281,25 @@ def test_the_run_says_whether_its_reward_carries_over_to_the_holdout(run):
     assert selection.agreement is not None and selection.agreement.n == 12 and selection.agreement.rho > 0.9
     assert selection.pbo is None  # these outcomes were made by hand: no predictions to cut into blocks
     assert load_facts(run.config.runs_dir, run.name).selection == selection
+
+
+def test_a_run_opens_with_its_clock_workload_no_skill_band_and_where_its_holdout_lies(
+    tmp_path, pipeline_dataset, micro_policy
+):
+    config = RunConfig(
+        name="opening",
+        runs_dir=tmp_path / "runs",
+        dataset=pipeline_dataset,
+        policy=PolicyConfig(model=str(micro_policy)),
+    )
+    run = steps.start(config)
+    try:
+        band = load_evaluation(run.evaluation).noskill
+        lines = run.description.splitlines()
+        assert "point-in-time: a decision every bar (1 day); label over 1 day" in lines[1]
+        assert lines[2].startswith(band.sentence()) and "the unit of the evidence reward" in lines[2]
+        assert lines[-1].startswith("holdout: ") and "no market memory (the tiny policy" in lines[-1]
+        facts = load_facts(config.runs_dir, "opening")
+        assert facts.noskill == band and facts.clock.startswith("a decision every bar")
+    finally:
+        steps.finish(run)
