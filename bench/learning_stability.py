@@ -13,6 +13,9 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
   Sharpe ratio on three daily series is close to that: mostly noise, with the code's contribution
   small. `--noise 0` is the control: the only signal left is "it runs" versus "it fails".
 - ``--reward sandbox``: the real thing, `evaluate()` in the Docker sandbox and the default reward.
+- ``--reward family``: a signal that is there to learn: an experiment that passes the checks earns 1
+  when its model family (as the post-mortem reads it) is `--target`, 0 otherwise (the ladder for
+  the rest). How fast the target's share grows says how much an update moves the policy.
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -71,6 +74,20 @@ def family_entropy_bits(families: list[str]) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def family_rewards(completions: list[str], target: str, cfg: RewardConfig):
+    """(reward, status, family) per completion: the ladder for static failures, 1 for the target family, else 0."""
+    out = []
+    for completion in completions:
+        try:
+            spec = check_completion(completion, OHLCV_COLUMNS)
+        except SpecError as exc:
+            out.append((shape_reward(exc.error_class, cfg), exc.error_class.value, None))
+            continue
+        family = classify(spec).model_family
+        out.append((float(family == target), "ok", family))
+    return out
+
+
 def noise_rewards(completions: list[str], cycle: int, mean: float, noise: float, cfg: RewardConfig):
     """(reward, status, family) per completion: the ladder for static failures, seeded noise for the rest."""
     out = []
@@ -103,7 +120,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=4, help="PPOConfig.group_size (used by advantage=group)")
     parser.add_argument("--block", type=int, default=6, help="cycles per line of the summary")
-    parser.add_argument("--reward", choices=("noise", "sandbox"), default="noise")
+    parser.add_argument("--reward", choices=("noise", "sandbox", "family"), default="noise")
+    parser.add_argument("--target", default="xgboost", help="the rewarded model family (--reward family)")
     parser.add_argument("--mean", type=float, default=-0.09, help="mean reward of a valid experiment (noise)")
     parser.add_argument("--noise", type=float, default=0.22, help="spread of a valid experiment's reward (noise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PPOConfig setting")
@@ -137,6 +155,8 @@ def main() -> None:
         completions = [g.completion for g in generations]
         if args.reward == "noise":
             scored = noise_rewards(completions, cycle, args.mean, args.noise, reward_cfg)
+        elif args.reward == "family":
+            scored = family_rewards(completions, args.target, reward_cfg)
         else:
             scored = sandbox_rewards(completions, ref, reward_cfg, args.workers)
         experiences = [
@@ -154,6 +174,7 @@ def main() -> None:
                 "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
                 "reward_mean": statistics.fmean(r for r, _, _ in scored),
                 "family_entropy_bits": family_entropy_bits([f for _, _, f in scored if f is not None]),
+                "target_share": sum(f == args.target for _, _, f in scored) / len(scored),
                 "completion_tokens": statistics.fmean(len(g.completion_token_ids) for g in generations),
                 "rollout_entropy": stats.rollout_entropy,
                 "kl": stats.kl,
@@ -165,7 +186,8 @@ def main() -> None:
         )
         last = rows[-1]
         print(
-            f"cycle {cycle:2d}: ok {last['ok_share']:.0%} reward {last['reward_mean']:+.3f} "
+            f"cycle {cycle:2d}: ok {last['ok_share']:.0%} {args.target} {last['target_share']:.0%} "
+            f"reward {last['reward_mean']:+.3f} "
             f"entropy {last['rollout_entropy']:.3f} KL {last['kl']:+.3f} coef {last['kl_coef']:.4f} "
             f"tokens {last['completion_tokens']:.0f} ({last['seconds']:.0f} s)",
             flush=True,
@@ -184,13 +206,15 @@ def main() -> None:
             )
 
     print(f"\nper block of {args.block} cycles ({args.batch} experiments a cycle):")
-    print("cycles   ok share  reward   entropy  KL/completion  kl_coef")
+    print(f"cycles   ok share  {args.target:>8}  reward   entropy  KL/completion  kl_coef")
+    keys = ("ok_share", "target_share", "reward_mean", "rollout_entropy", "kl")
     for start in range(0, len(rows), args.block):
         block = rows[start : start + args.block]
-        mean = {k: statistics.fmean(r[k] for r in block) for k in ("ok_share", "reward_mean", "rollout_entropy", "kl")}
+        mean = {k: statistics.fmean(r[k] for r in block) for k in keys}
         print(
-            f"{block[0]['cycle']:2d}-{block[-1]['cycle']:2d}    {mean['ok_share']:6.1%}  {mean['reward_mean']:+.3f}   "
-            f"{mean['rollout_entropy']:.3f}    {mean['kl']:+.3f}        {block[-1]['kl_coef']:.4f}"
+            f"{block[0]['cycle']:2d}-{block[-1]['cycle']:2d}    {mean['ok_share']:6.1%}  {mean['target_share']:8.1%}  "
+            f"{mean['reward_mean']:+.3f}   {mean['rollout_entropy']:.3f}    {mean['kl']:+.3f}        "
+            f"{block[-1]['kl_coef']:.4f}"
         )
 
 
