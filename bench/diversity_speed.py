@@ -21,8 +21,8 @@ from pathlib import Path
 import polars as pl
 from report_speed import synthetic_frame
 
-from sharpe_rl.analysis.classify import classify_spec_json
 from sharpe_rl.archive import EliteArchive, save_archive
+from sharpe_rl.classify import classify_spec_json
 from sharpe_rl.config import RewardConfig
 from sharpe_rl.diversity import Visits, diversity_rewards, normalised_code_hash
 from sharpe_rl.experience import Experience

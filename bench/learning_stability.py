@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer
 
-from sharpe_rl.analysis.classify import classify
 from sharpe_rl.checks import check_completion
+from sharpe_rl.classify import classify
 from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig, SandboxConfig
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.evaluation import EvaluationRef, evaluate, load_evaluation

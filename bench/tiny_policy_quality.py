@@ -34,7 +34,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sharpe_rl.analysis.classify import classify
+from sharpe_rl.classify import classify
 from sharpe_rl.config import EvalConfig, PolicyConfig
 from sharpe_rl.data.clock import Clock
 from sharpe_rl.data.panel import detect_interval, load_panel

@@ -33,9 +33,10 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from sharpe_rl.analysis.classify import GRID_CELLS, Cell, classify_spec_json
+from sharpe_rl.classify import classify_spec_json
 from sharpe_rl.data.atomic import atomic_path
 from sharpe_rl.experience import Experience
+from sharpe_rl.grid import GRID_CELLS, Cell
 
 #: Net Sharpe ratios are clipped to ±this before they count in the QD score.
 QD_SHARPE_CLIP = 3.0

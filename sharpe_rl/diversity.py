@@ -39,9 +39,10 @@ from functools import lru_cache
 
 import polars as pl
 
-from sharpe_rl.analysis.classify import Cell, classify_spec_json
+from sharpe_rl.classify import classify_spec_json
 from sharpe_rl.config import RewardConfig
 from sharpe_rl.experience import Experience
+from sharpe_rl.grid import Cell
 
 #: The functions the harness calls by name: renaming them would change what runs.
 INTERFACE_NAMES = frozenset({"make_features", "make_model"})

@@ -47,7 +47,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from sharpe_rl.analysis.classify import classify
+from sharpe_rl.classify import classify
 from sharpe_rl.config import RunConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation, metric_numbers

@@ -45,10 +45,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from sharpe_rl.analysis.classify import classify
 from sharpe_rl.analysis.tables import HOLDOUT_SHARPE, annotate, cycle_metrics
 from sharpe_rl.archive import EliteArchive, load_archive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
+from sharpe_rl.classify import classify
 from sharpe_rl.config import RunConfig
 from sharpe_rl.data.atomic import write_bytes_atomic
 from sharpe_rl.data.card import card_path

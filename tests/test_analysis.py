@@ -19,12 +19,12 @@ import pytest
 from polars.testing import assert_frame_equal
 from rich.console import Console
 
-from sharpe_rl.analysis.classify import FEATURE_BLOCKS
 from sharpe_rl.analysis.report import build_report, print_report, select_run
 from sharpe_rl.analysis.tables import STATUSES, analyse, annotate
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.experience import Experience
 from sharpe_rl.facts import RunFacts, save_facts
+from sharpe_rl.grid import FEATURE_BLOCKS
 from sharpe_rl.noskill import NoSkillBand
 from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.selection import Agreement, Selection

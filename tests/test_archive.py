@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from spec_snippets import LIGHTGBM, LOGISTIC, TREND, TREND_AND_VOLUME
 
-from sharpe_rl.analysis.classify import FEATURE_BLOCKS, GRID_CELLS
 from sharpe_rl.analysis.quality_diversity import archive_by_cycle, elite_grid, grid_table
 from sharpe_rl.analysis.tables import annotate
 from sharpe_rl.archive import (
@@ -19,6 +18,7 @@ from sharpe_rl.archive import (
 )
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.experience import Experience
+from sharpe_rl.grid import FEATURE_BLOCKS, GRID_CELLS
 from sharpe_rl.reset import reset_runs
 from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.spec import ExperimentSpec

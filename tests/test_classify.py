@@ -6,20 +6,17 @@ from datetime import timedelta
 import pytest
 from fixtures.labelled_specs import labelled_specs
 
-from sharpe_rl.analysis.classify import (
+from sharpe_rl.classify import classify, classify_features, classify_model, classify_spec_json
+from sharpe_rl.config import EvalConfig
+from sharpe_rl.data.clock import Clock
+from sharpe_rl.grid import (
     FEATURE_BLOCKS,
     FEATURE_KIND_BLOCK,
     GRID_CELLS,
     MODEL_FAMILIES,
     SKLEARN_KINDS,
     TEMPLATE_FEATURE_KINDS,
-    classify,
-    classify_features,
-    classify_model,
-    classify_spec_json,
 )
-from sharpe_rl.config import EvalConfig
-from sharpe_rl.data.clock import Clock
 from sharpe_rl.policy.corpus import FEATURE_SNIPPETS, features_source
 from sharpe_rl.policy.prompts import render_prompt
 from sharpe_rl.spec import ExperimentSpec, parse_spec

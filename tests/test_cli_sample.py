@@ -12,8 +12,8 @@ from sandbox_fixtures import LOGISTIC, features_doing, spec
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from sharpe_rl.analysis.classify import classify
 from sharpe_rl.checks import check_completion
+from sharpe_rl.classify import classify
 from sharpe_rl.cli import app
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.experience import Experience

@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from sharpe_rl.analysis.classify import classify_spec_json
 from sharpe_rl.analysis.report import build_report
+from sharpe_rl.classify import classify_spec_json
 from sharpe_rl.holdout import report_frame
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-run"

@@ -20,7 +20,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from sharpe_rl.analysis.classify import classify
+from sharpe_rl.classify import classify
 from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig
 from sharpe_rl.data.clock import Clock
 from sharpe_rl.experience import Experience

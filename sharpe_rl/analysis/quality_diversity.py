@@ -11,8 +11,8 @@ from collections import Counter
 
 import polars as pl
 
-from sharpe_rl.analysis.classify import FEATURE_BLOCKS, GRID_CELLS, MODEL_LABELS
 from sharpe_rl.archive import EliteArchive, frame_candidates
+from sharpe_rl.grid import FEATURE_BLOCKS, GRID_CELLS, MODEL_LABELS
 
 _BY_CYCLE_SCHEMA = {
     "cycle": pl.Int64,

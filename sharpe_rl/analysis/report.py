@@ -21,12 +21,12 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from sharpe_rl.analysis.classify import FEATURE_BLOCKS, GRID_CELLS
 from sharpe_rl.analysis.plots import write_plots
 from sharpe_rl.analysis.quality_diversity import grid_table
 from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
 from sharpe_rl.data.atomic import staged_files
 from sharpe_rl.facts import RunFacts, load_comparison, load_facts
+from sharpe_rl.grid import FEATURE_BLOCKS, GRID_CELLS
 
 MISSING = "—"
 

@@ -35,8 +35,9 @@ from typing import Any
 
 import polars as pl
 
-from sharpe_rl.analysis.classify import FEATURE_BLOCKS, classify_spec_json
 from sharpe_rl.analysis.quality_diversity import archive_by_cycle, elite_grid
+from sharpe_rl.classify import classify_spec_json
+from sharpe_rl.grid import FEATURE_BLOCKS
 from sharpe_rl.sandbox.contract import ErrorClass
 
 REQUIRED_COLUMNS = ("run", "cycle", "index", "spec_json", "error_class", "reward", "code_hash")

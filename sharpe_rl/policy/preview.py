@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sharpe_rl.analysis.classify import classify
 from sharpe_rl.checks import check_completion
+from sharpe_rl.classify import classify
 from sharpe_rl.policy.generation import Generation
 from sharpe_rl.spec import SpecError, parse_spec
 
