@@ -7,7 +7,7 @@ so this module never samples. `PPOTrainer.update` reads top to bottom, one funct
 2. `rollout_scores`     no-grad pass: old log-probs, reference log-probs (adapters off), old values, entropies
 3. `token_rewards`      -kl_coef * (old - ref) on every token, the terminal reward on the last one;
                         `sequence_kl` the KL to the reference the stats and the controller use
-4. `gae` / `group_advantages`, then `whiten`
+4. `advantages_and_returns`  `gae` (with the critic) or `group_advantages` (without), then `whiten`
 5. `ppo_losses`         clipped surrogate, clipped value loss, entropy bonus (per minibatch, epochs;
                         the update stops early once a step measures approx_kl above max_approx_kl)
 6. `AdaptiveKLController.update`  move kl_coef towards target_kl
@@ -187,33 +187,12 @@ class PPOTrainer:
         mask = batch.completion_mask
 
         old_logprobs, ref_logprobs, old_values, old_entropy = rollout_scores(policy, batch, cfg.minibatch_size)
-        logprob_gap = masked_mean((batch.generation_logprobs - old_logprobs).abs(), mask).item()
-        if logprob_gap > cfg.logprob_tolerance:
-            log.warning(
-                "generation log-probs differ from a forward pass of the same policy by %.2e per token "
-                "(tolerance %.0e): the samples were not drawn from the policy being trained, so this "
-                "update is off-policy. Sample with temperature 1, top_p 1, top_k 0, no logits "
-                "processors and the training dtype, or raise ppo.logprob_tolerance to accept it.",
-                logprob_gap,
-                cfg.logprob_tolerance,
-            )
+        logprob_gap = logprob_gap_of(batch, old_logprobs, cfg.logprob_tolerance)
         kl_per_token = torch.where(mask, old_logprobs - ref_logprobs, 0.0)  # k1: the reward penalty
         kl = sequence_kl(old_logprobs, ref_logprobs, mask).mean().item()  # k3: the stat and the controller
         kl_coef = self.kl_controller.value
-
-        if cfg.advantage == "gae":
-            rewards = token_rewards(kl_per_token, batch.rewards, mask, kl_coef)
-            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
-            if cfg.whiten_advantages:
-                advantages = whiten(advantages, mask, shift_mean=True)
-            critic_fit = explained_variance(old_values, returns, mask)
-        else:
-            sequence_rewards = batch.rewards - kl_coef * kl_per_token.sum(1)
-            sequence_advantages = group_advantages(sequence_rewards, group_ids(experiences).to(policy.device))
-            if cfg.whiten_advantages:
-                sequence_advantages = whiten(sequence_advantages, torch.ones_like(mask[:, 0]), shift_mean=False)
-            advantages = torch.where(mask, sequence_advantages[:, None], 0.0)
-            returns, critic_fit = None, None
+        groups = group_ids(experiences).to(policy.device)
+        advantages, returns = advantages_and_returns(batch, kl_per_token, kl_coef, old_values, groups, cfg)
 
         step_stats: list[dict[str, float]] = []
         for _ in range(cfg.epochs):
@@ -245,7 +224,7 @@ class PPOTrainer:
             clip_fraction=mean["clip_fraction"],
             grad_norm=mean["grad_norm"],
             kl_coef=kl_coef,
-            explained_variance=critic_fit,
+            explained_variance=None if returns is None else explained_variance(old_values, returns, mask),
             logprob_gap=logprob_gap,
             steps=len(step_stats),
         )
@@ -317,9 +296,9 @@ def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.
     )
 
 
-def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token under fp32 logits `[..., vocab]`."""
-    return logits.log_softmax(-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+def token_logprobs(log_probs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token, picked from the normalised fp32 log-probs `[..., vocab]` of its position."""
+    return log_probs.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()
@@ -335,12 +314,13 @@ def rollout_scores(
         chunk = batch.select(rows)
         width = chunk.completion_ids.shape[1]
         logits, values = policy.completion_outputs(chunk.input_ids, chunk.attention_mask, chunk.logit_positions)
-        old_logprobs[rows, :width] = token_logprobs(logits, chunk.completion_ids)
+        log_probs = logits.log_softmax(-1)
+        old_logprobs[rows, :width] = token_logprobs(log_probs, chunk.completion_ids)
         old_values[rows, :width] = values
-        old_entropy[rows, :width] = token_entropy(logits.log_softmax(-1))
+        old_entropy[rows, :width] = token_entropy(log_probs)
         with policy.reference():
             ref_logits, _ = policy.completion_outputs(chunk.input_ids, chunk.attention_mask, chunk.logit_positions)
-        ref_logprobs[rows, :width] = token_logprobs(ref_logits, chunk.completion_ids)
+        ref_logprobs[rows, :width] = token_logprobs(ref_logits.log_softmax(-1), chunk.completion_ids)
     mask = batch.completion_mask
     return (
         torch.where(mask, old_logprobs, 0.0),
@@ -348,6 +328,21 @@ def rollout_scores(
         torch.where(mask, old_values, 0.0),
         torch.where(mask, old_entropy, 0.0),
     )
+
+
+def logprob_gap_of(batch: Batch, old_logprobs: torch.Tensor, tolerance: float) -> float:
+    """Mean |generation log-prob - recomputed log-prob| per token; warns when it says the batch is off-policy."""
+    gap = masked_mean((batch.generation_logprobs - old_logprobs).abs(), batch.completion_mask).item()
+    if gap > tolerance:
+        log.warning(
+            "generation log-probs differ from a forward pass of the same policy by %.2e per token "
+            "(tolerance %.0e): the samples were not drawn from the policy being trained, so this "
+            "update is off-policy. Sample with temperature 1, top_p 1, top_k 0, no logits "
+            "processors and the training dtype, or raise ppo.logprob_tolerance to accept it.",
+            gap,
+            tolerance,
+        )
+    return gap
 
 
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -390,6 +385,33 @@ def gae(
     return advantages, torch.where(mask, advantages + values, 0.0)
 
 
+def advantages_and_returns(
+    batch: Batch,
+    kl_per_token: torch.Tensor,
+    kl_coef: float,
+    old_values: torch.Tensor,
+    groups: torch.Tensor,
+    cfg: PPOConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token advantages `[B, C]`, and the value targets (None without a critic), for `cfg.advantage`.
+
+    "gae": the KL penalty on every token and the reward on the last, through the critic's values.
+    "group": one advantage per completion, its KL-penalised reward minus the mean of the others of its
+    prompt group, spread over its tokens.
+    """
+    mask = batch.completion_mask
+    if cfg.advantage == "gae":
+        rewards = token_rewards(kl_per_token, batch.rewards, mask, kl_coef)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask, shift_mean=True)
+        return advantages, returns
+    sequence_advantages = group_advantages(batch.rewards - kl_coef * kl_per_token.sum(1), groups)
+    if cfg.whiten_advantages:
+        sequence_advantages = whiten(sequence_advantages, torch.ones_like(mask[:, 0]), shift_mean=False)
+    return torch.where(mask, sequence_advantages[:, None], 0.0), None
+
+
 def group_ids(experiences: Sequence[Experience]) -> torch.Tensor:
     """Index of each experience's prompt group (same prompt token ids = same group)."""
     groups: dict[tuple[int, ...], int] = {}
@@ -425,11 +447,9 @@ def ppo_losses(
 ) -> dict[str, torch.Tensor]:
     """Clipped surrogate, clipped value loss and entropy of one minibatch, with the stats computed beside them."""
     log_probs = logits.log_softmax(-1)
-    new_logprobs = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    log_ratio = torch.where(mask, new_logprobs - old_logprobs, 0.0)
+    log_ratio = torch.where(mask, token_logprobs(log_probs, completion_ids) - old_logprobs, 0.0)
     ratio = log_ratio.exp()
-    clip_high = cfg.clip_coef if cfg.clip_coef_high is None else cfg.clip_coef_high
-    policy_loss = clipped_surrogate_loss(ratio, advantages, mask, cfg.clip_coef, clip_high)
+    policy_loss = clipped_surrogate_loss(ratio, advantages, mask, cfg.clip_coef, cfg.clip_coef_high)
     entropy = masked_mean(token_entropy(log_probs), mask)
     if returns is None:
         value_loss = torch.zeros((), device=logits.device)
@@ -437,7 +457,8 @@ def ppo_losses(
         value_loss = clipped_value_loss(values, old_values, returns, mask, cfg.vf_clip)
     with torch.no_grad():
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-        clip_fraction = masked_mean(((ratio < 1 - cfg.clip_coef) | (ratio > 1 + clip_high)).float(), mask)
+        lower, upper = ratio_bounds(cfg.clip_coef, cfg.clip_coef_high)
+        clip_fraction = masked_mean(((ratio < lower) | (ratio > upper)).float(), mask)
     return {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
@@ -458,10 +479,14 @@ def clipped_surrogate_loss(
 
     `clip_coef_high` None is the symmetric range (c_high = c).
     """
-    high = clip_coef if clip_coef_high is None else clip_coef_high
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_coef, 1 + high)
+    clipped = -advantages * ratio.clamp(*ratio_bounds(clip_coef, clip_coef_high))
     return masked_mean(torch.max(unclipped, clipped), mask)
+
+
+def ratio_bounds(clip_coef: float, clip_coef_high: float | None) -> tuple[float, float]:
+    """The range PPO keeps the probability ratio in: [1 - c, 1 + c_high], with c_high = c unless given."""
+    return 1 - clip_coef, 1 + (clip_coef if clip_coef_high is None else clip_coef_high)
 
 
 def clipped_value_loss(
