@@ -78,7 +78,7 @@ def run_and_evaluate(config: RunConfig, n: int) -> dict[str, Any]:
     """The run to its last cycle (resumed if interrupted), then its evaluate-policy comparison (reused if stored)."""
     from flows.evaluate_policy import evaluate_policy
     from flows.rl_run import rl_run
-    from sharpe_rl.evaluate_policy import load_comparison
+    from sharpe_rl.facts import load_comparison
     from sharpe_rl.policy.checkpoint import Checkpoints
 
     assert config.name is not None

@@ -47,7 +47,7 @@ def measure(batch: int, cycles: int, args: argparse.Namespace, scratch: Path) ->
         policy=PolicyConfig(model=str(args.policy)),
     )
     run = steps.start(config)
-    run_cycle = cycle.with_options(task_runner=task_runner(config))
+    run_cycle = cycle.with_options(task_runner=task_runner(config.task_runner, config.sandbox.workers))
     policy, walls = run.policy, []
     for index in range(cycles):
         started = time.perf_counter()

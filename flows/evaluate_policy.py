@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
+from flows.task_runners import task_runner
+from sharpe_rl.config import TaskRunnerConfig
 from sharpe_rl.evaluate_policy import EVALUATION_SEED, MIN_SAMPLES, ComparisonPlan
 from tasks.evaluate_policy import compare_and_save, plan_comparison, sample_policy
 from tasks.execute import execute_experiment, execute_holdout
@@ -15,13 +16,22 @@ from tasks.execute import execute_experiment, execute_holdout
 
 @flow(name="evaluate_policy", flow_run_name="evaluate {run}")
 def evaluate_policy(
-    run: str, n: int = MIN_SAMPLES, seed: int = EVALUATION_SEED, runs_dir: Path = Path("runs")
+    run: str,
+    n: int = MIN_SAMPLES,
+    seed: int = EVALUATION_SEED,
+    runs_dir: Path = Path("runs"),
+    dask_address: str | None = None,
 ) -> list[dict]:
-    """Compare `n` completions of the base policy and of `run`'s latest checkpoint on the reward window and holdout."""
+    """Compare `n` completions of the base policy and of `run`'s latest checkpoint on the reward window and holdout.
+
+    The executions run where the run's ran (its threads or its Dask cluster), or on the Dask cluster at
+    `dask_address` when one is given.
+    """
     plan = plan_comparison(runs_dir, run, n, seed)
     completions = sample_policy(plan, "base") + sample_policy(plan, "final")
-    workers = ThreadPoolTaskRunner(max_workers=plan.evaluation.sandbox.workers)
-    outcomes, holdouts = execute_samples.with_options(task_runner=workers)(plan, completions)
+    where = TaskRunnerConfig(kind="dask", dask_address=dask_address) if dask_address else plan.task_runner
+    runner = task_runner(where, plan.evaluation.sandbox.workers)
+    outcomes, holdouts = execute_samples.with_options(task_runner=runner)(plan, completions)
     return compare_and_save(plan, completions, outcomes, holdouts)
 
 

@@ -16,8 +16,8 @@ from tasks.run import carry_over, finish_run, run_name_for_flow_run, start_run
 def rl_run(config: RunConfig = RunConfig()) -> str:  # noqa: B008 - a pydantic default renders the UI form
     """Start (or resume) the run named in `config`, run its unfinished cycles, publish the post-mortem."""
     run = start_run(config)
-    run_cycle = cycle.with_options(task_runner=task_runner(config))
-    score_holdout = holdout.with_options(task_runner=task_runner(config))
+    run_cycle = cycle.with_options(task_runner=task_runner(config.task_runner, config.sandbox.workers))
+    score_holdout = holdout.with_options(task_runner=task_runner(config.task_runner, config.sandbox.workers))
     policy = run.policy
     try:
         for index in run.pending_cycles:

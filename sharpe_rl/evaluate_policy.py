@@ -48,10 +48,10 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.classify import classify
-from sharpe_rl.config import RunConfig
+from sharpe_rl.config import RunConfig, TaskRunnerConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation, metric_numbers
-from sharpe_rl.facts import comparison_path, load_comparison  # noqa: F401 - where a comparison is kept
+from sharpe_rl.facts import comparison_path
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.prompts import run_prompt
@@ -88,6 +88,7 @@ class ComparisonPlan(BaseModel):
     seed: int
     prompt: str
     evaluation: EvaluationRef
+    task_runner: TaskRunnerConfig  # where the executions run: the run's own setting
     base: PolicyRef
     final: PolicyRef
 
@@ -117,6 +118,7 @@ def plan_comparison(runs_dir: Path, run: str, n: int = MIN_SAMPLES, seed: int = 
         seed=seed,
         prompt=prompt,
         evaluation=evaluation,
+        task_runner=config.task_runner,
         base=base,
         final=base.after(last),
     )

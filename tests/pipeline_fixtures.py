@@ -79,7 +79,7 @@ def run_cycles(config: RunConfig, cycles: range | list[int] = range(1)) -> RunRe
     from flows.task_runners import task_runner
 
     run = run_steps.start(config)
-    run_cycle = cycle.with_options(task_runner=task_runner(config))
+    run_cycle = cycle.with_options(task_runner=task_runner(config.task_runner, config.sandbox.workers))
     policy = run.policy
     for index in cycles:
         policy = run_cycle(run, policy, index)

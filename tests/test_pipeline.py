@@ -157,6 +157,7 @@ def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_bas
 def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(reference_run, tmp_path, monkeypatch):
     import sharpe_rl.evaluate_policy as comparison
     from flows.evaluate_policy import evaluate_policy
+    from sharpe_rl.facts import load_comparison
 
     runs = tmp_path / "runs"
     shutil.copytree(reference_run.runs_dir, runs)
@@ -174,7 +175,7 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
         for statistic in ("mean_sharpe", "best_of_16_dsr"):
             row = rows[(window, statistic)]
             assert row["low"] <= row["difference"] <= row["high"], (window, statistic)
-    stored = comparison.load_comparison(runs, "e2e")
+    stored = load_comparison(runs, "e2e")
     assert stored["checkpoint_cycle"] == 3 and stored["n"] == 64 and len(stored["comparison"]) == 8
     samples = pl.read_parquet(runs / "evaluations" / "e2e.parquet")
     assert samples.height == 128 and samples.filter(pl.col("status") == "json_parse").height == 16

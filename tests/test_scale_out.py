@@ -24,10 +24,11 @@ from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
 from service_fixtures import DaskCluster
 
 from sharpe_rl.buffer import ReplayBuffer
-from sharpe_rl.config import TaskRunnerConfig
+from sharpe_rl.config import RunConfig, TaskRunnerConfig
 from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.sandbox.docker_executor import RUN_LABEL, reap_containers
+from sharpe_rl.steps import run_config_path
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image", "prefect_server")]
 
@@ -92,6 +93,29 @@ def test_a_run_on_a_two_worker_dask_cluster_reproduces_the_default_runner_exactl
             since=started, until=int(time.time()) + 1, decode=True, filters={"event": "start", "label": RUN_LABEL}
         )
         assert any(event.get("Actor", {}).get("Attributes", {}).get(RUN_LABEL) == "e2e" for event in events), host
+
+
+def test_evaluate_policy_executes_where_its_run_executed(reference_run, dask_cluster, tmp_path, monkeypatch):
+    """The run's task runner is Dask, so evaluate-policy's executions go to the cluster: this process cannot
+    reach a Docker engine meanwhile, and the comparison is whole all the same."""
+    import sharpe_rl.evaluate_policy as comparison
+    from flows.evaluate_policy import evaluate_policy
+
+    runs = tmp_path / "runs"
+    shutil.copytree(reference_run.runs_dir, runs)
+    saved = run_config_path(runs, "e2e")
+    config = RunConfig.model_validate_json(saved.read_text())
+    saved.write_text(config.model_copy(update=on_dask(dask_cluster.address)).model_dump_json())
+    honest = spec_completion("logistic", HONEST_FEATURES, LOGISTIC)
+    forest = spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"])
+    written = {"base": [honest] * 48 + ["I would try LightGBM."] * 16, "final": [honest] * 56 + [forest] * 8}
+    monkeypatch.setattr(comparison, "sample", lambda plan, which: written[which])
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine-here.sock")
+
+    rows = {(r["window"], r["statistic"]): r for r in evaluate_policy("e2e", n=64, runs_dir=runs)}
+    for window in ("reward", "holdout"):
+        share = rows[(window, "run_share")]
+        assert (share["base"], share["final"]) == (0.75, 1.0)
 
 
 def announced(name: str, features: str) -> str:
