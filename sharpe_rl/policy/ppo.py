@@ -91,7 +91,7 @@ class PPOStats:
 
 
 @dataclass(frozen=True)
-class Batch:
+class TokenBatch:
     """Experiences as tensors: prompt+completion rows right-padded, completions left-aligned."""
 
     input_ids: torch.Tensor  # [B, L] prompt + completion, then pad_token_id
@@ -107,10 +107,10 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, rows: torch.Tensor) -> Batch:
+    def select(self, rows: torch.Tensor) -> TokenBatch:
         """These rows, with padding trimmed to their own longest sequence."""
         length, completion_length = int(self.lengths[rows].max()), int(self.completion_lengths[rows].max())
-        return Batch(
+        return TokenBatch(
             input_ids=self.input_ids[rows, :length],
             attention_mask=self.attention_mask[rows, :length],
             logit_positions=self.logit_positions[rows, :completion_length],
@@ -231,7 +231,7 @@ class PPOTrainer:
 
     def _minibatch_step(
         self,
-        minibatch: Batch,
+        minibatch: TokenBatch,
         old_logprobs: torch.Tensor,
         old_values: torch.Tensor,
         advantages: torch.Tensor,
@@ -263,7 +263,7 @@ class PPOTrainer:
 # -- phases ---------------------------------------------------------------------------------
 
 
-def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.device) -> Batch:
+def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.device) -> TokenBatch:
     """Right-pad prompt+completion rows; completion-aligned tensors start at the first completion token."""
     lengths = [len(e.prompt_token_ids) + len(e.completion_token_ids) for e in experiences]
     completion_lengths = [len(e.completion_token_ids) for e in experiences]
@@ -283,7 +283,7 @@ def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.
         logit_positions[row] = (prompt_length - 1 + torch.arange(completion_length)).clamp(max=lengths[row] - 1)
     completion_lengths_t = torch.tensor(completion_lengths)
     completion_mask = torch.arange(completion_length)[None, :] < completion_lengths_t[:, None]
-    return Batch(
+    return TokenBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         logit_positions=logit_positions.to(device),
@@ -303,7 +303,7 @@ def token_logprobs(log_probs: torch.Tensor, token_ids: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def rollout_scores(
-    policy: Policy, batch: Batch, chunk_size: int
+    policy: Policy, batch: TokenBatch, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Old log-probs, values and entropies from the policy, reference log-probs with its adapters off; `[B, C]` each."""
     old_logprobs = torch.zeros_like(batch.generation_logprobs)
@@ -330,7 +330,7 @@ def rollout_scores(
     )
 
 
-def logprob_gap_of(batch: Batch, old_logprobs: torch.Tensor, tolerance: float) -> float:
+def logprob_gap_of(batch: TokenBatch, old_logprobs: torch.Tensor, tolerance: float) -> float:
     """Mean |generation log-prob - recomputed log-prob| per token; warns when it says the batch is off-policy."""
     gap = masked_mean((batch.generation_logprobs - old_logprobs).abs(), batch.completion_mask).item()
     if gap > tolerance:
@@ -386,7 +386,7 @@ def gae(
 
 
 def advantages_and_returns(
-    batch: Batch,
+    batch: TokenBatch,
     kl_per_token: torch.Tensor,
     kl_coef: float,
     old_values: torch.Tensor,

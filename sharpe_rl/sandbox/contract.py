@@ -102,6 +102,16 @@ WORKER_ERRORS = (
 )
 
 
+class ExperimentFailed(Exception):
+    """The experiment failed, with its error class, message and (its own) traceback: raised by the worker's
+    checks of what the generated code returns, and by the harness for what the worker reports."""
+
+    def __init__(self, error_class: ErrorClass, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.traceback = traceback
+
+
 def classify_exception(exc: BaseException) -> ErrorClass:
     """Map an exception raised by generated code to its error class."""
     if isinstance(exc, KeyError):

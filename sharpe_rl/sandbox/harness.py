@@ -50,22 +50,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import protocol
-from contract import BAD_TASK_EXIT, IDLE_SECONDS, RESULT_MARKER, TASK_MAGIC, WORKER_ERRORS, ErrorClass
+from contract import (
+    BAD_TASK_EXIT,
+    IDLE_SECONDS,
+    RESULT_MARKER,
+    TASK_MAGIC,
+    WORKER_ERRORS,
+    ErrorClass,
+    ExperimentFailed,
+)
 
 WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 PR_SET_DUMPABLE = 4
 TIMING_KEYS = ("load", "fit", "predict", "total")
 #: Seconds to wait for a worker that closed its pipe to finish exiting before it is killed.
 EXIT_GRACE_SECONDS = 1.0
-
-
-class ExperimentFailed(Exception):
-    """The experiment failed; its error class, message and (its own) traceback."""
-
-    def __init__(self, error_class: ErrorClass, message: str, traceback: str = "") -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.traceback = traceback
 
 
 class WorkerDied(ExperimentFailed):

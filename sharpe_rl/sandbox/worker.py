@@ -43,19 +43,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import protocol
-from contract import FEATURE_INDEX, OHLCV_COLUMNS, P_UP_COLUMN, WORKER_ERRORS, ErrorClass, classify_exception
+from contract import (
+    FEATURE_INDEX,
+    OHLCV_COLUMNS,
+    P_UP_COLUMN,
+    WORKER_ERRORS,
+    ErrorClass,
+    ExperimentFailed,
+    classify_exception,
+)
 
 #: Modules to import before the task arrives (comma-separated), so a waiting sandbox is warm.
 PRELOAD_ENV = "SHARPE_RL_PRELOAD"
 TRACEBACK_FRAMES = 8
-
-
-class ExperimentFailed(Exception):
-    """A failure this side detected in the generated code's output, with its error class."""
-
-    def __init__(self, error_class: ErrorClass, message: str) -> None:
-        super().__init__(message)
-        self.error_class = error_class
 
 
 class Bars:
