@@ -20,10 +20,10 @@ from sharpe_rl.evaluate_policy import (
     compare,
     comparison_path,
     entropy_bits,
-    load_comparison,
     plan_comparison,
     window_statistics,
 )
+from sharpe_rl.facts import load_comparison
 from sharpe_rl.reset import reset_runs
 from sharpe_rl.scoring import deflated_sharpe_ratio
 
