@@ -56,6 +56,11 @@ class EvalConfig(_Settings):
         description="History make_features gets at each decision, up to it (default: 256 bars or 30 days, "
         "whichever is longer).",
     )
+    fit_on: Literal["decisions", "bars"] = Field(
+        "decisions",
+        description="Rows a model is fitted on: the bars at past decision times (labelled as they are traded) or "
+        "every bar (more rows, overlapping labels; fits several times slower on intraday bars).",
+    )
     timing_only: bool = Field(
         True,
         description="Pay timing, not static tilts: each symbol's average weight over a fold is taken out of its "

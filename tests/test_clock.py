@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sharpe_rl.config import EvalConfig
-from sharpe_rl.data.clock import Clock, decision_mask, describe_duration, parse_duration
+from sharpe_rl.data.clock import Clock, decision_mask, describe_duration, parse_duration, training_times
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -72,6 +72,13 @@ def test_a_cadence_in_bars_counts_from_the_first_scored_bar():
     mask = decision_mask(times, 3, Clock.of(EvalConfig(decide_every=5), DAY))
     assert np.flatnonzero(mask).tolist() == [3, 8, 13, 18]
     assert not decision_mask(times, 3, Clock.of(EvalConfig(), 4 * HOUR))[:3].any()  # nothing before the first
+
+
+def test_models_are_fitted_on_the_bars_that_close_the_day_up_to_the_training_end_unless_told_every_bar():
+    times = timeline(6 * 5, 4 * HOUR)
+    fitted = training_times(times, int(times[20]), Clock.of(EvalConfig(), 4 * HOUR))
+    assert [datetime.fromtimestamp(t / 1e9, UTC).hour for t in fitted] == [20] * 3  # days 1-3; day 4 ends after
+    assert training_times(times, int(times[20]), Clock.of(EvalConfig(fit_on="bars"), 4 * HOUR)) is None
 
 
 @pytest.mark.parametrize(("duration", "words"), [(DAY, "1 day"), (4 * HOUR, "4 hours"), (43 * DAY, "43 days")])

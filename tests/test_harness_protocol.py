@@ -124,6 +124,16 @@ def test_labels_reach_only_training_rows_whose_horizon_ends_before_the_test(tmp_
         assert labelled.max() + horizon * day + day <= wire["test_start"]
 
 
+@pytest.mark.parametrize("fit_on", ["decisions", "bars"])
+def test_models_are_fitted_on_the_rows_at_decision_times_or_on_every_bar(tmp_path, fit_on):
+    job, worker, _ = run(EvalConfig(decide_every=5, fit_on=fit_on), tmp_path)
+    timeline = np.unique(job.view.timestamps)
+    for labels in worker.fits:
+        labelled = np.unique(worker.timestamps[: len(labels)][~np.isnan(labels)])
+        on_the_clock = np.isin(labelled, timeline[::5])  # the rule's bars from the first on: every 5th
+        assert on_the_clock.all() if fit_on == "decisions" else on_the_clock.mean() < 0.3
+
+
 def test_only_decisions_are_asked_and_the_rest_are_nan(tmp_path):
     job, worker, p_up = run(EvalConfig(decide_every=5), tmp_path)
     rows = job.view.test_rows(job.folds)

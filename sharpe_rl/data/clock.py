@@ -16,7 +16,9 @@ the close that long after the decision, against the close at it), `embargo` and 
 
 `decision_mask` is the one place that says which bars are decisions: the host sends those times
 to the sandbox with each task, and scoring holds positions from one to the next, so the two can
-never drift apart.
+never drift apart. By default (`EvalConfig.fit_on`) a model is also fitted on the bars at decision
+times only (`training_times`): labelled as they are traded, without the overlapping labels of every
+4-hour bar of a day, and with an intraday panel's fit several times faster.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Clock:
     lookback: timedelta
     every: timedelta | None  # decisions at the last bar of each period this long ...
     every_bars: int | None  # ... or every this many bars from the first bar scored
+    fit_at_decisions: bool = True  # models are fitted on the bars at decision times (else on every bar)
 
     @classmethod
     def of(cls, cfg: EvalConfig, interval: timedelta) -> Clock:
@@ -79,6 +82,7 @@ class Clock:
             lookback=_duration(cfg.lookback, interval) if cfg.lookback is not None else _default_lookback(interval),
             every=every,
             every_bars=every_bars,
+            fit_at_decisions=cfg.fit_on == "decisions",
         )
 
     def describe(self) -> str:
@@ -92,7 +96,8 @@ class Clock:
             cadence = f"a decision every {self.every_bars} bars ({describe_duration(self.every_bars * self.interval)})"
         return (
             f"{cadence}; label over {describe_duration(self.horizon)}; "
-            f"{describe_duration(self.lookback)} of history per decision"
+            f"{describe_duration(self.lookback)} of history per decision; "
+            f"models fitted on {'the bars at decisions' if self.fit_at_decisions else 'every bar'}"
         )
 
 
@@ -139,6 +144,15 @@ def _duration(value: int | str, interval: timedelta) -> timedelta:
 
 def _ns(duration: timedelta) -> int:
     return duration // timedelta(microseconds=1) * 1000
+
+
+def training_times(timeline_ns: np.ndarray, until_ns: int, clock: Clock) -> np.ndarray | None:
+    """The bars (int64 ns, up to `until_ns`) a model is fitted on: those the decision rule names from the first bar
+    of the timeline on, so a model learns from rows like the ones it is asked about; None: every bar."""
+    if not clock.fit_at_decisions:
+        return None
+    fitted = timeline_ns[decision_mask(timeline_ns, 0, clock)]  # on the whole timeline: a period cut short is none
+    return fitted[fitted <= until_ns]
 
 
 def decision_times(timeline_ns: np.ndarray, folds: list[dict[str, int]], clock: Clock) -> np.ndarray:

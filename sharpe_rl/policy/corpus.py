@@ -13,9 +13,12 @@ The features follow the panel contract: `make_features(df)` gets every symbol's 
 indexed by (timestamp, symbol) and sorted by timestamp then symbol, and returns one row per
 (timestamp, symbol). Its body always starts with `g = df.groupby(level='symbol')`:
 - per-symbol snippets read each symbol's own bars only: `g['close'].pct_change(5)` and
-  `g['close'].shift(1)` on the groupby, windows through `g['close'].transform(lambda s: ...)` (or
-  `x.groupby(level='symbol').transform(...)` for a series `x` computed row by row), row-wise
-  expressions such as `(df['high'] - df['low']) / df['close']` without grouping;
+  `g['close'].shift(1)` on the groupby, windows through the groupby's own windows,
+  `g['close'].rolling(20).mean().droplevel(0)` (or `x.groupby(level='symbol').rolling(...)` for a
+  series `x` computed row by row), row-wise expressions such as `(df['high'] - df['low']) /
+  df['close']` without grouping. Not `transform(lambda s: ...)`: it calls Python once per symbol
+  at every decision, and on the 20-symbol 4h panel a feature set written with it took 30 ms a call
+  against 8 ms with the groupby's windows (the same values);
 - cross-sectional snippets compare the symbols at the same time: a per-symbol value, then
   `.groupby(level='timestamp').rank(pct=True)` or `.transform('mean')` (momentum, volatility and
   volume ranks, the return against the cross-sectional mean, breadth).
@@ -86,19 +89,20 @@ def _returns(rng: random.Random) -> list[str]:
 
 def _log_returns(rng: random.Random) -> list[str]:
     k = rng.choice([1, 3, 7, 14])
-    return [f"out['logret_{k}'] = g['close'].transform(lambda s: np.log(s).diff({k}))"]
+    return [f"out['logret_{k}'] = np.log(df['close']).groupby(level='symbol').diff({k})"]
 
 
 def _volatility(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 30, 60])
-    return [f"out['vol_{w}'] = g['close'].transform(lambda s: s.pct_change().rolling({w}).std())"]
+    return [f"out['vol_{w}'] = g['close'].pct_change().groupby(level='symbol').rolling({w}).std().droplevel(0)"]
 
 
 def _rsi(rng: random.Random) -> list[str]:
     w = rng.choice([7, 14, 21])
     return [
-        f"gain = g['close'].transform(lambda s: s.diff().clip(lower=0).rolling({w}).mean())",
-        f"loss = g['close'].transform(lambda s: (-s.diff().clip(upper=0)).rolling({w}).mean())",
+        "delta = g['close'].diff()",
+        f"gain = delta.clip(lower=0).groupby(level='symbol').rolling({w}).mean().droplevel(0)",
+        f"loss = (-delta.clip(upper=0)).groupby(level='symbol').rolling({w}).mean().droplevel(0)",
         f"out['rsi_{w}'] = 100 - 100 / (1 + gain / (loss + 1e-12))",
     ]
 
@@ -106,24 +110,23 @@ def _rsi(rng: random.Random) -> list[str]:
 def _zscore(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 50])
     return [
-        f"rolling_mean = g['close'].transform(lambda s: s.rolling({w}).mean())",
-        f"rolling_std = g['close'].transform(lambda s: s.rolling({w}).std())",
+        f"rolling_mean = g['close'].rolling({w}).mean().droplevel(0)",
+        f"rolling_std = g['close'].rolling({w}).std().droplevel(0)",
         f"out['zscore_{w}'] = (df['close'] - rolling_mean) / (rolling_std + 1e-12)",
     ]
 
 
 def _volume_ratio(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 50])
-    return [
-        f"out['volume_ratio_{w}'] = df['volume'] / (g['volume'].transform(lambda s: s.rolling({w}).mean()) + 1e-12)"
-    ]
+    return [f"out['volume_ratio_{w}'] = df['volume'] / (g['volume'].rolling({w}).mean().droplevel(0) + 1e-12)"]
 
 
 def _volume_zscore(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 50])
     return [
-        f"log_volume_mean = g['volume'].transform(lambda s: np.log1p(s).rolling({w}).mean())",
-        f"log_volume_std = g['volume'].transform(lambda s: np.log1p(s).rolling({w}).std())",
+        "log_volume = np.log1p(df['volume'])",
+        f"log_volume_mean = log_volume.groupby(level='symbol').rolling({w}).mean().droplevel(0)",
+        f"log_volume_std = log_volume.groupby(level='symbol').rolling({w}).std().droplevel(0)",
         f"out['volume_z_{w}'] = (np.log1p(df['volume']) - log_volume_mean) / (log_volume_std + 1e-12)",
     ]
 
@@ -131,14 +134,14 @@ def _volume_zscore(rng: random.Random) -> list[str]:
 def _ma_ratio(rng: random.Random) -> list[str]:
     fast, slow = rng.choice([(3, 10), (5, 20), (10, 50), (20, 100)])
     return [
-        f"out['ma_ratio_{fast}_{slow}'] = g['close'].transform(lambda s: s.rolling({fast}).mean() "
-        f"/ s.rolling({slow}).mean() - 1)"
+        f"out['ma_ratio_{fast}_{slow}'] = g['close'].rolling({fast}).mean().droplevel(0) "
+        f"/ g['close'].rolling({slow}).mean().droplevel(0) - 1"
     ]
 
 
 def _ema_gap(rng: random.Random) -> list[str]:
     span = rng.choice([8, 12, 26, 50])
-    ema = f"g['close'].transform(lambda s: s.ewm(span={span}, adjust=False).mean())"
+    ema = f"g['close'].ewm(span={span}, adjust=False).mean().droplevel(0)"
     return [f"out['ema_gap_{span}'] = df['close'] / {ema} - 1"]
 
 
@@ -148,7 +151,7 @@ def _range(rng: random.Random) -> list[str]:
         return ["out['range'] = (df['high'] - df['low']) / df['close']"]
     return [
         "bar_range = (df['high'] - df['low']) / df['close']",
-        f"out['range_{w}'] = bar_range.groupby(level='symbol').transform(lambda s: s.rolling({w}).mean())",
+        f"out['range_{w}'] = bar_range.groupby(level='symbol').rolling({w}).mean().droplevel(0)",
     ]
 
 
@@ -162,7 +165,7 @@ def _gap(rng: random.Random) -> list[str]:
 
 def _drawdown(rng: random.Random) -> list[str]:
     w = rng.choice([20, 50, 100])
-    return [f"out['drawdown_{w}'] = g['close'].transform(lambda s: s / s.rolling({w}).max() - 1)"]
+    return [f"out['drawdown_{w}'] = df['close'] / g['close'].rolling({w}).max().droplevel(0) - 1"]
 
 
 def _atr(rng: random.Random) -> list[str]:
@@ -171,22 +174,22 @@ def _atr(rng: random.Random) -> list[str]:
         "prev_close = g['close'].shift(1)",
         "true_range = pd.concat([df['high'] - df['low'], (df['high'] - prev_close).abs(), "
         "(df['low'] - prev_close).abs()], axis=1).max(axis=1)",
-        f"out['atr_{w}'] = true_range.groupby(level='symbol').transform(lambda s: s.rolling({w}).mean()) / df['close']",
+        f"out['atr_{w}'] = true_range.groupby(level='symbol').rolling({w}).mean().droplevel(0) / df['close']",
     ]
 
 
 def _stochastic(rng: random.Random) -> list[str]:
     w = rng.choice([9, 14, 30])
     return [
-        f"lowest = g['low'].transform(lambda s: s.rolling({w}).min())",
-        f"highest = g['high'].transform(lambda s: s.rolling({w}).max())",
+        f"lowest = g['low'].rolling({w}).min().droplevel(0)",
+        f"highest = g['high'].rolling({w}).max().droplevel(0)",
         f"out['stoch_{w}'] = (df['close'] - lowest) / (highest - lowest + 1e-12)",
     ]
 
 
 def _skew(rng: random.Random) -> list[str]:
     w = rng.choice([20, 30, 60])
-    return [f"out['skew_{w}'] = g['close'].transform(lambda s: s.pct_change().rolling({w}).skew())"]
+    return [f"out['skew_{w}'] = g['close'].pct_change().groupby(level='symbol').rolling({w}).skew().droplevel(0)"]
 
 
 def _parkinson(rng: random.Random) -> list[str]:
@@ -194,13 +197,16 @@ def _parkinson(rng: random.Random) -> list[str]:
     return [
         "log_range_sq = np.log(df['high'] / df['low']) ** 2",
         f"out['parkinson_{w}'] = np.sqrt(log_range_sq.groupby(level='symbol')"
-        f".transform(lambda s: s.rolling({w}).mean()) / (4 * np.log(2)))",
+        f".rolling({w}).mean().droplevel(0) / (4 * np.log(2)))",
     ]
 
 
 def _up_share(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20])
-    return [f"out['up_share_{w}'] = g['close'].transform(lambda s: (s.diff() > 0).astype(float).rolling({w}).mean())"]
+    return [
+        "up = (g['close'].diff() > 0).astype(float)",
+        f"out['up_share_{w}'] = up.groupby(level='symbol').rolling({w}).mean().droplevel(0)",
+    ]
 
 
 # Cross-sectional snippets: each compares the symbols at the same time (groupby on the "timestamp" level).
@@ -222,7 +228,7 @@ def _return_vs_market(rng: random.Random) -> list[str]:
 def _volatility_rank(rng: random.Random) -> list[str]:
     w = rng.choice([10, 20, 30, 60])
     return [
-        f"vol = g['close'].transform(lambda s: s.pct_change().rolling({w}).std())",
+        f"vol = g['close'].pct_change().groupby(level='symbol').rolling({w}).std().droplevel(0)",
         f"out['vol_rank_{w}'] = vol.groupby(level='timestamp').rank(pct=True)",
     ]
 
@@ -230,7 +236,7 @@ def _volatility_rank(rng: random.Random) -> list[str]:
 def _volume_rank(rng: random.Random) -> list[str]:
     w = rng.choice([5, 10, 20, 50])
     return [
-        f"volume_ratio = df['volume'] / (g['volume'].transform(lambda s: s.rolling({w}).mean()) + 1e-12)",
+        f"volume_ratio = df['volume'] / (g['volume'].rolling({w}).mean().droplevel(0) + 1e-12)",
         f"out['volume_rank_{w}'] = volume_ratio.groupby(level='timestamp').rank(pct=True)",
     ]
 

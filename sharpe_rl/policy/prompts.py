@@ -126,6 +126,7 @@ def render_prompt(
         index=list(FEATURE_INDEX),
         interval=describe_interval(interval),
         decisions=describe_decisions(clock),
+        fitting=describe_fitting(clock),
         horizon=describe_duration(clock.horizon),
         lookback=describe_duration(clock.lookback),
         symbols=describe_symbols(symbols),
@@ -143,6 +144,11 @@ def describe_decisions(clock: Clock) -> str:
     if clock.every_bars == 1:
         return "at every bar"
     return f"every {clock.every_bars} bars"
+
+
+def describe_fitting(clock: Clock) -> str:
+    """Which rows a model is fitted on, as a prompt says it."""
+    return "the rows at past decision times" if clock.fit_at_decisions else "every past bar"
 
 
 def describe_symbols(symbols: Sequence[str] | int) -> str:

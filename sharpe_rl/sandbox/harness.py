@@ -11,14 +11,15 @@ reading the future impossible rather than detectable:
    stdout out of the way (fd 1 goes to stderr, the result has a private copy).
 2. Starts the worker (stdin /dev/null, stdout = stderr, the two pipe ends its only other files;
    see `worker.py`), which imports its libraries while this process waits.
-3. Reads the task from stdin (`contract.encode_task`: spec, folds, decision times, horizon, seed,
-   time limit, lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A
+3. Reads the task from stdin (`contract.encode_task`: spec, folds, decision times, training times,
+   horizon, seed, time limit, lookback, nonce, and the bars as arrays). Nothing is mounted into the sandbox. A
    sandbox whose task does not come within `contract.IDLE_SECONDS` exits without a word.
 4. Labels every bar itself: 1 if the close `horizon_ns` after the bar's (same symbol) is higher, 0
    if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
 5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the
    labels of the training rows only (a training row's label ends before the test window opens, so
-   no label reaches into it), and waits for the fit; then, for each decision time t of the test
+   no label reaches into it; the rows at the host's `training` times, or every bar when it sends
+   none), and waits for the fit; then, for each decision time t of the test
    window (the host's `decisions`, the same times its scoring holds positions from), the bars after
    the previous step up to t, and waits for one probability per bar at t; the other test bars are
    NaN, and their positions are never read. The bars after t are sent only once the answer for t
@@ -211,6 +212,8 @@ def run_task(
     times, first_rows = np.unique(timestamps, return_index=True)
     ends = np.append(first_rows[1:], len(timestamps))  # bars of times[i] are rows [first_rows[i], ends[i])
     decisions = set(header["decisions"])  # the host's decision times: asked there, and nowhere else
+    # the bars a model is fitted on: the host's training times (the decisions' rule), or every bar
+    fitted = np.ones(len(timestamps), bool) if header["training"] is None else np.isin(timestamps, header["training"])
 
     spec = {**header["spec"], "seed": header["seed"], "lookback_ns": header["lookback_ns"]}
     with timing(timings, "load"):
@@ -222,7 +225,7 @@ def run_task(
         if train > sent:
             worker.send(protocol.BARS, bars(sent, train))
             sent = train
-        fold_labels = np.where(timestamps[:train] >= fold["train_start"], labels[:train], np.nan)
+        fold_labels = np.where((timestamps[:train] >= fold["train_start"]) & fitted[:train], labels[:train], np.nan)
         with timing(timings, "fit"):
             expect(worker.ask(protocol.FIT, fold_labels.astype("<f8").tobytes()), protocol.OK)
         first = int(np.searchsorted(times, fold["test_start"], side="left"))

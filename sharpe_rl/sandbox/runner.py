@@ -47,7 +47,7 @@ from pydantic import ValidationError
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
-from sharpe_rl.data.clock import Clock, decision_times
+from sharpe_rl.data.clock import Clock, decision_times, training_times
 from sharpe_rl.data.splits import EvalPlan, Fold, plan_evaluation, timeline, timeline_interval
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.contract import BAD_TASK_EXIT, ErrorClass, bad_predictions_reason, encode_task
@@ -271,6 +271,7 @@ class SandboxRunner:
             "spec": {"features": job.spec.features, "model": job.spec.model},
             "folds": [disguise.shift(fold.to_wire()) for fold in job.folds],
             "decisions": [int(t) + disguise.offset_ns for t in self.decisions(job)],
+            "training": self.training(job, disguise.offset_ns),
             "horizon_ns": _ns(self.clock.horizon),
             "lookback_ns": _ns(self.clock.lookback),
             "seed": self.seed,
@@ -286,6 +287,12 @@ class SandboxRunner:
     def decisions(self, job: Job) -> np.ndarray:
         """The decision times of a job's test windows (ns): where the sandbox is asked, and scoring trades."""
         return decision_times(np.unique(job.view.timestamps), [f.to_wire() for f in job.folds], self.clock)
+
+    def training(self, job: Job, offset_ns: int = 0) -> list[int] | None:
+        """The times of the bars models are fitted on (shifted by `offset_ns`), or None for every bar."""
+        until = max(fold.to_wire()["train_end"] for fold in job.folds)
+        times = training_times(np.unique(job.view.timestamps), until, self.clock)
+        return None if times is None else [int(t) + offset_ns for t in times]
 
     def _attempt(self, job: Job) -> _Attempt:
         nonce = secrets.token_hex(NONCE_BYTES)
