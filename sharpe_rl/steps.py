@@ -498,6 +498,7 @@ def _experience(
         ),
         code_hash=spec.code_hash if spec else None,
         cache_key=result.cache_key if result else None,
+        cached=result.cached if result else None,
         timings=dict(result.timings) if result else {},
     )
 

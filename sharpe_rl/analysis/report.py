@@ -217,6 +217,7 @@ _CYCLE_COLUMNS = (
     Column("experiments", "experiments", "int"),
     Column("parsed_pct", "parsed", "pct"),
     Column("ok_pct", "ran ok", "pct"),
+    Column("cached", "from the cache", "int"),
     Column("reward_mean", "reward mean", "num"),
     Column("reward_median", "reward median", "num"),
     Column("reward_q25", "reward q25", "num"),
@@ -311,8 +312,10 @@ def _sections(
         ),
         Section(
             "Is the reward improving?",
-            "Per cycle: reward and in-sample net Sharpe (experiments that ran) with their spread, the "
-            "most used model family, the Shannon entropy of the family distribution (0 = one family), "
+            "Per cycle: how many executions came back from the cache (code that already ran on the same "
+            "data, settings and seed: nothing new was learnt from them), reward and in-sample net Sharpe "
+            "(experiments that ran) with their spread, the most used model family, the Shannon entropy of the "
+            "family distribution (0 = one family), "
             "the share of custom features, and duplicate programs (identical code hash) within the "
             "cycle and repeated from earlier cycles.",
             (_table("cycles", "Cycles", _CYCLE_COLUMNS, a.cycles),),
