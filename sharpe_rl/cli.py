@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sharpe_rl.config import PolicyConfig, RunConfig, TaskRunnerConfig, TinyPolicyConfig
+from sharpe_rl.config import MAX_SEED, PolicyConfig, RunConfig, TinyPolicyConfig
 from sharpe_rl.data.card import card_for_file
 from sharpe_rl.data.panel import PanelError, format_interval, format_time, load_panel
 from sharpe_rl.data.sources import SourceError, fetch_binance, fetch_sample, import_file
@@ -207,10 +207,34 @@ def _band_line(file: Path, panel: pl.DataFrame) -> str:
     return band.sentence() + " (default evaluation, reward folds)" + (f"\n{warning}" if warning else "")
 
 
-def _fail(exc: Exception, code: int = 1) -> NoReturn:
+def _fail(exc: Exception | str, code: int = 1) -> NoReturn:
     """Print the error for the user on stderr (no traceback) and exit with `code`."""
-    Console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+    _say_error(str(exc))
     raise typer.Exit(code) from None
+
+
+def _say_error(message: str) -> None:
+    Console(stderr=True).print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _existing_runs_dir(runs_dir: Path) -> Path:
+    """`--runs-dir` for a command that reads runs: an existing folder, or a one-line error."""
+    if not runs_dir.exists():
+        _fail(f"--runs-dir {runs_dir}: no such folder; runs keep their state under the --runs-dir they ran with")
+    if not runs_dir.is_dir():
+        _fail(f"--runs-dir {runs_dir}: not a folder; runs keep their state under the --runs-dir they ran with")
+    return runs_dir
+
+
+def _writable_folder(folder: Path, option: str) -> Path:
+    """A folder a command writes to: made when missing; one that cannot be is a one-line error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"{option} {folder}: cannot be made a folder ({exc.strerror}); choose a folder you can write to")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        _fail(f"{option} {folder}: not writable; choose a folder you can write to")
+    return folder
 
 
 # ---- sharpe-rl build-policy: the tiny policy, built on the CPU so no model download is needed ----
@@ -501,7 +525,15 @@ def run(
     scheme: Annotated[
         SchemeName, typer.Option(help="Positions: per_asset 2p-1, or cross_sectional market-neutral.")
     ] = _DEFAULT_SCHEME,
-    seed: Annotated[int, typer.Option(help="Seed for generation, folds and models.")] = _RUN_DEFAULTS.seed,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=MAX_SEED,
+            help="Seed for generation, folds and models (default: a fresh one for a new run, printed; a resumed "
+            "run keeps its own). The same seed and settings repeat a run.",
+        ),
+    ] = None,
     policy: Annotated[
         str, typer.Option(help="Base policy: a local path or Hugging Face id (from_pretrained).")
     ] = _RUN_DEFAULTS.policy.model,
@@ -521,12 +553,26 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
 ) -> None:
     """Run (or resume) an RL run: generate → execute → score → log → update, `cycles` times."""
+    config = _checked_run_config(
+        name=name,
+        cycles=cycles,
+        batch_size=batch_size,
+        dataset=data,
+        prompt_version=prompt,
+        seed=seed or 0,  # the flow draws a fresh one when none was given
+        runs_dir=runs_dir,
+        eval=_RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
+        sandbox=_RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
+        task_runner={"kind": task_runner.value, "dask_address": dask_address},
+        tracking_uri=tracking_uri,
+        policy=_RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
+    )
     from sharpe_rl.services import use_orchestration_environment
 
     api = use_orchestration_environment(runs_dir)
     if not verbose:
         _quiet_libraries()
-    from flows.rl_run import rl_run
+    from flows.rl_run import run as run_flow
     from sharpe_rl.data.atomic import DiskFull
     from sharpe_rl.evaluation import DatasetMismatch
     from sharpe_rl.progress import RunProgress
@@ -534,65 +580,88 @@ def run(
     from sharpe_rl.steps import RunError
     from sharpe_rl.tracking import TrackingUnavailable
 
-    stdout, stderr = Console(), Console(stderr=True)
-    config = _RUN_DEFAULTS.model_copy(
-        update={
-            "name": name,
-            "cycles": cycles,
-            "batch_size": batch_size,
-            "dataset": data,
-            "prompt_version": prompt,
-            "seed": seed,
-            "runs_dir": runs_dir,
-            "eval": _RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
-            "sandbox": _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
-            "task_runner": TaskRunnerConfig.model_construct(kind=task_runner.value, dask_address=dask_address),
-            "tracking_uri": tracking_uri,
-            "policy": _RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
-        }
-    )
-    try:
-        config = RunConfig.model_validate(config.model_dump())  # re-validate the options
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    stderr = Console(stderr=True)
     stderr.print(f"Prefect: {api or 'a temporary local server (start `sharpe-rl serve` to keep a UI)'}", soft_wrap=True)
     try:
         with RunProgress(stderr):
-            run_name = rl_run(config)
+            run_flow(config, seeded=seed is not None)
     except (RunError, InfrastructureError, PanelError, DiskFull, TrackingUnavailable, DatasetMismatch) as exc:
         _fail(exc)
-    report = runs_dir / "reports" / run_name / "report.html"
-    stdout.print(
-        f"run {run_name} finished.\n  MLflow: `sharpe-rl serve` then http://127.0.0.1:5000 "
-        f"(experiment sharpe-rl, run {run_name})\n  post-mortem: {report} (or `sharpe-rl report {run_name}`)",
-        soft_wrap=True,
-    )
+
+
+#: The option of `sharpe-rl run` behind each RunConfig field, to name it in an error.
+_RUN_OPTIONS = {
+    "name": "--name",
+    "dataset": "--data",
+    "prompt_version": "--prompt",
+    "seed": "--seed",
+    "runs_dir": "--runs-dir",
+    "tracking_uri": "--tracking-uri",
+    "task_runner": "--task-runner/--dask-address",
+    "sandbox": "--executor/--workers",
+    "policy": "--policy",
+    "eval": "--scheme",
+}
+_NAME_RULE = "a run name is letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters"
+
+
+def _checked_run_config(**settings: object) -> RunConfig:
+    """The run's settings, checked before anything starts: values in range, the dataset a readable panel, the
+    prompt version and the policy there, the tracking server up. A bad one exits in one line."""
+    from pydantic import ValidationError
+
+    from sharpe_rl.policy.generation import policy_source
+    from sharpe_rl.policy.prompts import prompt_versions
+    from sharpe_rl.tracking import Tracker
+
+    try:
+        config = RunConfig.model_validate(RunConfig().model_dump() | settings)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = _RUN_OPTIONS.get(str(error["loc"][0]) if error["loc"] else "", "an option")
+        if error["type"] == "string_pattern_mismatch":
+            _fail(f"{option} {error['input']!r}: {_NAME_RULE}")
+        _fail(f"{option}: {error['msg'].removeprefix('Value error, ')}. See `sharpe-rl run --help`.")
+    if config.prompt_version not in prompt_versions():
+        _fail(f"--prompt {config.prompt_version}: no such prompt version; choose one of {', '.join(prompt_versions())}")
+    try:
+        load_panel(config.dataset)
+        policy_source(config.policy)
+    except (PanelError, FileNotFoundError) as exc:
+        _fail(exc)
+    _writable_folder(config.runs_dir, "--runs-dir")
+    if config.tracking_uri and not Tracker(config.runs_dir, config.tracking_uri).reachable():
+        _fail(f"--tracking-uri {config.tracking_uri}: the MLflow server does not answer; start it, or drop the option")
+    return config
 
 
 @app.command("evaluate-policy")
 def evaluate_policy(
     run: Annotated[str, typer.Argument(help="The run whose latest checkpoint is compared with its base policy.")],
-    n: Annotated[int, typer.Option("--n", help="Completions per policy (at least 64: four blocks of 16).")] = 64,
+    n: Annotated[
+        int, typer.Option("--n", min=64, help="Completions per policy (at least 64: four blocks of 16).")
+    ] = 64,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: one no training cycle used).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
 ) -> None:
     """Is the learning real? Sample the base policy and the run's final checkpoint alike, execute, compare."""
+    from sharpe_rl.evaluate_policy import EVALUATION_SEED, ComparisonError, plan_comparison
+    from sharpe_rl.evaluation import DatasetMismatch
+
+    try:  # the run, its checkpoint and its dataset are checked before anything starts
+        plan = plan_comparison(_existing_runs_dir(runs_dir), run, n, EVALUATION_SEED if seed is None else seed)
+    except (ComparisonError, DatasetMismatch, PanelError) as exc:
+        _fail(exc)
     from sharpe_rl.services import use_orchestration_environment
 
     api = use_orchestration_environment(runs_dir)
     if not verbose:
         _quiet_libraries()
     from flows.evaluate_policy import evaluate_policy as evaluate_policy_flow
-    from sharpe_rl.evaluate_policy import EVALUATION_SEED, ComparisonError, plan_comparison
-    from sharpe_rl.evaluation import DatasetMismatch
     from sharpe_rl.sandbox import InfrastructureError
 
     stdout, stderr = Console(), Console(stderr=True)
-    try:
-        plan = plan_comparison(runs_dir, run, n, EVALUATION_SEED if seed is None else seed)
-    except (ComparisonError, DatasetMismatch, PanelError) as exc:
-        _fail(exc)
     stderr.print(
         f"Prefect: {api or 'a temporary local server'}; sampling {n} completions from the base policy and from "
         f"run {run} after cycle {plan.final.cycle}, then executing them on the reward window and the holdout",

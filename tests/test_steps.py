@@ -47,6 +47,7 @@ def make_run(runs_dir: Path, dataset: Path, **updates) -> steps.RunRef:
         evaluation=evaluation,
         prompt=run_prompt(config, timedelta(days=1), ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
         parent_run_id="not-tracked",
+        mlflow_url="",
         policy=PolicyRef(policy=config.policy, ppo=config.ppo, seed=0, runs_dir=runs_dir, run="r"),
         description="",
     )
@@ -281,3 +282,17 @@ def test_the_run_says_whether_its_reward_carries_over_to_the_holdout(run):
     assert selection.agreement is not None and selection.agreement.n == 12 and selection.agreement.rho > 0.9
     assert selection.pbo is None  # these outcomes were made by hand: no predictions to cut into blocks
     assert load_facts(run.config.runs_dir, run.name).selection == selection
+
+
+def test_a_new_run_without_a_seed_draws_a_fresh_one_and_a_resumed_run_keeps_its_own(tmp_path):
+    # With one fixed default seed, a second run's first cycle sampled the same completions from the same base
+    # policy, and every one of its executions came back from the cache.
+    runs = tmp_path / "runs"
+    drawn = {steps.choose_seed(runs, f"new-{i}", None) for i in range(20)}
+    assert {why for _, why in drawn} == {"fresh"}
+    assert len({seed for seed, _ in drawn}) > 15 and all(0 <= seed < steps.FRESH_SEEDS for seed, _ in drawn)
+    assert steps.choose_seed(runs, "given", 7) == (7, "given")
+    saved = steps.run_config_path(runs, "unfinished")
+    saved.parent.mkdir(parents=True)
+    saved.write_text(RunConfig(name="unfinished", seed=123).model_dump_json())
+    assert steps.choose_seed(runs, "unfinished", None) == (123, "the run's own, resuming")
