@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
@@ -34,11 +35,36 @@ from sharpe_rl.scoring import reward_cap_sharpe
 # to be in the environment before torch loads, which the commands below do lazily.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+class _Commands(typer.core.TyperGroup):
+    """The commands, with a bad option or argument (missing, out of range, of the wrong type) answered in one line
+    that says where to look, like every other error of the command line, rather than a usage panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[no-untyped-def]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's usage errors, as Typer vendors them
+            context = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help())
+                sys.exit(exc.exit_code)
+            hint = f" See `{context.command_path} --help`." if context is not None else ""
+            _say_error(exc.format_message().rstrip(".") + "." + hint)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _say_error("aborted: nothing was changed")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
     name="sharpe-rl",
     help="Teach a language model to write ML code that trades crypto well.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=_Commands,
 )
 
 
@@ -249,7 +275,7 @@ def build_policy(
         _POLICY_DEFAULTS.model
     ),
     seed: Annotated[
-        int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the corpus, the initial weights and the data order.")
     ] = _TINY_DEFAULTS.seed,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when a finished build is there.")
@@ -262,6 +288,7 @@ def build_policy(
     from sharpe_rl.policy.tiny import build_tiny_policy, policy_exists
 
     stdout, stderr = Console(), Console(stderr=True)
+    _writable_folder(out, "--out")
     if if_missing and policy_exists(out):
         stdout.print(f"up to date: {out} (a finished build is there; drop --if-missing to rebuild)", soft_wrap=True)
         return
@@ -312,13 +339,15 @@ def exec_spec(
     from sharpe_rl.sandbox import InfrastructureError
 
     stdout = Console()
+    text = _spec_text(spec_file)
     # one experiment: no sandbox need be started ahead for a next one
     sandbox = _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "warm_pool": False})
     try:
+        load_panel(data)  # a missing or unreadable panel is said before anything starts
         ref = EvaluationRef.of(
             data, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
         )
-        outcome = evaluate(spec_file.read_text(), ref)
+        outcome = evaluate(text, ref)
         band = load_evaluation(ref).noskill if outcome.metrics is not None else None  # beside a Sharpe
     except (PanelError, DatasetMismatch, ProtocolError, OSError) as exc:
         _fail(exc)
@@ -370,6 +399,17 @@ def exec_spec(
         if text.strip():
             stdout.print(f"[bold]{title}[/bold]")
             stdout.print(text.rstrip(), markup=False, highlight=False)
+
+
+def _spec_text(path: Path) -> str:
+    """The spec file's text; a file that is not UTF-8 text exits in one line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        _fail(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+            "save the spec as UTF-8 JSON"
+        )
 
 
 # ---- sharpe-rl sample: what the current policy writes, before a run ----
@@ -481,7 +521,7 @@ def report(
     from sharpe_rl.holdout import report_frame
 
     stdout = Console()
-    frame = report_frame(runs_dir)
+    frame = report_frame(_existing_runs_dir(runs_dir))
     try:
         name = select_run(frame, run)["run"][0]
         target = out or runs_dir / "reports" / (f"{name}-vs-{compare}" if compare else name)
@@ -717,10 +757,18 @@ def reset(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Archive every run's checkpoints and the replay buffer: runs restart from the base policy."""
-    from sharpe_rl.reset import reset_runs
+    from sharpe_rl.reset import reset_plan, reset_runs
 
+    stdout = Console()
+    plan = reset_plan(_existing_runs_dir(runs_dir))
+    if not plan:
+        stdout.print(f"nothing to archive under {runs_dir}", soft_wrap=True)
+        return
+    stdout.print(f"a reset archives, under {runs_dir}/*-archive/:", soft_wrap=True)
+    for what in plan:
+        stdout.print(f"  {what}", soft_wrap=True, markup=False)
     if not yes:
-        typer.confirm("Archive all checkpoints and the replay buffer?", abort=True)
+        typer.confirm("Archive them (every run then restarts from the base policy)?", abort=True)
     for what, where in reset_runs(runs_dir).items():
         Console().print(f"{what}: {'archived to ' + where if where else 'nothing to archive'}", soft_wrap=True)
 
@@ -729,7 +777,7 @@ def reset(
 def rerun(
     run: Annotated[str, typer.Argument(help="Run name.")],
     cycle: Annotated[int, typer.Argument(min=0, help="Cycle to run again.")],
-    index: Annotated[int | None, typer.Option(help="Only this experiment of the cycle.")] = None,
+    index: Annotated[int | None, typer.Option(min=0, help="Only this experiment of the cycle.")] = None,
     executor: Annotated[ExecutorName | None, typer.Option(help="Override the run's executor.")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
 ) -> None:
@@ -740,7 +788,9 @@ def rerun(
 
     stdout = Console()
     try:
-        reruns = rerun_experiments(runs_dir, run, cycle, index, executor.value if executor else None)
+        reruns = rerun_experiments(
+            _existing_runs_dir(runs_dir), run, cycle, index, executor.value if executor else None
+        )
     except (RunError, InfrastructureError) as exc:
         _fail(exc)
     table = Table("index", "name", "before", "after", "Sharpe before", "Sharpe after", "max Δp", "reproduces")
@@ -770,6 +820,7 @@ def serve(
     """Start on localhost the Prefect server with the deployments and a worker, and the MLflow UI."""
     from sharpe_rl.services import serve as start_services
 
+    _writable_folder(runs_dir, "--runs-dir")
     try:
         start_services(runs_dir, say=Console().print)
     except RuntimeError as exc:
