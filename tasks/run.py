@@ -11,10 +11,11 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
+from pydantic import ValidationError
 
 from sharpe_rl import steps as run_steps
 from sharpe_rl.config import AdvancedSettings, RunConfig
-from sharpe_rl.steps import Candidate, RunRef
+from sharpe_rl.steps import Candidate, RunError, RunRef
 from tasks.report import post_progress
 from tasks.say import say
 
@@ -30,7 +31,11 @@ def start_run(
     name = flow_run.name
     seed, chosen = run_steps.choose_seed(advanced.runs_dir, name, seed)
     night = {"cycles": cycles, "batch_size": batch_size, "dataset": dataset, "prompt_version": prompt_version}
-    config = RunConfig(name=name, seed=seed, **night, **dict(advanced))
+    try:
+        config = RunConfig(name=name, seed=seed, **night, **dict(advanced))
+    except ValidationError as exc:  # the Run Name typed in the form, most likely
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RunError(f"run {name!r} cannot start: {problems}") from None
     run = run_steps.start(config)
     say(run.description)
     if chosen == "fresh":
