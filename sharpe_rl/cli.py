@@ -822,7 +822,8 @@ def serve(
 
     _writable_folder(runs_dir, "--runs-dir")
     try:
-        start_services(runs_dir, say=Console().print)
+        console = Console()
+        start_services(runs_dir, say=lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False))
     except RuntimeError as exc:
         _fail(exc)
 
