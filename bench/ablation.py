@@ -77,13 +77,13 @@ def run_config(name: str, args: argparse.Namespace) -> RunConfig:
 def run_and_evaluate(config: RunConfig, n: int) -> dict[str, Any]:
     """The run to its last cycle (resumed if interrupted), then its evaluate-policy comparison (reused if stored)."""
     from flows.evaluate_policy import evaluate_policy
-    from flows.rl_run import rl_run
+    from flows.rl_run import run
     from sharpe_rl.facts import load_comparison
     from sharpe_rl.policy.checkpoint import Checkpoints
 
     assert config.name is not None
     if Checkpoints(config.runs_dir, config.name).latest_cycle() != config.cycles - 1:
-        rl_run(config)
+        run(config)
     stored = load_comparison(config.runs_dir, config.name)
     if stored is None or stored["checkpoint_cycle"] != config.cycles - 1 or stored["n"] != n:
         evaluate_policy(config.name, n=n, runs_dir=config.runs_dir)

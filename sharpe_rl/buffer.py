@@ -45,6 +45,7 @@ SCHEMA = pl.Schema(
         "reward": pl.Float64,
         "code_hash": pl.String,
         "cache_key": pl.String,
+        "cached": pl.Boolean,
         "timings": pl.String,  # JSON object
         "created_at": pl.Datetime("us", "UTC"),
     }
@@ -87,7 +88,7 @@ class ReplayBuffer:
 
     def experiences(self, run: str, cycle: int) -> list[Experience]:
         """The experiences of one cycle, exactly as written, in index order."""
-        frame = pl.read_parquet(self.path(run, cycle))
+        frame = pl.read_parquet(self.path(run, cycle), schema=SCHEMA, missing_columns="insert")
         return [_from_row(row) for row in frame.iter_rows(named=True)]
 
     def frame(self, run: str | None = None) -> pl.DataFrame:
@@ -97,7 +98,8 @@ class ReplayBuffer:
         files = sorted(self.directory.glob(f"{run or '*'}/cycle-*.parquet"))
         if not files:
             return SCHEMA.to_frame().drop(_JSON_FIELDS)
-        frame = pl.read_parquet(files).sort("run", "cycle", "index")
+        # a file written before a field was added (`cached`) reads with that column empty
+        frame = pl.read_parquet(files, schema=SCHEMA, missing_columns="insert").sort("run", "cycle", "index")
         return frame.drop(_JSON_FIELDS).with_columns(
             *_expand_json(frame["metrics"], "metric_"), *_expand_json(frame["timings"], "time_")
         )

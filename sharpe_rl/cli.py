@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sharpe_rl.config import PolicyConfig, RunConfig, TaskRunnerConfig, TinyPolicyConfig
+from sharpe_rl.config import MAX_SEED, PolicyConfig, RunConfig, TinyPolicyConfig
 from sharpe_rl.data.card import card_for_file
 from sharpe_rl.data.panel import PanelError, format_interval, format_time, load_panel
 from sharpe_rl.data.sources import SourceError, fetch_binance, fetch_sample, import_file
@@ -34,11 +35,36 @@ from sharpe_rl.scoring import reward_cap_sharpe
 # to be in the environment before torch loads, which the commands below do lazily.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+class _Commands(typer.core.TyperGroup):
+    """The commands, with a bad option or argument (missing, out of range, of the wrong type) answered in one line
+    that says where to look, like every other error of the command line, rather than a usage panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[no-untyped-def]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's usage errors, as Typer vendors them
+            context = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help())
+                sys.exit(exc.exit_code)
+            hint = f" See `{context.command_path} --help`." if context is not None else ""
+            _say_error(exc.format_message().rstrip(".") + "." + hint)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _say_error("aborted: nothing was changed")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
     name="sharpe-rl",
     help="Teach a language model to write ML code that trades crypto well.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=_Commands,
 )
 
 
@@ -207,10 +233,34 @@ def _band_line(file: Path, panel: pl.DataFrame) -> str:
     return band.sentence() + " (default evaluation, reward folds)" + (f"\n{warning}" if warning else "")
 
 
-def _fail(exc: Exception, code: int = 1) -> NoReturn:
+def _fail(exc: Exception | str, code: int = 1) -> NoReturn:
     """Print the error for the user on stderr (no traceback) and exit with `code`."""
-    Console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+    _say_error(str(exc))
     raise typer.Exit(code) from None
+
+
+def _say_error(message: str) -> None:
+    Console(stderr=True).print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _existing_runs_dir(runs_dir: Path) -> Path:
+    """`--runs-dir` for a command that reads runs: an existing folder, or a one-line error."""
+    if not runs_dir.exists():
+        _fail(f"--runs-dir {runs_dir}: no such folder; runs keep their state under the --runs-dir they ran with")
+    if not runs_dir.is_dir():
+        _fail(f"--runs-dir {runs_dir}: not a folder; runs keep their state under the --runs-dir they ran with")
+    return runs_dir
+
+
+def _writable_folder(folder: Path, option: str) -> Path:
+    """A folder a command writes to: made when missing; one that cannot be is a one-line error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"{option} {folder}: cannot be made a folder ({exc.strerror}); choose a folder you can write to")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        _fail(f"{option} {folder}: not writable; choose a folder you can write to")
+    return folder
 
 
 # ---- sharpe-rl build-policy: the tiny policy, built on the CPU so no model download is needed ----
@@ -225,7 +275,7 @@ def build_policy(
         _POLICY_DEFAULTS.model
     ),
     seed: Annotated[
-        int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the corpus, the initial weights and the data order.")
     ] = _TINY_DEFAULTS.seed,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when a finished build is there.")
@@ -238,6 +288,7 @@ def build_policy(
     from sharpe_rl.policy.tiny import build_tiny_policy, policy_exists
 
     stdout, stderr = Console(), Console(stderr=True)
+    _writable_folder(out, "--out")
     if if_missing and policy_exists(out):
         stdout.print(f"up to date: {out} (a finished build is there; drop --if-missing to rebuild)", soft_wrap=True)
         return
@@ -288,13 +339,15 @@ def exec_spec(
     from sharpe_rl.sandbox import InfrastructureError
 
     stdout = Console()
+    text = _spec_text(spec_file)
     # one experiment: no sandbox need be started ahead for a next one
     sandbox = _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "warm_pool": False})
     try:
+        load_panel(data)  # a missing or unreadable panel is said before anything starts
         ref = EvaluationRef.of(
             data, _RUN_DEFAULTS.eval, sandbox, _RUN_DEFAULTS.runs_dir / "cache", seed=_RUN_DEFAULTS.seed
         )
-        outcome = evaluate(spec_file.read_text(), ref)
+        outcome = evaluate(text, ref)
         band = load_evaluation(ref).noskill if outcome.metrics is not None else None  # beside a Sharpe
     except (PanelError, DatasetMismatch, ProtocolError, OSError) as exc:
         _fail(exc)
@@ -346,6 +399,17 @@ def exec_spec(
         if text.strip():
             stdout.print(f"[bold]{title}[/bold]")
             stdout.print(text.rstrip(), markup=False, highlight=False)
+
+
+def _spec_text(path: Path) -> str:
+    """The spec file's text; a file that is not UTF-8 text exits in one line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        _fail(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+            "save the spec as UTF-8 JSON"
+        )
 
 
 # ---- sharpe-rl sample: what the current policy writes, before a run ----
@@ -457,7 +521,7 @@ def report(
     from sharpe_rl.holdout import report_frame
 
     stdout = Console()
-    frame = report_frame(runs_dir)
+    frame = report_frame(_existing_runs_dir(runs_dir))
     try:
         name = select_run(frame, run)["run"][0]
         target = out or runs_dir / "reports" / (f"{name}-vs-{compare}" if compare else name)
@@ -501,7 +565,15 @@ def run(
     scheme: Annotated[
         SchemeName, typer.Option(help="Positions: per_asset 2p-1, or cross_sectional market-neutral.")
     ] = _DEFAULT_SCHEME,
-    seed: Annotated[int, typer.Option(help="Seed for generation, folds and models.")] = _RUN_DEFAULTS.seed,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=MAX_SEED,
+            help="Seed for generation, folds and models (default: a fresh one for a new run, printed; a resumed "
+            "run keeps its own). The same seed and settings repeat a run.",
+        ),
+    ] = None,
     policy: Annotated[
         str, typer.Option(help="Base policy: a local path or Hugging Face id (from_pretrained).")
     ] = _RUN_DEFAULTS.policy.model,
@@ -521,12 +593,26 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
 ) -> None:
     """Run (or resume) an RL run: generate → execute → score → log → update, `cycles` times."""
+    config = _checked_run_config(
+        name=name,
+        cycles=cycles,
+        batch_size=batch_size,
+        dataset=data,
+        prompt_version=prompt,
+        seed=seed or 0,  # the flow draws a fresh one when none was given
+        runs_dir=runs_dir,
+        eval=_RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
+        sandbox=_RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
+        task_runner={"kind": task_runner.value, "dask_address": dask_address},
+        tracking_uri=tracking_uri,
+        policy=_RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
+    )
     from sharpe_rl.services import use_orchestration_environment
 
     api = use_orchestration_environment(runs_dir)
     if not verbose:
         _quiet_libraries()
-    from flows.rl_run import rl_run
+    from flows.rl_run import run as run_flow
     from sharpe_rl.data.atomic import DiskFull
     from sharpe_rl.evaluation import DatasetMismatch
     from sharpe_rl.progress import RunProgress
@@ -534,65 +620,88 @@ def run(
     from sharpe_rl.steps import RunError
     from sharpe_rl.tracking import TrackingUnavailable
 
-    stdout, stderr = Console(), Console(stderr=True)
-    config = _RUN_DEFAULTS.model_copy(
-        update={
-            "name": name,
-            "cycles": cycles,
-            "batch_size": batch_size,
-            "dataset": data,
-            "prompt_version": prompt,
-            "seed": seed,
-            "runs_dir": runs_dir,
-            "eval": _RUN_DEFAULTS.eval.model_copy(update={"scheme": scheme.value}),
-            "sandbox": _RUN_DEFAULTS.sandbox.model_copy(update={"executor": executor.value, "workers": workers}),
-            "task_runner": TaskRunnerConfig.model_construct(kind=task_runner.value, dask_address=dask_address),
-            "tracking_uri": tracking_uri,
-            "policy": _RUN_DEFAULTS.policy.model_copy(update={"model": policy}),
-        }
-    )
-    try:
-        config = RunConfig.model_validate(config.model_dump())  # re-validate the options
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    stderr = Console(stderr=True)
     stderr.print(f"Prefect: {api or 'a temporary local server (start `sharpe-rl serve` to keep a UI)'}", soft_wrap=True)
     try:
         with RunProgress(stderr):
-            run_name = rl_run(config)
+            run_flow(config, seeded=seed is not None)
     except (RunError, InfrastructureError, PanelError, DiskFull, TrackingUnavailable, DatasetMismatch) as exc:
         _fail(exc)
-    report = runs_dir / "reports" / run_name / "report.html"
-    stdout.print(
-        f"run {run_name} finished.\n  MLflow: `sharpe-rl serve` then http://127.0.0.1:5000 "
-        f"(experiment sharpe-rl, run {run_name})\n  post-mortem: {report} (or `sharpe-rl report {run_name}`)",
-        soft_wrap=True,
-    )
+
+
+#: The option of `sharpe-rl run` behind each RunConfig field, to name it in an error.
+_RUN_OPTIONS = {
+    "name": "--name",
+    "dataset": "--data",
+    "prompt_version": "--prompt",
+    "seed": "--seed",
+    "runs_dir": "--runs-dir",
+    "tracking_uri": "--tracking-uri",
+    "task_runner": "--task-runner/--dask-address",
+    "sandbox": "--executor/--workers",
+    "policy": "--policy",
+    "eval": "--scheme",
+}
+_NAME_RULE = "a run name is letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters"
+
+
+def _checked_run_config(**settings: object) -> RunConfig:
+    """The run's settings, checked before anything starts: values in range, the dataset a readable panel, the
+    prompt version and the policy there, the tracking server up. A bad one exits in one line."""
+    from pydantic import ValidationError
+
+    from sharpe_rl.policy.generation import policy_source
+    from sharpe_rl.policy.prompts import prompt_versions
+    from sharpe_rl.tracking import Tracker
+
+    try:
+        config = RunConfig.model_validate(RunConfig().model_dump() | settings)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = _RUN_OPTIONS.get(str(error["loc"][0]) if error["loc"] else "", "an option")
+        if error["type"] == "string_pattern_mismatch":
+            _fail(f"{option} {error['input']!r}: {_NAME_RULE}")
+        _fail(f"{option}: {error['msg'].removeprefix('Value error, ')}. See `sharpe-rl run --help`.")
+    if config.prompt_version not in prompt_versions():
+        _fail(f"--prompt {config.prompt_version}: no such prompt version; choose one of {', '.join(prompt_versions())}")
+    try:
+        load_panel(config.dataset)
+        policy_source(config.policy)
+    except (PanelError, FileNotFoundError) as exc:
+        _fail(exc)
+    _writable_folder(config.runs_dir, "--runs-dir")
+    if config.tracking_uri and not Tracker(config.runs_dir, config.tracking_uri).reachable():
+        _fail(f"--tracking-uri {config.tracking_uri}: the MLflow server does not answer; start it, or drop the option")
+    return config
 
 
 @app.command("evaluate-policy")
 def evaluate_policy(
     run: Annotated[str, typer.Argument(help="The run whose latest checkpoint is compared with its base policy.")],
-    n: Annotated[int, typer.Option("--n", help="Completions per policy (at least 64: four blocks of 16).")] = 64,
+    n: Annotated[
+        int, typer.Option("--n", min=64, help="Completions per policy (at least 64: four blocks of 16).")
+    ] = 64,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: one no training cycle used).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
 ) -> None:
     """Is the learning real? Sample the base policy and the run's final checkpoint alike, execute, compare."""
+    from sharpe_rl.evaluate_policy import EVALUATION_SEED, ComparisonError, plan_comparison
+    from sharpe_rl.evaluation import DatasetMismatch
+
+    try:  # the run, its checkpoint and its dataset are checked before anything starts
+        plan = plan_comparison(_existing_runs_dir(runs_dir), run, n, EVALUATION_SEED if seed is None else seed)
+    except (ComparisonError, DatasetMismatch, PanelError) as exc:
+        _fail(exc)
     from sharpe_rl.services import use_orchestration_environment
 
     api = use_orchestration_environment(runs_dir)
     if not verbose:
         _quiet_libraries()
     from flows.evaluate_policy import evaluate_policy as evaluate_policy_flow
-    from sharpe_rl.evaluate_policy import EVALUATION_SEED, ComparisonError, plan_comparison
-    from sharpe_rl.evaluation import DatasetMismatch
     from sharpe_rl.sandbox import InfrastructureError
 
     stdout, stderr = Console(), Console(stderr=True)
-    try:
-        plan = plan_comparison(runs_dir, run, n, EVALUATION_SEED if seed is None else seed)
-    except (ComparisonError, DatasetMismatch, PanelError) as exc:
-        _fail(exc)
     stderr.print(
         f"Prefect: {api or 'a temporary local server'}; sampling {n} completions from the base policy and from "
         f"run {run} after cycle {plan.final.cycle}, then executing them on the reward window and the holdout",
@@ -648,10 +757,18 @@ def reset(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Archive every run's checkpoints and the replay buffer: runs restart from the base policy."""
-    from sharpe_rl.reset import reset_runs
+    from sharpe_rl.reset import reset_plan, reset_runs
 
+    stdout = Console()
+    plan = reset_plan(_existing_runs_dir(runs_dir))
+    if not plan:
+        stdout.print(f"nothing to archive under {runs_dir}", soft_wrap=True)
+        return
+    stdout.print(f"a reset archives, under {runs_dir}/*-archive/:", soft_wrap=True)
+    for what in plan:
+        stdout.print(f"  {what}", soft_wrap=True, markup=False)
     if not yes:
-        typer.confirm("Archive all checkpoints and the replay buffer?", abort=True)
+        typer.confirm("Archive them (every run then restarts from the base policy)?", abort=True)
     for what, where in reset_runs(runs_dir).items():
         Console().print(f"{what}: {'archived to ' + where if where else 'nothing to archive'}", soft_wrap=True)
 
@@ -660,7 +777,7 @@ def reset(
 def rerun(
     run: Annotated[str, typer.Argument(help="Run name.")],
     cycle: Annotated[int, typer.Argument(min=0, help="Cycle to run again.")],
-    index: Annotated[int | None, typer.Option(help="Only this experiment of the cycle.")] = None,
+    index: Annotated[int | None, typer.Option(min=0, help="Only this experiment of the cycle.")] = None,
     executor: Annotated[ExecutorName | None, typer.Option(help="Override the run's executor.")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs keep their state.")] = _RUN_DEFAULTS.runs_dir,
 ) -> None:
@@ -671,7 +788,9 @@ def rerun(
 
     stdout = Console()
     try:
-        reruns = rerun_experiments(runs_dir, run, cycle, index, executor.value if executor else None)
+        reruns = rerun_experiments(
+            _existing_runs_dir(runs_dir), run, cycle, index, executor.value if executor else None
+        )
     except (RunError, InfrastructureError) as exc:
         _fail(exc)
     table = Table("index", "name", "before", "after", "Sharpe before", "Sharpe after", "max Δp", "reproduces")
@@ -701,8 +820,10 @@ def serve(
     """Start on localhost the Prefect server with the deployments and a worker, and the MLflow UI."""
     from sharpe_rl.services import serve as start_services
 
+    _writable_folder(runs_dir, "--runs-dir")
     try:
-        start_services(runs_dir, say=Console().print)
+        console = Console()
+        start_services(runs_dir, say=lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False))
     except RuntimeError as exc:
         _fail(exc)
 

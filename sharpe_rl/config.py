@@ -1,8 +1,9 @@
 """Every setting of sharpe-rl, as typed pydantic models.
 
 These models are the single source of truth for defaults. The Prefect flows take them as
-parameters (so the Prefect UI renders them as a form), the CLI builds them from its options,
-and every library function receives the one sub-model it needs.
+parameters (so the Prefect UI renders them as a form: the rl_run flow takes a night's choices as
+its own parameters and `AdvancedSettings` grouped below them), the CLI builds them from its
+options, and every library function receives the one sub-model it needs.
 """
 
 from __future__ import annotations
@@ -259,8 +260,32 @@ class PPOConfig(_Settings):
     )
 
 
-class RunConfig(_Settings):
-    """One RL run: the cycle repeated `cycles` times. Also the rl_run flow's parameters."""
+class AdvancedSettings(_Settings):
+    """The settings of a run a night seldom changes: the evaluation, the sandbox, the reward, the policy, PPO,
+    where executions run and where state lives. `RunConfig` adds the night's own choices to them; the rl_run
+    flow's form shows those at the top and these grouped below (`advanced`)."""
+
+    name_symbols: bool = Field(
+        False,
+        description="Name the symbols in the prompt (the policy can then apply what it remembers of those coins; "
+        "the report says so). Off: the prompt says how many there are.",
+    )
+    runs_dir: Path = Field(Path("runs"), description="Where the buffer, checkpoints, cache and reports live.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite under runs_dir).")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+
+
+#: The largest seed: the sandbox seeds numpy with it, which takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+class RunConfig(AdvancedSettings):
+    """One RL run: the cycle repeated `cycles` times: the night's choices, and the advanced settings."""
 
     name: str | None = Field(
         None,
@@ -271,26 +296,17 @@ class RunConfig(_Settings):
     batch_size: int = Field(16, ge=1, description="Experiences per cycle.")
     prompt_version: str = Field("v5_rules", description="Prompt template under prompts/.")
     dataset: Path = Field(Path("data/sample_daily.parquet"), description="OHLCV panel (Parquet or CSV).")
-    name_symbols: bool = Field(
-        False,
-        description="Name the symbols in the prompt (the policy can then apply what it remembers of those coins; "
-        "the report says so). Off: the prompt says how many there are.",
-    )
-    seed: int = Field(0, description="Seed for generation, folds and models.")
-    runs_dir: Path = Field(Path("runs"), description="Where the buffer, checkpoints, cache and reports live.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite under runs_dir).")
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
-    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for generation, folds and models.")
 
     @model_validator(mode="after")
     def _groups_have_two_completions(self) -> RunConfig:
         if self.ppo.advantage == "group" and self.batch_size < 2:
             raise ValueError("advantage=group compares completions of one prompt: batch_size must be at least 2")
         return self
+
+    def advanced(self) -> AdvancedSettings:
+        """The advanced settings of this run (everything but its name, cycles, batch size, prompt, dataset, seed)."""
+        return AdvancedSettings(**{name: getattr(self, name) for name in AdvancedSettings.model_fields})
 
 
 MISTRAL_7B = "mistralai/Mistral-7B-v0.1"

@@ -43,6 +43,9 @@ class Experience(BaseModel):
     reward: float
     code_hash: str | None = Field(None, description="Hash of features + model source, when it parsed.")
     cache_key: str | None = Field(None, description="Content hash of the execution, when it was executed.")
+    cached: bool | None = Field(
+        None, description="Whether its execution's result came from the cache (None: nothing was executed)."
+    )
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -1,16 +1,15 @@
-"""A run's progress as log events, and the terminal display that draws them.
+"""A run's progress as log events, the terminal display that draws them, and the line that sums up a cycle.
 
 The pipeline reports progress from the values its steps return (`cycle_started` with a batch,
 `experiment_done` with each outcome as it arrives, `cycle_finished` with the cycle's logged
 numbers) as records of the `sharpe_rl.progress` logger. Anything that handles logs can follow a
-run: `RunProgress` draws bars in the terminal for `sharpe-rl run`; a deployment can ship them to
-Prefect with PREFECT_LOGGING_EXTRA_LOGGERS=sharpe_rl.
+run: `RunProgress` draws bars in the terminal for `sharpe-rl run`. `cycle_line` is the one line a
+cycle ends with, the same in the terminal and in the flow run's logs in the Prefect UI.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 events = logging.getLogger("sharpe_rl.progress")
 events.setLevel(logging.INFO)
 events.propagate = False  # a progress line is not a log message: only handlers attached here see it
+
+
+def said(line: str) -> None:
+    """A line the run says to its user (its start, each cycle's `cycle_line`, its end)."""
+    events.info("%s", line, extra={"progress": ("said", {"line": line})})
 
 
 def cycle_started(run: str, cycle: int, cycles: int, batch_size: int) -> None:
@@ -51,8 +55,38 @@ def cycle_finished(cycle: int, summary: Mapping[str, float]) -> None:
     )
 
 
+def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
+    """What a cycle did, in one line: reward, best net Sharpe, how many experiments ran and why the others failed,
+    how many executions came from the cache, and the KL of the policy that wrote the batch to the base policy.
+
+    `summary` is the cycle's logged numbers (`steps.log_update`): `experiments`, `ok_pct`, `failure_pct_<class>`,
+    `cached`, `reward_mean`, `sharpe_max`, `ppo_kl`.
+    """
+    experiments = int(summary.get("experiments", 0))
+
+    def count(pct: float) -> int:
+        return round(experiments * pct / 100)
+
+    failures = {
+        key.removeprefix("failure_pct_"): count(pct)
+        for key, pct in summary.items()
+        if key.startswith("failure_pct_") and count(pct)
+    }
+    failed = sum(failures.values())
+    why = " (" + ", ".join(f"{name} {n}" for name, n in sorted(failures.items(), key=lambda i: -i[1])) + ")"
+    sharpe = f", best net Sharpe {summary['sharpe_max']:.2f}" if summary.get("sharpe_max") is not None else ""
+    cached = int(summary.get("cached") or 0)
+    reused = f"; {cached} execution{'s' if cached > 1 else ''} from the cache" if cached else ""
+    return (
+        f"cycle {cycle}: reward mean {summary.get('reward_mean', float('nan')):+.3f}{sharpe}; "
+        f"ran {count(summary.get('ok_pct', 0.0))} of {experiments}, failed {failed}{why if failed else ''}{reused}; "
+        # The KL of the policy that wrote this batch to the base policy (PPOStats.kl: k3, never negative).
+        f"KL to base {summary.get('ppo_kl', 0.0):.3f} nats"
+    )
+
+
 class RunProgress(logging.Handler):
-    """Two bars (cycles; experiments of this cycle) and one summary line per cycle, while in its `with` block."""
+    """Two bars (cycles; experiments of this cycle) and the lines the run says, while in its `with` block."""
 
     def __init__(self, console: Console | None = None) -> None:
         super().__init__()
@@ -66,7 +100,6 @@ class RunProgress(logging.Handler):
         )
         self._cycles = self.progress.add_task("cycles", total=None)
         self._experiments = self.progress.add_task("experiments", total=None)
-        self._outcomes: Counter[str] = Counter()
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -83,7 +116,6 @@ class RunProgress(logging.Handler):
             return
         kind, values = event
         if kind == "cycle_started":
-            self._outcomes.clear()
             self.progress.update(
                 self._cycles, description=f"{values['run']}: cycles", total=values["cycles"], completed=values["cycle"]
             )
@@ -94,17 +126,8 @@ class RunProgress(logging.Handler):
                 completed=0,
             )
         elif kind == "experiment_done":
-            self._outcomes[values["status"]] += 1
             self.progress.update(self._experiments, description=f"cycle {values['cycle']}: executing", advance=1)
         elif kind == "cycle_finished":
-            cycle, summary = values["cycle"], values["summary"]
-            self.progress.update(self._cycles, completed=cycle + 1)
-            outcomes = ", ".join(f"{name} {count}" for name, count in self._outcomes.most_common())
-            sharpe = f", best net Sharpe {summary['sharpe_max']:.2f}" if summary.get("sharpe_max") is not None else ""
-            self.console.print(
-                f"cycle {cycle}: reward mean {summary['reward_mean']:+.3f}{sharpe}; {outcomes}; "
-                # The KL of the policy that wrote this batch to the base policy (PPOStats.kl: k3, never negative).
-                f"KL to base {summary.get('ppo_kl', 0.0):.3f} nats",
-                soft_wrap=True,
-                highlight=False,
-            )
+            self.progress.update(self._cycles, completed=values["cycle"] + 1)
+        elif kind == "said":
+            self.console.print(values["line"], soft_wrap=True, highlight=False, markup=False)

@@ -53,7 +53,15 @@ def rerun_experiments(
     runs_dir: Path, run: str, cycle: int, index: int | None = None, executor: str | None = None
 ) -> list[Rerun]:
     """Run cycle `cycle` of `run` again (or only experiment `index` of it) and compare with the buffer."""
-    experiences = ReplayBuffer(runs_dir).experiences(run, cycle)
+    buffer = ReplayBuffer(runs_dir)
+    cycles = buffer.cycles_done(run)
+    if not cycles:
+        raise RunError(f"the replay buffer under {runs_dir} has no run {run!r}")
+    if cycle not in cycles:
+        raise RunError(
+            f"run {run} has no cycle {cycle} in the replay buffer: its cycles are {cycles[0]} to {cycles[-1]}"
+        )
+    experiences = buffer.experiences(run, cycle)
     if index is not None:
         experiences = [e for e in experiences if e.index == index]
     if not experiences:

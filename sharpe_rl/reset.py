@@ -10,6 +10,30 @@ from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.policy.checkpoint import Checkpoints
 
 
+def reset_plan(runs_dir: Path) -> list[str]:
+    """What `reset_runs` would archive, one line each (nothing is moved): every run's checkpoints, the replay
+    buffer, the holdout scores, elite archives and policy evaluations."""
+    plan = []
+    checkpoints = runs_dir / "checkpoints"
+    runs = sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) if checkpoints.exists() else []
+    for run in runs:
+        cycle = Checkpoints(runs_dir, run).latest_cycle()
+        done = "no cycle done yet" if cycle is None else f"{cycle + 1} cycle{'s' if cycle else ''} done"
+        plan.append(f"the checkpoints of run {run} ({done})")
+    frame = ReplayBuffer(runs_dir).frame()
+    if not frame.is_empty():
+        names = sorted(frame["run"].unique().to_list())
+        plan.append(f"the replay buffer: {frame.height} experiences of {len(names)} run(s) ({', '.join(names)})")
+    for folder, what in (
+        ("holdout", "holdout scores"),
+        ("elites", "elite archives"),
+        ("evaluations", "policy evaluations"),
+    ):
+        if (runs_dir / folder).is_dir() and any((runs_dir / folder).iterdir()):
+            plan.append(f"the {what} ({runs_dir / folder})")
+    return plan
+
+
 def reset_runs(runs_dir: Path) -> dict[str, str | None]:
     """Archive every run's checkpoints (adapter, value head, optimizer), the buffer, holdout scores, elites and
     policy evaluations."""

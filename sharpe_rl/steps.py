@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,25 @@ def run_config_path(runs_dir: Path, run: str) -> Path:
     return runs_dir / "checkpoints" / run / "run-config.json"
 
 
+#: Fresh seeds are drawn below this: short enough to read off a log line and type back in.
+FRESH_SEEDS = 1_000_000
+
+
+def choose_seed(runs_dir: Path, run: str, seed: int | None) -> tuple[int, str]:
+    """The seed run `run` starts with, and why: the one given; an unfinished run's own when it resumes; else fresh.
+
+    A fresh seed makes running again explore: with one fixed default, a second run's first cycle samples the same
+    completions from the same base policy, and every execution comes back from the cache. The seed is recorded
+    with the run's settings (and in MLflow), so giving it again reproduces the run.
+    """
+    if seed is not None:
+        return seed, "given"
+    saved = run_config_path(runs_dir, run)
+    if saved.is_file():
+        return RunConfig.model_validate_json(saved.read_text()).seed, "the run's own, resuming"
+    return secrets.randbelow(FRESH_SEEDS), "fresh"
+
+
 class RunRef(BaseModel):
     """A started run, as values: what every step after `start` needs to know about it."""
 
@@ -95,6 +115,7 @@ class RunRef(BaseModel):
     evaluation: EvaluationRef
     prompt: str
     parent_run_id: str
+    mlflow_url: str  # the parent run's page in the MLflow UI
     policy: PolicyRef  # where the run resumes: its latest checkpoint, or the base policy
     description: str
 
@@ -174,7 +195,7 @@ def start(config: RunConfig) -> RunRef:
     description = (
         f"run {name}: {where}, {config.cycles} cycles × {config.batch_size} experiments on {config.dataset} "
         f"({len(dataset.symbols)} symbols, reward window to {dataset.plan.reward_end:%Y-%m-%d}); "
-        f"executions on {_where_executions_run(config)}; MLflow: {tracker.run_url_hint}\n"
+        f"executions on {_where_executions_run(config)}; seed {config.seed}\nMLflow: {tracker.run_address}\n"
         f"point-in-time: {dataset.workload()}\n{dataset.noskill.sentence()} (net Sharpe on the reward folds; "
         f"its noise, {dataset.noskill.sigma:.2f}, is the unit of the evidence reward)"
     )
@@ -205,6 +226,7 @@ def start(config: RunConfig) -> RunRef:
         evaluation=evaluation,
         prompt=prompt,
         parent_run_id=parent,
+        mlflow_url=tracker.run_url,
         policy=policy,
         description=description,
     )
@@ -498,6 +520,7 @@ def _experience(
         ),
         code_hash=spec.code_hash if spec else None,
         cache_key=result.cache_key if result else None,
+        cached=result.cached if result else None,
         timings=dict(result.timings) if result else {},
     )
 

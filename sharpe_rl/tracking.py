@@ -44,6 +44,12 @@ from sharpe_rl.experience import Experience
 log = logging.getLogger(__name__)
 
 EXPERIMENT_NAME = "sharpe-rl"
+#: Where `sharpe-rl serve` shows the embedded store (SQLite under the runs directory): its MLflow UI.
+LOCAL_UI_PORT = 5000
+LOCAL_UI = f"http://127.0.0.1:{LOCAL_UI_PORT}"
+#: MLflow's experiment tag for the kind of work an experiment holds: model training opens on its runs and
+#: charts, where an experiment without it opens on the GenAI views (traces, evaluations).
+_EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _TAG_RUN = "sharpe_rl.run"
 _TAG_CYCLE = "sharpe_rl.cycle"
 _TAG_KIND = "sharpe_rl.kind"
@@ -136,9 +142,13 @@ class Tracker:
                 # A local store (SQLite, files) keeps artifacts under the runs directory, not in ./mlruns of
                 # whatever directory the run was started from; a tracking server decides for itself.
                 location = None if self._server else (self.runs_dir / "mlartifacts").resolve().as_uri()
-                self._experiment_id = self.client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(
+                    EXPERIMENT_NAME, artifact_location=location, tags=dict([_EXPERIMENT_KIND])
+                )
             else:
                 self._experiment_id = experiment.experiment_id
+                if experiment.tags.get(_EXPERIMENT_KIND[0]) != _EXPERIMENT_KIND[1]:  # made by an earlier version
+                    self.client.set_experiment_tag(self._experiment_id, *_EXPERIMENT_KIND)
         return self._experiment_id
 
     # -- the parent run ---------------------------------------------------------------------
@@ -183,8 +193,19 @@ class Tracker:
             self.client.set_terminated(self._parent(), status=status)
 
     @property
-    def run_url_hint(self) -> str:
-        return f"experiment {EXPERIMENT_NAME}, run id {self.parent_run_id} ({self.tracking_uri})"
+    def ui(self) -> str:
+        """The MLflow UI that shows this store: the tracking server itself, or `sharpe-rl serve`'s for a local store."""
+        return self.tracking_uri.rstrip("/") if self._server else LOCAL_UI
+
+    @property
+    def run_url(self) -> str:
+        """The parent run's page in the MLflow UI."""
+        return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{self._parent()}"
+
+    @property
+    def run_address(self) -> str:
+        """The parent run's page, and for a local store which UI shows it."""
+        return self.run_url + ("" if self._server else " (the MLflow UI `sharpe-rl serve` starts)")
 
     # -- per cycle --------------------------------------------------------------------------
 
@@ -305,10 +326,11 @@ class Tracker:
             "custom_features": str(e["custom_features"]),
             "code_hash": e["code_hash"] or "",
             "error": (e["error_message"] or "")[:_MAX_TAG_CHARS],
+            "cached": _cached_tag(e.get("cached")),
         }
         if invalid:
             tags[_TAG_INVALID] = describe_invalid(invalid)[:_MAX_TAG_CHARS]
-        name = " ".join(f"c{e['cycle']:03d}-{e['index']:02d} {e['name'] or status}".split())[:250]
+        name = child_run_name(e["run"], e["cycle"], e["index"], e["name"] or status)
         child = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = child.info.run_id
         now = int(time.time() * 1000)
@@ -343,6 +365,17 @@ class Tracker:
 
     def _has_step(self, run_id: str, step: int, key: str) -> bool:
         return any(m.step == step for m in self.client.get_metric_history(run_id, key))
+
+
+def child_run_name(run: str, cycle: int, index: int, name: str) -> str:
+    """An experiment's MLflow run name: its RL run, cycle and index, then its own name (`night-3 c002-05 lightgbm`),
+    so that runs sorted across RL runs still say where each came from."""
+    return " ".join(f"{run} c{cycle:03d}-{index:02d} {name}".split())[:250]
+
+
+def _cached_tag(cached: bool | None) -> str:
+    """The `cached` tag: whether the execution's result came from the cache, or that nothing was executed."""
+    return "not executed" if cached is None else str(cached).lower()
 
 
 def _table_row(e: Experience) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""Publishing the post-mortem where the user already looks: Prefect artifacts and the MLflow parent run."""
+"""Publishing what a run shows where the user already looks: Prefect artifacts (the post-mortem with a link to the
+MLflow run, its tables, the cycles done) and the MLflow parent run (the report's files).
+
+The artifacts are a view of files the run keeps anyway (the buffer, the report under `runs/reports/`), rebuilt
+whole each time: when the Prefect API does not answer, a post is skipped with a warning and the next one (a
+cycle later) brings the view up to date. A night never waits on, or fails for, its view.
+"""
 
 from __future__ import annotations
 
 import re
 
-from prefect import task
-from prefect.artifacts import Artifact, MarkdownArtifact, TableArtifact
+import httpx
+from prefect import get_run_logger, task
+from prefect.artifacts import Artifact, MarkdownArtifact, ProgressArtifact, TableArtifact
 from prefect.cache_policies import NONE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
@@ -14,6 +21,7 @@ from prefect.runtime import flow_run
 
 from sharpe_rl.analysis.report import Report, build_report
 from sharpe_rl.holdout import report_frame
+from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.steps import RunRef
 
 
@@ -22,16 +30,17 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
-def post_report(report: Report) -> None:
-    """Post a report as a markdown artifact (plots embedded) and one table artifact per table.
+def post_report(report: Report, mlflow_url: str | None = None) -> None:
+    """Post a report as a markdown artifact (plots embedded, the MLflow run linked) and one table artifact per table.
 
     Posting again from the same flow run updates those artifacts in place, so a run's Artifacts tab
     holds one current post-mortem rather than one per cycle (which the UI lists in no useful order).
     """
+    link = f"MLflow: [the run {report.run}, its experiments and this report]({mlflow_url})\n\n" if mlflow_url else ""
     artifacts: list[Artifact] = [
         MarkdownArtifact(
             key=artifact_key(report.run, "post-mortem"),
-            markdown=report.markdown_with_embedded_plots(),
+            markdown=link + report.markdown_with_embedded_plots(),
             description=f"Post-mortem of {report.run}",
         )
     ]
@@ -40,26 +49,49 @@ def post_report(report: Report) -> None:
         for name, rows in report.tables.items()
         if rows
     ]
+    _post(artifacts, "the post-mortem")
+
+
+def post_progress(run: RunRef) -> None:
+    """A progress artifact of the flow run: the share of the run's cycles done (committed by their checkpoint)."""
+    last = Checkpoints(run.config.runs_dir, run.name).latest_cycle()
+    done = 0 if last is None else last + 1  # cycles run in order: a cycle's checkpoint follows its predecessors'
+    total = run.config.cycles
+    progress = ProgressArtifact(
+        key=artifact_key(run.name, "progress"),
+        progress=min(100.0, 100 * done / total),
+        description=f"{run.name}: {done} of {total} cycles done",
+    )
+    _post([progress], "the progress")
+
+
+def _post(artifacts: list[Artifact], what: str) -> None:
+    """Create the artifacts of this flow run, or update those it already posted under the same keys."""
     mine = ArtifactFilter(
         key=ArtifactFilterKey(any_=[artifact.key for artifact in artifacts]),
         flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
     )
-    with get_client(sync_client=True) as client:
-        posted = {artifact.key: artifact.id for artifact in client.read_artifacts(artifact_filter=mine)}
-        for artifact in artifacts:
-            if artifact.key in posted:
-                update = ArtifactUpdate(data=artifact.format(), description=artifact.description)
-                client.update_artifact(posted[artifact.key], update)
-            else:
-                artifact.create()
+    try:
+        with get_client(sync_client=True) as client:
+            posted = {artifact.key: artifact.id for artifact in client.read_artifacts(artifact_filter=mine)}
+            for artifact in artifacts:
+                if artifact.key in posted:
+                    update = ArtifactUpdate(data=artifact.format(), description=artifact.description)
+                    client.update_artifact(posted[artifact.key], update)
+                else:
+                    artifact.create()
+    except httpx.HTTPError as exc:  # the API is away (a server restart): the next post catches up
+        get_run_logger().warning("the Prefect API did not answer (%s): %s is updated with the next cycle", exc, what)
 
 
 @task(cache_policy=NONE)
 def publish_report(run: RunRef) -> str:
-    """Rebuild the run's post-mortem from the buffer (and holdout scores), post it, attach it to MLflow."""
+    """Rebuild the run's post-mortem from the buffer (and holdout scores), post it and the cycles done, attach it
+    to MLflow; returns the HTML report's path."""
     runs_dir = run.config.runs_dir
     out_dir = runs_dir / "reports" / run.name
     report = build_report(report_frame(runs_dir, run.name), out_dir, run=run.name, runs_dir=runs_dir)
-    post_report(report)
+    post_report(report, run.mlflow_url)
+    post_progress(run)
     run.tracker().log_artifacts(out_dir, "report")
     return str(report.html_path)

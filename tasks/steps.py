@@ -1,9 +1,10 @@
 """The steps of a cycle as Prefect tasks: thin wrappers over `sharpe_rl.steps` and `sharpe_rl.policy.steps`.
 
 Every input is a value the flow passes (the run, the policy ref, the previous step's result);
-progress is reported from the values the steps return. Generation, scoring, logging and the
-update run in the flow's process; the executions fan out over the flow's task runner
-(`execute_batch`). Logging is retried on any error (the replay buffer write is idempotent, and
+progress is reported from the values the steps return, and each cycle ends with its line in the
+flow run's logs (`progress.cycle_line`: reward, best net Sharpe, ran/failed, cache, KL). Generation,
+scoring, logging and the update run in the flow's process; the executions fan out over the flow's
+task runner (`execute_batch`). Logging is retried on any error (the replay buffer write is idempotent, and
 MLflow catches up through its outbox).
 """
 
@@ -25,6 +26,7 @@ from sharpe_rl.policy import steps as policy_steps
 from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.steps import Executions, Logged, RunRef, Scored
 from tasks.execute import execute_experiment
+from tasks.say import say
 
 
 @task(cache_policy=NONE, task_run_name="generate (cycle {cycle})")
@@ -81,6 +83,8 @@ def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
 
 @task(cache_policy=NONE, **_logging_retries)
 def log_update(run: RunRef, update: Update, logged: Logged) -> dict[str, float]:
+    """Log the update, and say what the cycle did (`progress.cycle_line`)."""
     numbers = run_steps.log_update(run, update, logged)
     progress.cycle_finished(logged.cycle, numbers)
+    say(progress.cycle_line(logged.cycle, numbers))
     return numbers

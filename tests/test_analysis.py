@@ -339,6 +339,37 @@ def test_markdown_with_embedded_plots_carries_every_plot_as_a_data_uri(tmp_path)
     assert re.sub(r"\(data:image/png;base64,[^)]*\)", "", embedded) == without_images  # nothing else changed
 
 
+def test_the_html_report_stands_alone_with_its_plots_inside_and_its_texts_rendered(tmp_path):
+    # MLflow's artifact view shows report.html without the plots/ folder beside it, and its texts are Markdown.
+    report = build_report(make_frame(), tmp_path)
+    sources = re.findall(r'<img src="([^"]*)"', report.html)
+    assert len(sources) == len(report.plots) == 6
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert sorted(base64.b64decode(src.split(",", 1)[1]) for src in sources) == sorted(
+        path.read_bytes() for path in report.plots.values()
+    )
+    paragraphs = re.findall(r"<p>(.*?)</p>", report.html, flags=re.DOTALL)
+    assert paragraphs and not any("`" in text or "*" in text for text in paragraphs)  # no raw Markdown
+    assert "<p>Run <code>r1</code>.</p>" in report.html
+    assert "<em>custom</em>: uses a kind of feature" in report.html
+
+
+def test_the_report_counts_executions_that_came_from_the_cache(tmp_path):
+    statics = {"json_parse", "schema", "syntax"}  # never executed: nothing to take from a cache
+    cached = [None if row[4] in statics else row[0] == 1 for row in ROWS]  # cycle 1 ran entirely from the cache
+    frame = make_frame().with_columns(cached=pl.Series(cached, dtype=pl.Boolean))
+    report = build_report(frame, tmp_path)
+    cycles = {row["cycle"]: row["cached"] for row in report.tables["cycles"]}
+    assert cycles == {0: 0, 1: 4, 2: 0}
+    headline = {row["metric"]: row["value"] for row in report.tables["headline"]}
+    executed = sum(c is not None for c in cached)
+    assert headline["executions whose result came from the cache"] == f"{100 * 4 / executed:.1f}%"
+    assert "| from the cache |" in report.markdown
+    # a buffer from before the cache was recorded shows no count rather than a wrong zero
+    old = build_report(make_frame(), tmp_path / "old")
+    assert {row["cached"] for row in old.tables["cycles"]} == {None}
+
+
 def test_a_one_cycle_run_gets_one_integer_cycle_tick():
     from matplotlib.figure import Figure
 

@@ -126,6 +126,18 @@ def test_frame_over_many_cycles_and_runs(tmp_path):
     assert buffer.cycles_done("run-c") == []
 
 
+def test_a_cycle_written_before_the_cached_field_reads_with_it_empty(tmp_path):
+    buffer = ReplayBuffer(tmp_path)
+    buffer.write("old", 0, cycle_of("old", 0))
+    path = buffer.path("old", 0)
+    pl.read_parquet(path).drop("cached").write_parquet(path)  # as an earlier version wrote it
+    buffer.write("new", 0, [e.model_copy(update={"cached": True}) for e in cycle_of("new", 0)])
+    frame = buffer.frame()
+    assert frame.filter(pl.col("run") == "old")["cached"].to_list() == [None, None, None]
+    assert frame.filter(pl.col("run") == "new")["cached"].to_list() == [True, True, True]
+    assert [e.cached for e in buffer.experiences("old", 0)] == [None, None, None]
+
+
 def test_empty_buffer_has_an_empty_frame(tmp_path):
     frame = ReplayBuffer(tmp_path).frame()
     assert frame.height == 0 and "reward" in frame.columns

@@ -184,7 +184,7 @@ def test_a_full_disk_names_the_path_leaves_nothing_half_written_and_the_run_resu
     writer, tmp_path, config_for, monkeypatch
 ):
     import tasks.report
-    from flows.rl_run import rl_run
+    from flows.rl_run import run
 
     disk = SmallDisk(tmp_path / "disk", size_mb=64)
     disk.mount()
@@ -201,7 +201,7 @@ def test_a_full_disk_names_the_path_leaves_nothing_half_written_and_the_run_resu
         monkeypatch.setattr(*target, fill_before_second_call(disk, getattr(*target)))
 
         with pytest.raises(DiskFull) as failed:
-            rl_run(config)
+            run(config)
         assert f"no space left on the disk holding {expected_path}" in str(failed.value)
         assert parent_run(mlflow_client(runs, tracking), "disk-full").info.status == "FAILED"
         assert [p for p in runs.rglob("*") if ".tmp" in p.name] == []  # no staging file or folder left
@@ -214,7 +214,7 @@ def test_a_full_disk_names_the_path_leaves_nothing_half_written_and_the_run_resu
         assert not report.exists() or report.read_text().rstrip().endswith("</html>")
 
         disk.free()
-        assert rl_run(config) == "disk-full"  # resumes where it stopped
+        assert run(config) == "disk-full"  # resumes where it stopped
         assert_recorded_once(runs, "disk-full", cycles=2, batch=2, tracking_uri=tracking)
         assert parent_run(mlflow_client(runs, tracking), "disk-full").info.status == "FINISHED"
     finally:

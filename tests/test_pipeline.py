@@ -13,10 +13,12 @@ The resume test kills a real `sharpe-rl run` process mid-cycle and restarts it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -99,6 +101,7 @@ def test_four_cycles_fill_the_buffer_mlflow_and_the_checkpoint(reference_run):
         assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, key)) == [0, 1, 2, 3], key
     logged = children(runs, "e2e")
     assert len(logged) == 16
+    assert all(c.info.run_name.startswith("e2e c00") for c in logged)  # told apart when sorted across runs
     assert sorted(float(c.data.metrics["reward"]) for c in logged) == sorted(frame["reward"].to_list())
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.json", "cycles", "adapter", "report", "prompts"} <= artifacts
@@ -127,6 +130,59 @@ def test_the_run_keeps_one_post_mortem_artifact_current_with_its_plots(reference
     assert "](data:image/png;base64," in posted[0].data and "](plots/" not in posted[0].data
 
 
+def flow_run_logs(flow: str, name: str, runs_dir: Path | None = None) -> tuple[object, list[str]]:
+    """The flow run of `flow` named `name` (the latest; of the run under `runs_dir` when given: other tests run
+    flows of the same name elsewhere), and its log lines (its tasks' included), in order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort, LogSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+            sort=FlowRunSort.START_TIME_DESC,
+        )
+        if runs_dir is not None:
+            found = [r for r in found if r.parameters.get("advanced", {}).get("runs_dir") == str(runs_dir)]
+        of_the_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[found[0].id]))
+        lines: list[str] = []
+        while page := client.read_logs(log_filter=of_the_run, limit=200, offset=len(lines), sort=LogSort.TIMESTAMP_ASC):
+            lines += [log.message for log in page]
+    return found[0], lines
+
+
+def test_the_flow_runs_logs_tell_the_story_of_the_night(reference_run):
+    # Before, every log line of a run in the Prefect UI was "Finished in state Completed()".
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    flow_run, lines = flow_run_logs("rl_run", "e2e", reference_run.runs_dir)
+    parent = parent_run(mlflow_client(reference_run.runs_dir), "e2e")
+    address = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    start = next(i for i, line in enumerate(lines) if line.startswith("run e2e: starting, 4 cycles × 4 experiments"))
+    assert f"MLflow: {address} (the MLflow UI `sharpe-rl serve` starts)" in lines[start:]
+    cycle_lines = [line for line in lines if re.match(r"cycle \d: reward mean [+-]\d\.\d{3}", line)]
+    assert [line.split(":")[0] for line in cycle_lines] == ["cycle 0", "cycle 1", "cycle 2", "cycle 3"]
+    assert all(re.search(r"; ran \d of 4, failed \d.*; KL to base \d\.\d{3} nats$", line) for line in cycle_lines)
+    report = (reference_run.runs_dir / "reports" / "e2e" / "report.html").resolve()
+    assert any(line.startswith(f"run e2e finished: post-mortem {report}") for line in lines)
+    with get_client(sync_client=True) as client:
+        keys = ArtifactFilter(key=ArtifactFilterKey(any_=["e2e-progress", "e2e-post-mortem"]))
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=keys) if a.flow_run_id == flow_run.id}
+    assert artifacts["e2e-progress"].data == 100.0 and "4 of 4 cycles" in artifacts["e2e-progress"].description
+    assert artifacts["e2e-post-mortem"].data.startswith(
+        f"MLflow: [the run e2e, its experiments and this report]({address})"
+    )
+
+
 def test_a_past_cycle_reruns_and_reproduces(reference_run):
     from flows.rerun import rerun
 
@@ -140,12 +196,64 @@ def test_a_past_cycle_reruns_and_reproduces(reference_run):
             assert row["max_prediction_diff"] == 0.0 and row["rerun_sharpe"] == row["original_sharpe"]
 
 
+def answer_the_reset(archive: bool, paused: list) -> threading.Thread:
+    """In the background, as a person in the UI would: wait for the reset flow run to pause, then resume it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    def answer() -> None:
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                waiting = client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=["reset"])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                    ),
+                )
+                if waiting:
+                    paused.append(waiting[0])
+                    resume_flow_run(waiting[0].id, run_input={"archive": archive})
+                    return
+                time.sleep(1)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_reset_waits_for_a_confirmation_and_archives_nothing_without_one(reference_run, tmp_path):
+    from flows.reset import reset
+
+    runs = tmp_path / "runs"
+    shutil.copytree(reference_run.runs_dir, runs)
+    paused: list = []
+    answer_the_reset(archive=False, paused=paused)
+    assert reset(runs) == {}
+    assert paused, "the reset never paused for its confirmation"
+    assert Checkpoints(runs, "e2e").latest_cycle() == 3 and not ReplayBuffer(runs).frame().is_empty()
+    _, lines = flow_run_logs("reset", paused[0].name)
+    assert "- the checkpoints of run e2e (4 cycles done)" in lines  # what it would archive, said before it asks
+    assert "not confirmed: nothing was archived" in lines
+
+
 def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_base(reference_run, tmp_path):
     from flows.reset import reset
 
     runs = tmp_path / "runs"
     shutil.copytree(reference_run.runs_dir, runs)
+    paused: list = []
+    answer_the_reset(archive=True, paused=paused)
     archived = reset(runs)
+    assert paused  # it archived only once confirmed
     assert archived["checkpoints of e2e"] and Path(archived["checkpoints of e2e"]).is_dir()
     assert Path(archived["replay buffer"], "e2e").is_dir()
     assert Path(archived["holdout scores"], "e2e.parquet").is_file()  # the end of the run scored the holdout
@@ -261,6 +369,8 @@ def test_a_cycle_of_already_executed_specs_starts_no_container(run_config, monke
     b = {e.name: e for e in ReplayBuffer(second.runs_dir).experiences("cache-b", 0)}
     assert a["logistic"].metrics == b["logistic"].metrics and b["logistic"].error_class is None
     assert b["raises"].error_class == "value_error"
+    assert [e.cached for e in a.values()] == [False, False] and [e.cached for e in b.values()] == [True, True]
+    assert {c.data.tags["cached"] for c in children(second.runs_dir, "cache-b")} == {"true"}
 
 
 # ---- the vLLM backend follows the policy through the adapters the run saves ----
@@ -331,6 +441,8 @@ def cli_run(config: RunConfig, runs_dir: Path) -> list[str]:
         "2",
         "--policy",
         config.policy.model,
+        "--seed",  # without one, each new run would draw a fresh seed
+        str(config.seed),
     ]
 
 

@@ -5,15 +5,35 @@ from io import StringIO
 from rich.console import Console
 
 from sharpe_rl import progress
-from sharpe_rl.progress import RunProgress
+from sharpe_rl.progress import RunProgress, cycle_line
 
 
 def test_the_cycle_line_shows_reward_outcomes_and_the_kl_to_the_base_policy():
     out = StringIO()
+    summary = {
+        "experiments": 6.0,
+        "ok_pct": 50.0,
+        "failure_pct_syntax": 100 * 2 / 6,
+        "failure_pct_missing_column": 100 / 6,
+        "failure_pct_timeout": 0.0,
+        "reward_mean": -0.5,
+        "sharpe_max": 1.234,
+        "ppo_kl": 0.01234,
+    }
     with RunProgress(Console(file=out, width=200)):
-        progress.cycle_started("run-a", cycle=2, cycles=3, batch_size=2)
+        progress.cycle_started("run-a", cycle=2, cycles=3, batch_size=6)
         progress.experiment_done(2, "syntax")
-        progress.experiment_done(2, "syntax")
-        progress.cycle_finished(2, {"reward_mean": -0.5, "sharpe_max": 1.234, "ppo_kl": 0.01234})
+        progress.cycle_finished(2, summary)
+        progress.said(cycle_line(2, summary))  # what the pipeline's log step says
     line = next(line for line in out.getvalue().splitlines() if line.startswith("cycle 2:"))
-    assert line == "cycle 2: reward mean -0.500, best net Sharpe 1.23; syntax 2; KL to base 0.012 nats"
+    assert line == (
+        "cycle 2: reward mean -0.500, best net Sharpe 1.23; ran 3 of 6, failed 3 (syntax 2, missing_column 1); "
+        "KL to base 0.012 nats"
+    )
+
+
+def test_the_cycle_line_says_how_many_executions_came_from_the_cache():
+    summary = {"experiments": 4.0, "ok_pct": 100.0, "cached": 4.0, "reward_mean": 0.25, "ppo_kl": 0.0}
+    assert cycle_line(0, summary) == (
+        "cycle 0: reward mean +0.250; ran 4 of 4, failed 0; 4 executions from the cache; KL to base 0.000 nats"
+    )

@@ -72,14 +72,14 @@ def on_dask(address: str) -> dict:
 def test_a_run_on_a_two_worker_dask_cluster_reproduces_the_default_runner_exactly(
     reference_run, dask_cluster, engines, tmp_path
 ):
-    from flows.rl_run import rl_run
+    from flows.rl_run import run
 
     started = int(time.time())
     config = reference_run.model_copy(update={"runs_dir": tmp_path / "runs"} | on_dask(dask_cluster.address))
     key = "cache/disguise.key"  # the installation's secret for the data's disguise: the same one, as on one machine
     (config.runs_dir / key).parent.mkdir(parents=True)
     shutil.copy(reference_run.runs_dir / key, config.runs_dir / key)
-    assert rl_run(config) == "e2e"
+    assert run(config) == "e2e"
     policy_steps.release()
 
     columns = ["cycle", "index", "completion", "error_class", "reward", "metric_sharpe_net", "metric_dsr"]

@@ -27,12 +27,22 @@ def test_serve_deploys_schedules_and_stops_cleanly(served):
     process, output, runs = served
     assert f"http://127.0.0.1:{PREFECT_PORT}" in output and f"http://127.0.0.1:{MLFLOW_PORT}" in output
     assert is_up(f"http://127.0.0.1:{MLFLOW_PORT}/health")
+    # It says what it waits for while it starts (it once printed nothing for 112 s), then the addresses.
+    lines = output.splitlines()
+    assert lines[0].startswith("starting the Prefect server (http://127.0.0.1:4200) and the MLflow UI")
+    assert any(
+        line.startswith("deployed; a worker runs them. Waiting for the MLflow UI (its first start") for line in lines
+    )
+    assert lines.index(next(line for line in lines if line.startswith("Prefect UI:"))) > 2
 
     deployments = {d["name"]: d for d in post("/deployments/filter", {})}
     assert set(deployments) == {"nightly", "reset", "rerun", "report", "build-policy"}
+    banner = next(line for line in lines if line.startswith("Prefect UI:"))
+    assert all(f"/{name}" in banner for name in deployments)  # every deployment, build-policy included
     nightly = deployments["nightly"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 22 * * *"]
-    assert "RunConfig" in json.dumps(nightly["parameter_openapi_schema"])  # the UI renders the run's form
+    form = nightly["parameter_openapi_schema"]  # what the UI renders as the run's form
+    assert list(form["properties"]) == ["cycles", "batch_size", "dataset", "prompt_version", "seed", "advanced"]
 
     deadline = time.monotonic() + 60
     while not post("/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
+import yaml
+
 from sharpe_rl.services import (
+    DEPLOYMENTS_FILE,
     EPHEMERAL_SERVER_STARTUP_SECONDS,
+    deployment_names,
     orchestration_environment,
     use_orchestration_environment,
 )
@@ -30,3 +34,21 @@ def test_a_busy_machine_gets_time_to_start_prefects_temporary_server_and_a_users
     assert EPHEMERAL_SERVER_STARTUP_SECONDS >= 120
     monkeypatch.setitem(os.environ, key, "30")
     assert orchestration_environment(tmp_path)[key] == "30"
+
+
+def test_a_run_waits_out_a_prefect_server_restart_and_a_users_setting_wins(tmp_path, monkeypatch):
+    # A run attached to `serve`'s server died with "Connection refused" when that server stopped mid-run:
+    # Prefect's client gave up after 5 attempts (about a minute). tests/test_orchestration_restart.py runs it.
+    key = "PREFECT_CLIENT_MAX_RETRIES"
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")})
+    waits = [2**attempt for attempt in range(1, int(orchestration_environment(tmp_path)[key]) + 1)]
+    assert sum(waits) >= 5 * 60  # the client retries for over five minutes (2, 4, 8, ... s apart)
+    monkeypatch.setitem(os.environ, key, "3")
+    assert orchestration_environment(tmp_path)[key] == "3"
+
+
+def test_serve_announces_every_deployment_it_deploys():
+    # The banner once left out build-policy: the names now come from deployments/prefect.yaml itself.
+    listed = yaml.safe_load(DEPLOYMENTS_FILE.read_text())["deployments"]
+    assert [name.split("/")[1] for name in deployment_names()] == [d["name"] for d in listed]
+    assert "build_policy/build-policy" in deployment_names() and "rl_run/nightly" in deployment_names()

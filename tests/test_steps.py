@@ -47,6 +47,7 @@ def make_run(runs_dir: Path, dataset: Path, **updates) -> steps.RunRef:
         evaluation=evaluation,
         prompt=run_prompt(config, timedelta(days=1), ["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
         parent_run_id="not-tracked",
+        mlflow_url="",
         policy=PolicyRef(policy=config.policy, ppo=config.ppo, seed=0, runs_dir=runs_dir, run="r"),
         description="",
     )
@@ -303,3 +304,17 @@ def test_a_run_opens_with_its_clock_workload_no_skill_band_and_where_its_holdout
         assert facts.noskill == band and facts.clock.startswith("a decision every bar")
     finally:
         steps.finish(run)
+
+
+def test_a_new_run_without_a_seed_draws_a_fresh_one_and_a_resumed_run_keeps_its_own(tmp_path):
+    # With one fixed default seed, a second run's first cycle sampled the same completions from the same base
+    # policy, and every one of its executions came back from the cache.
+    runs = tmp_path / "runs"
+    drawn = {steps.choose_seed(runs, f"new-{i}", None) for i in range(20)}
+    assert {why for _, why in drawn} == {"fresh"}
+    assert len({seed for seed, _ in drawn}) > 15 and all(0 <= seed < steps.FRESH_SEEDS for seed, _ in drawn)
+    assert steps.choose_seed(runs, "given", 7) == (7, "given")
+    saved = steps.run_config_path(runs, "unfinished")
+    saved.parent.mkdir(parents=True)
+    saved.write_text(RunConfig(name="unfinished", seed=123).model_dump_json())
+    assert steps.choose_seed(runs, "unfinished", None) == (123, "the run's own, resuming")

@@ -14,7 +14,9 @@ from sharpe_rl.tracking import Tracker, flatten
 SPEC = {"name": "rf", "features": "def make_features(df):\n    return df\n", "model": "def make_model(): ..."}
 
 
-def experience(cycle: int, index: int, sharpe: float | None, error: ErrorClass | None = None) -> Experience:
+def experience(
+    cycle: int, index: int, sharpe: float | None, error: ErrorClass | None = None, cached: bool | None = False
+) -> Experience:
     return Experience(
         run="night-1",
         cycle=cycle,
@@ -33,6 +35,7 @@ def experience(cycle: int, index: int, sharpe: float | None, error: ErrorClass |
         metrics={} if error else {"sharpe_net": sharpe, "dsr": 0.4},
         reward=-1.25 if error else sharpe / 3,
         code_hash=None if error else "abc",
+        cached=cached,
         timings={"execute": 1.5},
     )
 
@@ -77,6 +80,34 @@ def test_cycle_metrics_have_steps_and_experiments_are_sortable_child_runs(tracke
     assert len(failed) == 1 and "vwap" in failed[0].data.tags["error"]
     code = tracker.client.download_artifacts(best.info.run_id, "model.py")
     assert Path(code).read_text() == SPEC["model"]
+
+
+def test_experiments_carry_their_rl_runs_name_and_whether_they_came_from_the_cache(tracker):
+    # Sorted across RL runs by sharpe_net, "c000-00 rf" of one night could not be told from another's.
+    batch = [experience(0, 0, 1.2, cached=True), experience(0, 1, 0.5), experience(0, 2, None, ErrorClass.syntax, None)]
+    tracker.log_cycle(0, {"reward_mean": 0.1}, batch)
+    found = {c.data.tags["sharpe_rl.index"]: c for c in children(tracker)}
+    assert {i: c.info.run_name for i, c in found.items()} == {
+        "0": "night-1 c000-00 rf",
+        "1": "night-1 c000-01 rf",
+        "2": "night-1 c000-02 syntax",
+    }
+    assert {i: c.data.tags["cached"] for i, c in found.items()} == {"0": "true", "1": "false", "2": "not executed"}
+    families = {i: c.data.tags["model_family"] for i, c in found.items()}
+    assert families == {"0": "sklearn", "1": "sklearn", "2": "unparsed"}
+
+
+def test_the_experiment_opens_in_mlflows_model_training_view_and_the_run_has_an_address(tracker, tmp_path):
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+    assert tracker.run_url == (
+        f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}"
+    )
+    # an experiment made by an earlier version gets the tag when a run next starts
+    tracker.client.delete_experiment_tag(tracker.experiment_id, "mlflow.experimentKind")
+    Tracker(tmp_path / "runs").start(RunConfig(name="night-2"), "night-2", fresh=True)
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_logging_a_cycle_again_duplicates_nothing(tracker):

@@ -1,12 +1,16 @@
-"""The UIs of `sharpe-rl serve`, checked in a real browser as a person would check them.
+"""The UIs of `sharpe-rl serve`, checked in a real browser as a person would use them.
 
 A small RL run (one cycle of 6 experiments of the test policy, in the Docker sandbox) is started
-through the `rl_run/nightly` deployment, so the served worker runs it as it runs the nightly one.
+from the `rl_run/nightly` deployment's form in the Prefect UI (its advanced settings set on the
+deployment, as prefect.yaml would), and the served worker runs it as it runs the nightly one.
 Then headless Chromium (Debian's `chromium`, driven by Playwright; no browser download) looks at:
-- the Prefect UI: Deployments lists `nightly` (flow rl_run) with its schedule; the run's Artifacts
-  tab holds one post-mortem, which opens with its tables and its plots;
-- the MLflow UI (its "Model training" view): the sharpe-rl experiment holds one parent run, the
-  experiments are its child runs, and sorting by sharpe_net puts the best experiment first.
+- the Prefect UI: the form (the night's settings at the top, the rest grouped below, one name
+  field); Deployments lists `nightly` (flow rl_run) with its schedule; the run's Logs say its start,
+  each cycle and its end; its Artifacts tab holds one post-mortem (with its tables, its plots and a
+  link to the MLflow run) and the cycles done; a reset does not start without a confirmation;
+- the MLflow UI: the sharpe-rl experiment opens on its runs (model training, not GenAI), holds one
+  parent run whose experiments are its child runs, named after it, sortable by sharpe_net; the
+  run's post-mortem shows in MLflow's artifact view with its images loaded.
 
 Selectors are the texts and roles a person reads on the page: a new UI version moves CSS classes
 and markup far more often than labels. Screenshots go to the test's temporary folder, or to
@@ -27,7 +31,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from service_fixtures import REQUIRE_BROWSER, require
 
-from sharpe_rl.config import EvalConfig, PolicyConfig, RunConfig, SandboxConfig
+from sharpe_rl.config import AdvancedSettings, EvalConfig, PolicyConfig, SandboxConfig
+from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.services import MLFLOW_PORT, PREFECT_PORT, prefect_api_url
 from sharpe_rl.tracking import EXPERIMENT_NAME
 
@@ -37,39 +42,8 @@ PREFECT_UI = f"http://127.0.0.1:{PREFECT_PORT}"
 MLFLOW_UI = f"http://127.0.0.1:{MLFLOW_PORT}"
 RUN = "ui-check"
 CYCLES, BATCH_SIZE = 1, 6
-EXPERIMENT_RUN_NAME = re.compile(r"^c\d{3}-\d{2} ")  # how the tracker names a child run: c<cycle>-<index> <name>
+EXPERIMENT_RUN_NAME = re.compile(rf"^{RUN} c\d{{3}}-\d{{2}} ")  # a child run: <run> c<cycle>-<index> <name>
 TIMEOUT_MS = 30_000  # a busy 2-core machine renders these pages in seconds, not milliseconds
-
-
-@pytest.fixture(scope="module")
-def finished_run(served, pipeline_dataset: Path, pipeline_policy: Path, sandbox_image: str) -> RunConfig:
-    """A run started through the rl_run/nightly deployment and executed by the served worker."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    _, _, runs = served
-    config = RunConfig(
-        name=RUN,
-        cycles=CYCLES,
-        batch_size=BATCH_SIZE,
-        dataset=pipeline_dataset,
-        runs_dir=runs,
-        eval=EvalConfig(n_folds=2),
-        sandbox=SandboxConfig(executor="docker", image=sandbox_image, workers=2, timeout_seconds=90, memory_mb=1024),
-        policy=PolicyConfig(model=str(pipeline_policy), max_new_tokens=700),
-    )
-    # The sync client: Prefect's dual sync/async functions return coroutines beside Playwright's event loop.
-    with temporary_settings({PREFECT_API_URL: prefect_api_url()}), get_client(sync_client=True) as client:
-        nightly = client.read_deployment_by_name("rl_run/nightly")
-        parameters = {"config": config.model_dump(mode="json")}
-        flow_run = client.create_flow_run_from_deployment(nightly.id, parameters=parameters)
-        deadline = time.monotonic() + 900
-        while not (flow_run := client.read_flow_run(flow_run.id)).state.is_final():
-            assert time.monotonic() < deadline, f"the run did not finish in 15 minutes: {flow_run.state}"
-            time.sleep(3)
-    worker_log = (runs / "logs" / "prefect-worker.log").read_text(errors="replace")[-3000:]
-    assert flow_run.state.is_completed(), f"{flow_run.state}\n{worker_log}"
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +68,19 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser):
-    """A new browser context per test: nothing remembered from another page, like a first visit."""
+def new_page(browser):
+    """A page in a new browser context: nothing remembered from another page, like a first visit."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+@pytest.fixture
+def page(browser):
+    page = new_page(browser)
     yield page
-    context.close()
+    page.context.close()
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +88,97 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = Path(os.environ.get("SHARPE_RL_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def prefect_client():
+    """Prefect's sync client on the served API (its dual sync/async functions return coroutines beside Playwright)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_api_url()}):
+        return get_client(sync_client=True)
+
+
+@pytest.fixture(scope="module")
+def nightly(served, pipeline_policy: Path, sandbox_image: str) -> AdvancedSettings:
+    """The nightly deployment with the test's advanced settings as its defaults (what prefect.yaml would hold):
+    state in the served runs folder, two folds, a small sandbox, the test policy."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    _, _, runs = served
+    advanced = AdvancedSettings(
+        runs_dir=runs,
+        eval=EvalConfig(n_folds=2),
+        sandbox=SandboxConfig(executor="docker", image=sandbox_image, workers=2, timeout_seconds=90, memory_mb=1024),
+        policy=PolicyConfig(model=str(pipeline_policy), max_new_tokens=700),
+    )
+    with prefect_client() as client:
+        deployment = client.read_deployment_by_name("rl_run/nightly")
+        parameters = {"advanced": advanced.model_dump(mode="json")}
+        client.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
+    return advanced
+
+
+def open_custom_run_form(page, deployment: str) -> None:
+    page.goto(PREFECT_UI)
+    page.get_by_role("link", name="Deployments", exact=True).click()
+    page.get_by_role("link", name=deployment, exact=True).click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Custom run").click()
+
+
+@pytest.fixture(scope="module")
+def finished_run(browser, nightly: AdvancedSettings, pipeline_dataset: Path, screenshots: Path) -> AdvancedSettings:
+    """A run started from the nightly deployment's form in the browser and executed by the served worker."""
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    open_custom_run_form(page, "nightly")
+    form = page.get_by_role("main")
+    page.get_by_label("Run Name").fill(RUN)
+    page.get_by_label("cycles").fill(str(CYCLES))
+    page.get_by_label("batch_size").fill(str(BATCH_SIZE))
+    page.get_by_label("dataset").fill(str(pipeline_dataset))
+    expect(form.get_by_label("prompt_version")).to_be_visible()
+    page.screenshot(path=screenshots / "prefect-run-form.png")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.get_by_text(RUN).first).to_be_visible()
+    page.context.close()
+
+    with prefect_client() as client:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+        deadline = time.monotonic() + 900
+        while True:
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[RUN])))
+            if found and found[0].state.is_final():
+                break
+            assert time.monotonic() < deadline, f"the run did not finish in 15 minutes: {found}"
+            time.sleep(3)
+    worker_log = (nightly.runs_dir / "logs" / "prefect-worker.log").read_text(errors="replace")[-3000:]
+    assert found[0].state.is_completed(), f"{found[0].state}\n{worker_log}"
+    return nightly
+
+
+def test_the_run_form_puts_the_nights_settings_at_the_top_with_one_name_field(page, nightly, screenshots):
+    from playwright.sync_api import expect
+
+    open_custom_run_form(page, "nightly")
+    fields = ["Run Name", "cycles", "batch_size", "dataset", "prompt_version", "seed"]
+    tops = []
+    for label in fields:
+        field = page.get_by_label(label, exact=True)
+        expect(field).to_be_visible()
+        tops.append(field.bounding_box()["y"])
+    assert tops == sorted(tops)  # in this order, from the top
+    advanced = page.get_by_text("advanced", exact=True).first
+    advanced.scroll_into_view_if_needed()
+    assert advanced.bounding_box()["y"] > tops[-1]  # everything else grouped below them
+    expect(page.get_by_label("name", exact=True)).to_have_count(0)  # one name field: Run Name
+    options = page.get_by_label("prompt_version", exact=True)
+    options.click()
+    expect(page.get_by_role("option", name="v6_inspiration")).to_be_visible()  # a drop-down of the versions
+    page.keyboard.press("Escape")
 
 
 def test_the_deployments_page_lists_the_nightly_run_with_its_schedule(page, finished_run, screenshots):
@@ -122,22 +192,49 @@ def test_the_deployments_page_lists_the_nightly_run_with_its_schedule(page, fini
     page.screenshot(path=screenshots / "prefect-deployments.png")
 
 
-def test_a_finished_runs_artifacts_show_the_post_mortem(page, finished_run, screenshots):
-    from playwright.sync_api import expect
-
+def open_flow_run(page, name: str) -> None:
     page.goto(PREFECT_UI)
     page.get_by_role("link", name="Runs", exact=True).click()
-    page.get_by_role("link", name=RUN, exact=True).first.click()
+    page.get_by_role("link", name=name, exact=True).first.click()
+
+
+def test_the_flow_runs_logs_say_its_start_each_cycle_and_its_end(page, finished_run, screenshots):
+    from playwright.sync_api import expect
+
+    open_flow_run(page, RUN)
+    page.get_by_role("tab", name="Logs").click()
+    expect(
+        page.get_by_text(re.compile(rf"^run {RUN}: starting, {CYCLES} cycles × {BATCH_SIZE} experiments"))
+    ).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^MLflow: http://127\.0\.0\.1:5000/#/experiments/"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^seed \d+ is fresh"))).to_be_visible()  # no seed in the form: a fresh one
+    cycle = page.get_by_text(re.compile(rf"^cycle 0: reward mean [+-]\d\.\d{{3}}.*; ran \d of {BATCH_SIZE}, failed \d"))
+    expect(cycle).to_be_visible()
+    expect(
+        page.get_by_text(re.compile(rf"^run {RUN} finished: post-mortem /.*/reports/{RUN}/report\.html"))
+    ).to_be_visible()
+    page.screenshot(path=screenshots / "prefect-run-logs.png", full_page=True)
+
+
+def test_a_finished_runs_artifacts_show_the_post_mortem_and_the_cycles_done(page, finished_run, screenshots):
+    from playwright.sync_api import expect
+
+    open_flow_run(page, RUN)
     expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
     page.get_by_role("tab", name="Artifacts").click()
     post_mortem = page.get_by_role("link").filter(has=page.get_by_role("heading", name=f"{RUN}-post-mortem"))
     expect(post_mortem).to_have_count(1)  # one, kept current, not one per cycle
     expect(post_mortem).to_contain_text(f"Post-mortem of {RUN}")
+    progress = page.get_by_role("link").filter(has=page.get_by_role("heading", name=f"{RUN}-progress"))
+    expect(progress).to_contain_text(f"{CYCLES} of {CYCLES} cycles done")
     page.screenshot(path=screenshots / "prefect-run-artifacts.png", full_page=True)
 
     post_mortem.click()  # the artifact's versions: one per flow run
     page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).click()
     expect(page.get_by_role("heading", name=f"sharpe-rl post-mortem: {RUN}")).to_be_visible()
+    expect(page.get_by_role("link", name=f"the run {RUN}, its experiments and this report")).to_have_attribute(
+        "href", re.compile(r"^http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}$")
+    )
     expect(page.get_by_role("row", name=f"cycles {CYCLES}", exact=True)).to_be_visible()  # the last version
     expect(page.get_by_role("row", name=f"experiments {CYCLES * BATCH_SIZE}", exact=True)).to_be_visible()
     plots = page.get_by_role("img", name=re.compile(r"\?$"))  # each plot is titled by its section's question
@@ -149,23 +246,33 @@ def test_a_finished_runs_artifacts_show_the_post_mortem(page, finished_run, scre
     page.screenshot(path=screenshots / "prefect-post-mortem.png", full_page=True, clip=top)
 
 
-def test_the_mlflow_experiment_shows_the_run_and_its_experiments_sortable_by_sharpe(page, finished_run, screenshots):
-    from playwright.sync_api import expect
-
+def experiments_of_the_run() -> tuple[str, dict[str, float | None], str]:
+    """The experiment's id, the child runs' net Sharpe by run name, and the parent run's id (from MLflow's API)."""
     client = MlflowClient(MLFLOW_UI)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     of_the_run = f"tags.`sharpe_rl.run` = '{RUN}' and tags.`sharpe_rl.kind` = 'experiment'"
     children = client.search_runs([experiment.experiment_id], filter_string=of_the_run)
-    sharpe = {run.info.run_name: run.data.metrics.get("sharpe_net") for run in children}
-    scored = [name for name, value in sharpe.items() if value is not None]
-    assert len(children) == CYCLES * BATCH_SIZE and len(scored) >= 2, f"too few experiments ran to sort: {sharpe}"
+    parent = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`sharpe_rl.run` = '{RUN}' and tags.`sharpe_rl.kind` = 'parent'"
+    )[0]
+    return (
+        experiment.experiment_id,
+        {r.info.run_name: r.data.metrics.get("sharpe_net") for r in children},
+        parent.info.run_id,
+    )
 
-    page.goto(MLFLOW_UI)
-    page.get_by_role("button", name="Model training").click()  # MLflow opens on its GenAI (traces) view
-    page.get_by_role("link", name=EXPERIMENT_NAME, exact=True).click()
+
+def test_the_mlflow_experiment_shows_the_run_and_its_experiments_sortable_by_sharpe(page, finished_run, screenshots):
+    from playwright.sync_api import expect
+
+    experiment_id, sharpe, _ = experiments_of_the_run()
+    scored = [name for name, value in sharpe.items() if value is not None]
+    assert len(sharpe) == CYCLES * BATCH_SIZE and len(scored) >= 2, f"too few experiments ran to sort: {sharpe}"
+
+    page.goto(f"{MLFLOW_UI}/#/experiments/{experiment_id}")  # as a link from the run's logs opens it
     experiments = page.get_by_role("link", name=EXPERIMENT_RUN_NAME)
     parent = page.get_by_role("link", name=RUN, exact=True)
-    expect(parent).to_have_count(1)  # one parent run for the RL run
+    expect(parent).to_have_count(1)  # its runs, not the GenAI views: one parent run for the RL run
     close_assistant(page)
     expect(experiments).to_have_count(0)  # its experiments are folded under it
     page.get_by_role("row").filter(has=parent).get_by_role("button").first.click()  # the [+] that unfolds it
@@ -183,6 +290,49 @@ def test_the_mlflow_experiment_shows_the_run_and_its_experiments_sortable_by_sha
     shown_sharpe = [sharpe[link.inner_text()] for link in shown if sharpe[link.inner_text()] is not None]
     assert shown_sharpe == sorted(shown_sharpe, reverse=True) and shown_sharpe[0] == max(sharpe[n] for n in scored)
     page.screenshot(path=screenshots / "mlflow-sorted-by-sharpe.png")
+
+
+def test_the_post_mortem_shows_in_mlflows_artifact_view_with_its_images(page, finished_run, screenshots):
+    from playwright.sync_api import expect
+
+    experiment_id, _, parent_id = experiments_of_the_run()
+    page.goto(f"{MLFLOW_UI}/#/experiments/{experiment_id}/runs/{parent_id}/artifacts")
+    close_assistant(page)
+    page.get_by_text("report", exact=True).click()
+    page.get_by_text("report.html", exact=True).click()
+    report = page.frame_locator("iframe").first
+    expect(report.get_by_role("heading", name=f"sharpe-rl post-mortem: {RUN}")).to_be_visible()
+    images = report.get_by_role("img")
+    expect(images).to_have_count(6)
+    for image in images.all():
+        image.scroll_into_view_if_needed()
+        assert image.evaluate("img => img.complete && img.naturalWidth > 0"), "a plot shows as a broken image"
+    expect(report.locator("code", has_text=RUN).first).to_be_visible()  # Markdown rendered, not raw backticks
+    page.screenshot(path=screenshots / "mlflow-post-mortem.png")
+
+
+def test_a_reset_does_not_start_without_a_confirmation(page, finished_run, screenshots):
+    from playwright.sync_api import expect
+
+    runs = finished_run.runs_dir
+    assert Checkpoints(runs, RUN).latest_cycle() == CYCLES - 1
+    page.goto(PREFECT_UI)
+    page.get_by_role("link", name="Deployments", exact=True).click()
+    page.get_by_role("link", name="reset", exact=True).click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Quick run").click()  # one click: the flow run pauses and asks
+    page.get_by_role("link", name="View run").click()
+    expect(page.get_by_text("Paused", exact=True).first).to_be_visible(timeout=120_000)
+    assert Checkpoints(runs, RUN).latest_cycle() == CYCLES - 1  # nothing archived while it waits
+
+    page.get_by_role("button", name="Resume").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"the checkpoints of run {RUN} ({CYCLES} cycle done)")
+    page.screenshot(path=screenshots / "prefect-reset-confirmation.png")
+    dialog.get_by_label("archive").check()
+    dialog.get_by_role("button", name="Submit").click()
+    expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=120_000)
+    assert Checkpoints(runs, RUN).latest_cycle() is None  # archived once confirmed
 
 
 def close_assistant(page) -> None:

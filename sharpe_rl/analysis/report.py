@@ -3,13 +3,17 @@
 `build_report` writes `report.md`, `report.html` and `plots/*.png` under `out_dir` and returns a
 `Report`: its `markdown_with_embedded_plots()` can be posted as a Prefect markdown artifact, its
 `tables` (rows as lists of dicts) as Prefect table artifacts, and its files logged as MLflow
-artifacts of the parent run. One list of sections feeds every output, so the Markdown, the HTML, the table data
-and the terminal always show the same numbers.
+artifacts of the parent run. The HTML stands alone: its plots are inside it (data URIs) and its
+texts are rendered from their Markdown, so it reads the same opened from disk, from MLflow's
+artifact view (which shows it without the plots/ folder beside it) or sent by mail. One list of
+sections feeds every output, so the Markdown, the HTML, the table data and the terminal always
+show the same numbers.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -17,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import polars as pl
+from markdown_it import MarkdownIt
 from rich.console import Console
 from rich.table import Table as RichTable
 
@@ -108,9 +114,12 @@ class Report:
         markdown = self.markdown
         for path in self.plots.values():
             link = path.relative_to(self.markdown_path.parent).as_posix()
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            markdown = markdown.replace(f"]({link})", f"](data:image/png;base64,{data})")
+            markdown = markdown.replace(f"]({link})", f"]({_data_uri(path)})")
         return markdown
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 def select_run(frame: pl.DataFrame, run: str | None = None) -> pl.DataFrame:
@@ -163,7 +172,11 @@ def build_report(
         )
         context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
         markdown = _environment().get_template("report.md.j2").render(context)
-        html = _environment().get_template("report.html.j2").render(context)
+        embedded = [
+            dataclasses.replace(section, plots=tuple(_data_uri(staging / plot) for plot in section.plots))
+            for section in sections
+        ]
+        html = _environment().get_template("report.html.j2").render(context | {"sections": embedded})
         (staging / "report.md").write_text(markdown, encoding="utf-8")
         (staging / "report.html").write_text(html, encoding="utf-8")
     markdown_path, html_path = out_dir / "report.md", out_dir / "report.html"
@@ -220,6 +233,7 @@ _CYCLE_COLUMNS = (
     Column("experiments", "experiments", "int"),
     Column("parsed_pct", "parsed", "pct"),
     Column("ok_pct", "ran ok", "pct"),
+    Column("cached", "from the cache", "int"),
     Column("reward_mean", "reward mean", "num"),
     Column("reward_median", "reward median", "num"),
     Column("reward_q25", "reward q25", "num"),
@@ -320,8 +334,10 @@ def _sections(
         ),
         Section(
             "Is the reward improving?",
-            "Per cycle: reward and in-sample net Sharpe (experiments that ran) with their spread, the "
-            "most used model family, the Shannon entropy of the family distribution (0 = one family), "
+            "Per cycle: how many executions came back from the cache (code that already ran on the same "
+            "data, settings and seed: nothing new was learnt from them), reward and in-sample net Sharpe "
+            "(experiments that ran) with their spread, the most used model family, the Shannon entropy of the "
+            "family distribution (0 = one family), "
             "the share of custom features, and duplicate programs (identical code hash) within the "
             "cycle and repeated from earlier cycles.",
             (_table("cycles", "Cycles", _CYCLE_COLUMNS, a.cycles),),
@@ -549,4 +565,14 @@ def _environment() -> jinja2.Environment:
     )
     # A Markdown cell must not break the table: pipes escaped, newlines flattened.
     env.filters["md_cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    env.filters["markdown"] = _inline_html
     return env
+
+
+#: CommonMark with raw HTML off: the texts hold experiment and run names, which are not ours to trust.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+
+
+def _inline_html(text: str) -> markupsafe.Markup:
+    """A section's text (Markdown: `code`, *emphasis*) as HTML, everything else in it escaped."""
+    return markupsafe.Markup(_MARKDOWN.renderInline(text))

@@ -15,6 +15,7 @@ per experiment:
 | `name`                      | String (optional) | the experiment's own name                          |
 | `prompt_version`            | String (optional) | the prompt template it was generated from          |
 | `created_at`                | Datetime (opt.)   | picks the latest run when none is named            |
+| `cached`                    | Boolean (opt.)    | result from the cache; null: nothing executed      |
 | `metric_sharpe_net`         | Float64 (opt.)    | net Sharpe on the reward window (in-sample)        |
 | `metric_dsr`                | Float64 (opt.)    | deflated Sharpe ratio, a probability               |
 | `metric_holdout_sharpe_net` | Float64 (opt.)    | net Sharpe on the final holdout (often missing)    |
@@ -50,6 +51,7 @@ _OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
     SHARPE: pl.Float64(),
     DSR: pl.Float64(),
     HOLDOUT_SHARPE: pl.Float64(),
+    "cached": pl.Boolean(),
 }
 #: Outcome of an experiment: "ok" or an error class, in the taxonomy's order.
 STATUSES = ("ok", *(e.value for e in ErrorClass))
@@ -195,14 +197,16 @@ def _spread(column: pl.Expr, prefix: str) -> list[pl.Expr]:
 
 
 def reward_by_cycle(annotated: pl.DataFrame) -> pl.DataFrame:
-    """Per cycle: experiments, ok_pct, reward mean/median/q25/q75/max/std, and the same for the
-    in-sample net Sharpe of the experiments that ran (`sharpe_n` of them)."""
+    """Per cycle: experiments, ok_pct, cached (executions whose result came from the cache; null when the buffer
+    did not record it), reward mean/median/q25/q75/max/std, and the same for the in-sample net Sharpe of the
+    experiments that ran (`sharpe_n` of them)."""
     sharpe = pl.col(SHARPE).filter((pl.col("status") == "ok") & pl.col(SHARPE).is_not_null())
     return (
         annotated.group_by("cycle")
         .agg(
             pl.len().alias("experiments"),
             (100 * (pl.col("status") == "ok").mean()).alias("ok_pct"),
+            pl.when(pl.col("cached").is_not_null().any()).then(pl.col("cached").sum()).alias("cached"),
             *_spread(pl.col("reward"), "reward"),
             sharpe.len().alias("sharpe_n"),
             *_spread(sharpe, "sharpe"),
@@ -369,6 +373,7 @@ HEADLINE_FIELDS = (
     ("top_sharpe_mean", "top experiments: mean in-sample Sharpe", "num"),
     ("top_holdout_mean", "top experiments: mean holdout Sharpe", "num"),
     ("duplicate_pct", "repeated code (seen earlier in the run)", "pct"),
+    ("cached_pct", "executions whose result came from the cache", "pct"),
     ("archive_coverage_pct", "archive coverage (cells with an elite)", "pct"),
     ("qd_score", "QD score", "num"),
 )
@@ -404,6 +409,7 @@ def _headline(analysis: RunAnalysis) -> dict[str, Any]:
         "top_sharpe_mean": top["sharpe"].mean() if top.height else None,
         "top_holdout_mean": top["holdout_sharpe"].mean() if top["holdout_sharpe"].count() else None,
         "duplicate_pct": _pct(repeated, hashed.height),
+        "cached_pct": _pct(annotated["cached"].sum(), annotated["cached"].count()),
         "archive_coverage_pct": archive["coverage_pct"][-1] if archive.height else None,
         "qd_score": archive["qd_score"][-1] if archive.height else None,
     }
