@@ -436,48 +436,30 @@ def sample(
 ) -> None:
     """Sample completions from the current policy and show their static-check outcome and model family."""
     # Imported here so that the other commands do not pay for loading torch and transformers.
-    from transformers import AutoTokenizer
-
-    from sharpe_rl.data.panel import detect_interval
-    from sharpe_rl.policy.checkpoint import Checkpoints
-    from sharpe_rl.policy.generation import make_generator, policy_source
-    from sharpe_rl.policy.model import load_policy
-    from sharpe_rl.policy.ppo import PPOTrainer
+    from sharpe_rl.policy import steps as policy_steps
     from sharpe_rl.policy.preview import OK, preview
-    from sharpe_rl.policy.prompts import run_prompt
+    from sharpe_rl.sampling import SamplingError, run_policy
     from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
-    from sharpe_rl.steps import run_config_path
 
     stdout = Console()
     _quiet_libraries()
-    try:
-        config = _RUN_DEFAULTS
-        if run_name is not None:
-            saved = run_config_path(runs_dir, run_name)
-            if not saved.is_file():
-                raise FileNotFoundError(f"no run {run_name!r} under {runs_dir} ({saved} is missing)")
-            config = RunConfig.model_validate_json(saved.read_text())
-            if policy is not None and policy != config.policy.model:
-                raise ValueError(
-                    f"run {run_name}'s adapters belong to its base policy {config.policy.model}: drop --policy"
-                )
-        # Sampling always runs the transformers backend on the policy itself, adapters included.
-        base = policy or config.policy.model
-        policy_cfg = config.policy.model_copy(update={"backend": "transformers", "model": base})
-        panel = load_panel(data or config.dataset)
-        symbols = panel.get_column("symbol").unique().sort().to_list()
-        version = prompt or config.prompt_version
-        text = run_prompt(config, detect_interval(panel), symbols, version=version)
-        tokenizer = AutoTokenizer.from_pretrained(policy_source(policy_cfg))
-    except (PanelError, ValueError, OSError) as exc:
+    try:  # sampling always runs the transformers backend on the policy itself, adapters included
+        chosen = run_policy(
+            runs_dir, run_name, model=policy, dataset=data, prompt_version=prompt, backend="transformers"
+        )
+    except (PanelError, SamplingError) as exc:
         _fail(exc)
-    trainer = PPOTrainer(load_policy(policy_cfg, seed=config.seed), config.ppo, seed=config.seed)
-    source = f"base policy {policy_cfg.model}"
+    source = f"base policy {chosen.base.policy.model}"
     if run_name is not None:
-        cycle = Checkpoints(runs_dir, run_name).load_latest(trainer)
-        source = f"run {run_name}, " + ("no checkpoint yet: " + source if cycle is None else f"after cycle {cycle}")
-    generator = make_generator(policy_cfg, model=trainer.policy.model, tokenizer=tokenizer)
-    previews = preview(generator.generate([text] * n, seed=seed), OHLCV_COLUMNS)
+        last = chosen.latest.cycle
+        source = f"run {run_name}, " + ("no checkpoint yet: " + source if last is None else f"after cycle {last}")
+    try:
+        batch = policy_steps.generate(chosen.latest, [chosen.prompt] * n, cycle=chosen.latest.cycle or 0, seed=seed)
+    except OSError as exc:  # a Hugging Face id that does not load
+        _fail(exc)
+    finally:
+        policy_steps.release(chosen.latest.run)
+    previews = preview(batch.generations, OHLCV_COLUMNS)
 
     if as_json:
         typer.echo(json.dumps([asdict(p) for p in previews], indent=2))

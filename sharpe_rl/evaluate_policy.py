@@ -48,16 +48,14 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.classify import classify
-from sharpe_rl.config import RunConfig, TaskRunnerConfig
+from sharpe_rl.config import TaskRunnerConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation, metric_numbers
 from sharpe_rl.facts import comparison_path
 from sharpe_rl.policy import steps as policy_steps
-from sharpe_rl.policy.checkpoint import Checkpoints
-from sharpe_rl.policy.prompts import run_prompt
 from sharpe_rl.policy.steps import PolicyRef
+from sharpe_rl.sampling import SamplingError, run_policy
 from sharpe_rl.scoring import deflated_sharpe_ratio
-from sharpe_rl.steps import run_config_path
 
 #: The sampling seed of an evaluation: far from any training cycle's (`steps.generation_seed`).
 EVALUATION_SEED = 987_654_321
@@ -100,27 +98,24 @@ def plan_comparison(runs_dir: Path, run: str, n: int = MIN_SAMPLES, seed: int = 
     """The comparison of `run`'s base policy and latest checkpoint, from the settings the run was started with."""
     if n < MIN_SAMPLES:
         raise ComparisonError(f"--n {n} is too few to compare: use at least {MIN_SAMPLES} (four blocks of {BEST_OF})")
-    saved = run_config_path(runs_dir, run)
-    if not saved.is_file():
-        raise ComparisonError(f"no run {run!r} under {runs_dir} ({saved} is missing)")
-    config = RunConfig.model_validate_json(saved.read_text())
-    last = Checkpoints(runs_dir, run).latest_cycle()
-    if last is None:
+    try:
+        policy = run_policy(runs_dir, run)
+    except SamplingError as exc:
+        raise ComparisonError(str(exc)) from None
+    if policy.latest.cycle is None:
         raise ComparisonError(f"run {run} has no checkpoint yet: run at least one cycle before comparing")
-    evaluation = EvaluationRef.for_run(config, runs_dir, run)
-    dataset = load_evaluation(evaluation)
-    prompt = run_prompt(config, dataset.interval, dataset.symbols)
-    base = PolicyRef(policy=config.policy, ppo=config.ppo, seed=config.seed, runs_dir=runs_dir, run=run)
+    evaluation = EvaluationRef.for_run(policy.config, runs_dir, run)
+    load_evaluation(evaluation)  # the dataset and its evaluation plan, checked before anything is sampled
     return ComparisonPlan(
         run=run,
         runs_dir=runs_dir,
         n=n,
         seed=seed,
-        prompt=prompt,
+        prompt=policy.prompt,
         evaluation=evaluation,
-        task_runner=config.task_runner,
-        base=base,
-        final=base.after(last),
+        task_runner=policy.config.task_runner,
+        base=policy.base,
+        final=policy.latest,
     )
 
 
