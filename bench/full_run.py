@@ -44,7 +44,7 @@ def main() -> None:
     if args.last_days:
         args.data = last_days(args.data, args.last_days, runs)
     command = [
-        sys.executable, "-m", "sharpe_rl.cli", "run",
+        sys.executable, "-m", "cli", "run",
         "--cycles", str(args.cycles), "--batch-size", str(args.batch_size),
         "--data", str(args.data.resolve()), "--policy", str(args.policy.resolve()),
         "--executor", args.executor, "--name", name, "--runs-dir", str(runs),

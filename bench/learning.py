@@ -76,7 +76,7 @@ def main() -> None:
 
 
 def cli(*arguments: object) -> None:
-    command = [sys.executable, "-m", "sharpe_rl.cli", *map(str, arguments)]
+    command = [sys.executable, "-m", "cli", *map(str, arguments)]
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)
 

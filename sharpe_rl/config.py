@@ -2,8 +2,9 @@
 
 These models are the single source of truth for defaults. The Prefect flows take them as
 parameters (so the Prefect UI renders them as a form: the rl_run flow takes a night's choices as
-its own parameters and `AdvancedSettings` grouped below them), the CLI builds them from its
-options, and every library function receives the one sub-model it needs.
+its own parameters and `AdvancedSettings` grouped below them), the command line takes its
+options' help, ranges, choices and defaults from their fields (`cli/options.py`) and builds them
+from its options, and every library function receives the one sub-model it needs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The largest seed: the sandbox seeds numpy with it, which takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
 
 
 class _Settings(BaseModel):
@@ -85,7 +89,7 @@ class SandboxConfig(_Settings):
     """How generated experiments are executed."""
 
     executor: Literal["docker", "process"] = Field(
-        "docker", description="docker (isolated) or process (no security boundary, for machines without Docker)."
+        "docker", description="docker (the default boundary), or process (bubblewrap, for machines without Docker)."
     )
     image: str | None = Field(None, description="Sandbox image tag (default: the tag built from this checkout).")
     timeout_seconds: float = Field(180.0, gt=0, description="Wall-clock limit per experiment.")
@@ -106,7 +110,9 @@ class TaskRunnerConfig(_Settings):
     """Where a cycle's executions run. The other steps (generation, PPO, logging) stay in the flow's process."""
 
     kind: Literal["threads", "dask"] = Field(
-        "threads", description="threads: `sandbox.workers` threads here; dask: the workers of a Dask cluster."
+        "threads",
+        description="Where executions run: threads (`sandbox.workers` threads here), or dask (the workers of the Dask "
+        "cluster at `dask_address`).",
     )
     dask_address: str | None = Field(None, description="The Dask scheduler, e.g. tcp://HOST:8786 (kind dask).")
 
@@ -193,7 +199,7 @@ class PolicyConfig(_Settings):
 class TinyPolicyConfig(_Settings):
     """The tiny Mistral-architecture policy `sharpe-rl build-policy` trains on the CPU."""
 
-    seed: int = Field(0, description="Seed of the corpus, the initial weights and the data order.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the corpus, the initial weights and the data order.")
     steps: int = Field(2500, ge=1, description="Optimizer steps; the build always runs all of them.")
     batch_size: int = Field(32, ge=1, description="Examples per optimizer step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (linear warmup, cosine decay).")
@@ -271,17 +277,15 @@ class AdvancedSettings(_Settings):
         "the report says so). Off: the prompt says how many there are.",
     )
     runs_dir: Path = Field(Path("runs"), description="Where the buffer, checkpoints, cache and reports live.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite under runs_dir).")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking server, e.g. http://HOST:5000 (default: SQLite under runs_dir)."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
-
-
-#: The largest seed: the sandbox seeds numpy with it, which takes 32-bit seeds.
-MAX_SEED = 2**32 - 1
 
 
 class RunConfig(AdvancedSettings):

@@ -149,7 +149,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     runs = tmp_path_factory.mktemp("serve") / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "sharpe_rl.cli", "serve", "--runs-dir", str(runs)],
+        [sys.executable, "-m", "cli", "serve", "--runs-dir", str(runs)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -484,7 +484,7 @@ def test_reads_the_replay_buffer_frame(tmp_path, analysis):
 def test_report_command(tmp_path):
     from typer.testing import CliRunner
 
-    from sharpe_rl.cli import app
+    from cli.app import app
 
     buffer = ReplayBuffer(tmp_path)
     write_run(buffer, "first", ROWS, day=1)

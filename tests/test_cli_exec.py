@@ -10,7 +10,7 @@ import pytest
 from sandbox_fixtures import features_doing, spec
 from typer.testing import CliRunner
 
-from sharpe_rl.cli import app
+from cli.app import app
 from sharpe_rl.config import RunConfig
 from sharpe_rl.data.splits import fold_rows, plan_evaluation, reward_panel, timeline
 from sharpe_rl.noskill import no_skill_band

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sharpe_rl.cli import app
+from cli.app import app
 
 #: Random bytes: not UTF-8 text, not a Parquet file, not a folder.
 NOISE = bytes.fromhex("9a2cff00e1c7") * 50

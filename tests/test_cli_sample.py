@@ -12,9 +12,9 @@ from sandbox_fixtures import LOGISTIC, features_doing, spec
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from cli.app import app
 from sharpe_rl.checks import check_completion
 from sharpe_rl.classify import classify
-from sharpe_rl.cli import app
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy.checkpoint import Checkpoints

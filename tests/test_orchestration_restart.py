@@ -92,7 +92,7 @@ def test_a_run_outlives_its_prefect_server_going_away_and_reports_again_when_it_
         "PREFECT_HOME": str(tmp_path / "cli-home"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),  # this checkout's code, not an installed one
     }
-    command = [sys.executable, "-m", "sharpe_rl.cli", "run", "--name", RUN, "--cycles", "2", "--batch-size", "4"]
+    command = [sys.executable, "-m", "cli", "run", "--name", RUN, "--cycles", "2", "--batch-size", "4"]
     command += ["--data", str(pipeline_dataset), "--policy", str(pipeline_policy), "--runs-dir", str(runs)]
     command += ["--workers", "2", "--seed", "0"]
     log = (tmp_path / "run.log").open("w+")

@@ -425,7 +425,7 @@ def cli_run(config: RunConfig, runs_dir: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "sharpe_rl.cli",
+        "cli",
         "run",
         "--name",
         config.name,

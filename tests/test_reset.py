@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from cli.app import app
 from sharpe_rl.buffer import ReplayBuffer
-from sharpe_rl.cli import app
 from sharpe_rl.experience import Experience
 from sharpe_rl.reset import reset_plan
 

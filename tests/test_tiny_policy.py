@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralForCausalLM
 from typer.testing import CliRunner
 
-from sharpe_rl.cli import app
+from cli.app import app
 from sharpe_rl.config import TinyPolicyConfig
 from sharpe_rl.policy.corpus import build_corpus
 from sharpe_rl.policy.tiny import (
