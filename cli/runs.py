@@ -15,7 +15,7 @@ from rich.console import Console
 from cli.inputs import existing_runs_dir, fail, writable_folder
 from cli.options import RUN_DEFAULTS, Executor, Scheme, TaskRunner, default, setting, validated
 from cli.render import comparison_table, quiet_libraries, rerun_table
-from sharpe_rl.config import RunConfig
+from sharpe_rl.config import RunConfig, TaskRunnerConfig
 from sharpe_rl.data.panel import PanelError, load_panel
 
 
@@ -107,6 +107,10 @@ def evaluate_policy(
         int, typer.Option("--n", min=64, help="Completions per policy (at least 64: four blocks of 16).")
     ] = 64,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: one no training cycle used).")] = None,
+    task_runner: Annotated[TaskRunner | None, setting("task_runner.kind", "Default: the run's own.")] = None,
+    dask_address: Annotated[
+        str | None, setting("task_runner.dask_address", "Alone, it means --task-runner dask.")
+    ] = None,
     runs_dir: Annotated[Path, setting("runs_dir")] = default("runs_dir"),
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
 ) -> None:
@@ -114,6 +118,11 @@ def evaluate_policy(
     from sharpe_rl.evaluate_policy import EVALUATION_SEED, ComparisonError, plan_comparison
     from sharpe_rl.evaluation import DatasetMismatch
 
+    where = None  # where the run's executions ran
+    if task_runner is not None or dask_address is not None:
+        kind = TaskRunner.dask if task_runner is None else task_runner
+        settings = {"kind": kind.value, "dask_address": dask_address}
+        where = validated(TaskRunnerConfig, settings, "evaluate-policy", at="task_runner")
     try:  # the run, its checkpoint and its dataset are checked before anything starts
         plan = plan_comparison(existing_runs_dir(runs_dir), run, n, EVALUATION_SEED if seed is None else seed)
     except (ComparisonError, DatasetMismatch, PanelError) as exc:
@@ -133,7 +142,7 @@ def evaluate_policy(
         soft_wrap=True,
     )
     try:
-        rows = evaluate_policy_flow(run, n=n, seed=plan.seed, runs_dir=runs_dir)
+        rows = evaluate_policy_flow(run, n=n, seed=plan.seed, runs_dir=runs_dir, task_runner=where)
     except (ComparisonError, InfrastructureError, DatasetMismatch) as exc:
         fail(exc)
     stdout.print(comparison_table(rows, f"{run}: base policy vs cycle {plan.final.cycle}, {n} completions each"))

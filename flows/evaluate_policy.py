@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import unmapped
 
-from flows.task_runners import task_runner
+from flows import task_runners
 from sharpe_rl.config import TaskRunnerConfig
 from sharpe_rl.evaluate_policy import EVALUATION_SEED, MIN_SAMPLES, ComparisonPlan
 from tasks.evaluate_policy import compare_and_save, plan_comparison, sample_policy
@@ -20,17 +20,15 @@ def evaluate_policy(
     n: int = MIN_SAMPLES,
     seed: int = EVALUATION_SEED,
     runs_dir: Path = Path("runs"),
-    dask_address: str | None = None,
+    task_runner: TaskRunnerConfig | None = None,
 ) -> list[dict]:
     """Compare `n` completions of the base policy and of `run`'s latest checkpoint on the reward window and holdout.
 
-    The executions run where the run's ran (its threads or its Dask cluster), or on the Dask cluster at
-    `dask_address` when one is given.
+    The executions run where the run's ran (its threads or its Dask cluster), or where `task_runner` says.
     """
     plan = plan_comparison(runs_dir, run, n, seed)
     completions = sample_policy(plan, "base") + sample_policy(plan, "final")
-    where = TaskRunnerConfig(kind="dask", dask_address=dask_address) if dask_address else plan.task_runner
-    runner = task_runner(where, plan.evaluation.sandbox.workers)
+    runner = task_runners.task_runner(task_runner or plan.task_runner, plan.evaluation.sandbox.workers)
     outcomes, holdouts = execute_samples.with_options(task_runner=runner)(plan, completions)
     return compare_and_save(plan, completions, outcomes, holdouts)
 
