@@ -1,13 +1,25 @@
-"""The library never imports Prefect: every piece can be used and tested without an orchestrator."""
+"""Dependencies flow one way, cli -> flows -> tasks -> sharpe_rl: the library never imports Prefect, the flows or
+the command line, so every piece can be used and tested without an orchestrator."""
 
+import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 import sharpe_rl
 from sharpe_rl.sandbox.image import HARNESS_FILES
 
 LIBRARY = Path(sharpe_rl.__file__).parent
+PROJECT = LIBRARY.parent
+#: The top-level packages each package must not import, anywhere in its modules (inside functions too).
+FORBIDDEN = {
+    "sharpe_rl": {"prefect", "prefect_dask", "flows", "tasks", "cli"},
+    "tasks": {"flows", "cli"},
+    "flows": {"cli"},
+}
 #: The modules that run inside the sandbox as scripts beside each other (the contract is also the host's).
 SANDBOX_SCRIPTS = set(HARNESS_FILES) - {"contract.py"}
 
@@ -23,3 +35,29 @@ def test_no_library_module_imports_prefect():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def imported_packages(source: str) -> Iterator[tuple[int, str]]:
+    """(line, top-level package) of every absolute import in `source`, at any depth: module level, functions,
+    classes, `if TYPE_CHECKING:` blocks."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name.partition(".")[0]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module.partition(".")[0]
+
+
+def test_an_import_inside_a_function_is_seen():
+    source = "import os\n\ndef run():\n    if True:\n        from flows.rl_run import run\n"
+    assert list(imported_packages(source)) == [(1, "os"), (5, "flows")]
+
+
+@pytest.mark.parametrize("package", FORBIDDEN)
+def test_no_module_imports_against_the_flow_of_dependencies(package: str):
+    found = [
+        f"{path.relative_to(PROJECT)}:{line} imports {imported}"
+        for path in sorted((PROJECT / package).rglob("*.py"))
+        for line, imported in imported_packages(path.read_text())
+        if imported in FORBIDDEN[package]
+    ]
+    assert not found, f"{package} must not import {sorted(FORBIDDEN[package])}: " + "; ".join(found)
