@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sharpe_rl.policy.steps import PolicyRef
+from sharpe_rl.policy.learner import PolicyRef
 from sharpe_rl.steps import RunRef
-from tasks.steps import (
+from tasks.cycle import (
     execute_batch,
     generate_batch,
     log_cycle,

@@ -3,7 +3,7 @@
 A cycle reads its past once, `history.read_history(runs_dir, run, cycle) -> History` (the replay buffer's
 cycles before it), then is generate → execute → score → log → update:
 
-- `cycle_prompts(run, cycle, history)` then `policy.steps.generate(policy_ref, prompts, cycle=, seed=) -> Batch`:
+- `cycle_prompts(run, cycle, history)` then `policy.learner.generate(policy_ref, prompts, cycle=, seed=) -> Batch`:
   `ppo.group_size` completions per prompt, so a group baseline compares completions of one prompt; the
   prompts' elites come from the history's archive
 - `evaluation.evaluate(completion, evaluation_ref) -> Outcome`, once per completion, anywhere
@@ -13,7 +13,7 @@ cycles before it), then is generate → execute → score → log → update:
   the novelty bonus and the copy penalty (`sharpe_rl.diversity`)
 - `log(run, scored, timings, history) -> Logged`: the replay buffer, the quality-diversity archive
   (the history's, with this cycle folded in), then MLflow (the cycle's summary counts the history)
-- `policy.steps.update(policy_ref, cycle, experiences) -> Update` (its checkpoint commits the
+- `policy.learner.update(policy_ref, cycle, experiences) -> Update` (its checkpoint commits the
   cycle), then `log_update(run, update, logged)`
 
 So a cycle's steps read no state but the values they are given (the dataset an `EvaluationRef` names, the
@@ -70,12 +70,12 @@ from sharpe_rl.facts import RunFacts, load_facts, save_facts
 from sharpe_rl.history import History
 from sharpe_rl.holdout import report_frame, write_holdout
 from sharpe_rl.noskill import NoSkillBand
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, policy_source, row_seed
 from sharpe_rl.policy.knowledge import policy_knowledge
+from sharpe_rl.policy.learner import Batch, PolicyRef, Update
 from sharpe_rl.policy.prompts import PROMPTS_DIR, run_prompt, shows_elites
-from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import ENGINE_ERRORS, reap_containers
 from sharpe_rl.scoring import DegeneratePredictions, backtest, deflate, reward_cap_sharpe
@@ -248,7 +248,7 @@ def finish(run: RunRef, *, failed: bool = False) -> None:
 
     Closing a failed run never raises: what made it fail is the error to show, not a cleanup's.
     """
-    policy_steps.release(run.name)
+    learner.release(run.name)
     try:
         close_evaluation(run.evaluation)
         run.tracker().finish(failed=failed)

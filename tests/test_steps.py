@@ -24,8 +24,8 @@ from sharpe_rl.experience import Experience
 from sharpe_rl.facts import RunFacts, load_facts, save_facts
 from sharpe_rl.history import UNREAD_COLUMNS, History, read_history
 from sharpe_rl.policy.generation import Generation
+from sharpe_rl.policy.learner import Batch, PolicyRef
 from sharpe_rl.policy.prompts import run_prompt
-from sharpe_rl.policy.steps import Batch, PolicyRef
 from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.scoring import Metrics, expected_max_sharpe

@@ -1,4 +1,4 @@
-"""The steps of a cycle as Prefect tasks: thin wrappers over `sharpe_rl.steps` and `sharpe_rl.policy.steps`.
+"""The steps of a cycle as Prefect tasks: thin wrappers over `sharpe_rl.steps` and `sharpe_rl.policy.learner`.
 
 Every input is a value the flow passes: the run, the policy ref, the run's history before the cycle
 (read once per cycle by `read_history`) and the previous step's result. Progress is reported from
@@ -25,8 +25,8 @@ from sharpe_rl import progress
 from sharpe_rl import steps as run_steps
 from sharpe_rl.data.atomic import DiskFull
 from sharpe_rl.history import History
-from sharpe_rl.policy import steps as policy_steps
-from sharpe_rl.policy.steps import Batch, PolicyRef, Update
+from sharpe_rl.policy import learner
+from sharpe_rl.policy.learner import Batch, PolicyRef, Update
 from sharpe_rl.steps import Executions, Logged, RunRef, Scored
 from tasks.execute import execute_experiment
 from tasks.say import say
@@ -43,7 +43,7 @@ def generate_batch(run: RunRef, policy: PolicyRef, cycle: int, history: History)
     config = run.config
     progress.cycle_started(run.name, cycle, config.cycles, config.batch_size)
     prompts = run_steps.cycle_prompts(run, cycle, history)
-    return policy_steps.generate(policy, prompts, cycle=cycle, seed=run_steps.generation_seed(run, cycle))
+    return learner.generate(policy, prompts, cycle=cycle, seed=run_steps.generation_seed(run, cycle))
 
 
 def execute_batch(run: RunRef, batch: Batch) -> Executions:
@@ -87,7 +87,7 @@ def log_cycle(run: RunRef, batch: Batch, executions: Executions, scored: Scored,
 
 @task(cache_policy=NONE, task_run_name="update (cycle {cycle})")
 def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
-    return policy_steps.update(policy, cycle, scored.experiences)
+    return learner.update(policy, cycle, scored.experiences)
 
 
 @task(cache_policy=NONE, **_logging_retries)
