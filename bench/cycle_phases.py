@@ -4,9 +4,9 @@ Runs real cycles of a policy (the tiny one by default) through the `cycle` flow 
 thread runner and the Docker executor, one fresh runs directory per batch size (no cached
 execution from an earlier measurement), and prints per cycle the time of each phase as the steps
 return it (generate, execute, score, log, update), the cycle's wall time around the flow call,
-and what remains: Prefect's orchestration plus the PPO step's logging. Tracking (the log phase
-and the rest) must add under 10% to a cycle. The first cycle of each batch size also loads the
-policy and the data and is shown apart from the mean.
+and what remains: Prefect's orchestration, reading the cycle's history and the PPO step's
+logging. Tracking (the log phase and the rest) must add under 10% to a cycle. The first cycle of
+each batch size also loads the policy and the data and is shown apart from the mean.
 
     .venv/bin/python bench/cycle_phases.py [--policy runs/policy/tiny] [--data data/sample_daily.parquet]
         [--batch 8 16 32] [--cycles 3] [--workers 2]
@@ -67,7 +67,7 @@ def measure(batch: int, cycles: int, args: argparse.Namespace, scratch: Path) ->
 
 def show(batch: int, rows: list[dict[str, float]]) -> None:
     columns = (*PHASES, "rest", "wall")
-    print(f"\nbatch {batch}: seconds per phase (rest = Prefect + logging the PPO step)")
+    print(f"\nbatch {batch}: seconds per phase (rest = Prefect + reading the history + logging the PPO step)")
     print("cycle " + "".join(f"{name:>10}" for name in columns) + "  tracking+orchestration")
     for index, row in enumerate(rows):
         overhead = (row["log"] + row["rest"]) / row["wall"]

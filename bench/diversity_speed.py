@@ -1,12 +1,12 @@
 """What the diversity terms and the elite archive add to a cycle: an overnight run, 48 cycles × 16.
 
 Replays the synthetic run of `bench/report_speed.py` (realistic code, several families, wrappers,
-the original post-mortem's failure mix) cycle by cycle, as the score and log steps would:
-`Visits.from_frame` over the earlier cycles' buffer frame, `diversity_rewards` on the batch, then
-`EliteArchive.add` and `save_archive`. Prints the CPU seconds per cycle (mean and worst, in one
-process, so earlier specs are already classified and normalised), and the cold costs a restarted
-run pays once: `Visits.from_frame` and `EliteArchive.from_frame` over the whole run with empty
-caches. Goal: under 1 s of CPU per cycle.
+the original post-mortem's failure mix) cycle by cycle, as the score and log steps would from the
+cycle's history (the earlier cycles' buffer frame): `Visits.from_frame`, `diversity_rewards` on the
+batch, then `EliteArchive.from_frame`, `EliteArchive.add` and `save_archive`. Prints the CPU seconds
+per cycle (mean and worst, in one process, so earlier specs are already classified and normalised),
+and the cold costs a restarted run pays once: `Visits.from_frame` and `EliteArchive.from_frame` over
+the whole run with empty caches. Goal: under 1 s of CPU per cycle.
 
     .venv/bin/python bench/diversity_speed.py [--cycles 48] [--batch 16]
 """
@@ -65,12 +65,12 @@ def main() -> None:
     cfg = RewardConfig(novelty_weight=0.2, copy_penalty=0.5)
     per_cycle = []
     with tempfile.TemporaryDirectory() as runs_dir:
-        archive = EliteArchive(run="bench")
         for cycle in range(args.cycles):
             batch = experiences(frame.filter(pl.col("cycle") == cycle))
             started = time.process_time()
-            history = Visits.from_frame(frame.filter(pl.col("cycle") < cycle))
-            rewards = diversity_rewards(batch, history, cfg)
+            earlier = frame.filter(pl.col("cycle") < cycle)
+            rewards = diversity_rewards(batch, Visits.from_frame(earlier), cfg)
+            archive = EliteArchive.from_frame(earlier, "bench")
             archive.add(cycle, batch)
             save_archive(Path(runs_dir), archive)
             per_cycle.append(time.process_time() - started)

@@ -74,7 +74,7 @@ def sample(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
 ) -> None:
     """Sample completions from the current policy and show their static-check outcome and model family."""
-    from sharpe_rl.policy import steps as policy_steps
+    from sharpe_rl.policy import learner
     from sharpe_rl.policy.preview import preview
     from sharpe_rl.sampling import SamplingError, run_policy
     from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
@@ -87,11 +87,11 @@ def sample(
     except (PanelError, SamplingError) as exc:
         fail(exc)
     try:
-        batch = policy_steps.generate(chosen.latest, [chosen.prompt] * n, cycle=chosen.latest.cycle or 0, seed=seed)
+        batch = learner.generate(chosen.latest, [chosen.prompt] * n, cycle=chosen.latest.cycle or 0, seed=seed)
     except OSError as exc:  # a Hugging Face id that does not load
         fail(exc)
     finally:
-        policy_steps.release(chosen.latest.run)
+        learner.release(chosen.latest.run)
     previews = preview(batch.generations, OHLCV_COLUMNS)
     if as_json:
         typer.echo(json.dumps([asdict(p) for p in previews], indent=2))

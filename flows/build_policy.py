@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 
 from sharpe_rl.config import TinyPolicyConfig
-from sharpe_rl.policy.tiny import build_tiny_policy
-
-
-@task(cache_policy=NONE)
-def train_tiny_policy(out: Path, config: TinyPolicyConfig) -> dict:
-    return build_tiny_policy(out, config)
+from tasks.build_policy import train_tiny_policy
 
 
 @flow(name="build_policy")

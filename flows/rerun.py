@@ -5,19 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NONE
 
-from sharpe_rl.rerun import Rerun, rerun_experiments
 from tasks.report import artifact_key
-
-
-@task(cache_policy=NONE)
-def run_again(
-    runs_dir: Path, run: str, cycle: int, index: int | None, executor: Literal["docker", "process"] | None
-) -> list[Rerun]:
-    return rerun_experiments(runs_dir, run, cycle, index, executor)
+from tasks.rerun import run_again
 
 
 @flow(name="rerun", flow_run_name="rerun {run} cycle {cycle}")

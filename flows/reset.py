@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from sharpe_rl.reset import reset_plan, reset_runs
+from tasks.reset import archive_state, plan_reset
 from tasks.say import say
 
 #: How long a reset waits for its confirmation.
@@ -27,16 +26,6 @@ class ConfirmReset(RunInput):
     """The answer to "archive all this?"."""
 
     archive: bool = Field(False, description="Tick to archive everything listed above; unticked, nothing changes.")
-
-
-@task(cache_policy=NONE)
-def plan_reset(runs_dir: Path) -> list[str]:
-    return reset_plan(runs_dir)
-
-
-@task(cache_policy=NONE)
-def archive_state(runs_dir: Path) -> dict[str, str | None]:
-    return reset_runs(runs_dir)
 
 
 @flow(name="reset")

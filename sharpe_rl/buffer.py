@@ -99,10 +99,7 @@ class ReplayBuffer:
         if not files:
             return SCHEMA.to_frame().drop(_JSON_FIELDS)
         # a file written before a field was added (`cached`) reads with that column empty
-        frame = pl.read_parquet(files, schema=SCHEMA, missing_columns="insert").sort("run", "cycle", "index")
-        return frame.drop(_JSON_FIELDS).with_columns(
-            *_expand_json(frame["metrics"], "metric_"), *_expand_json(frame["timings"], "time_")
-        )
+        return _expanded(pl.read_parquet(files, schema=SCHEMA, missing_columns="insert").sort("run", "cycle", "index"))
 
     def clear(self) -> Path:
         """Move the whole buffer to `runs_dir/buffer-archive/<timestamp>/` and leave it empty; returns the archive."""
@@ -115,6 +112,20 @@ class ReplayBuffer:
             archive.mkdir()
         self.directory.mkdir(parents=True)
         return archive
+
+
+def experiences_frame(experiences: Sequence[Experience]) -> pl.DataFrame:
+    """Experiences as `ReplayBuffer.frame()` shows them once written (metrics and timings as columns), with no file
+    written or read: a step that has the cycle it writes in hand counts it without reading it back."""
+    rows = [_to_row(e) for e in sorted(experiences, key=lambda e: (e.run, e.cycle, e.index))]
+    return _expanded(pl.DataFrame(rows, schema=SCHEMA) if rows else SCHEMA.to_frame())
+
+
+def _expanded(frame: pl.DataFrame) -> pl.DataFrame:
+    """The stored rows with `metrics` and `timings` expanded into `metric_<name>` and `time_<name>` columns."""
+    return frame.drop(_JSON_FIELDS).with_columns(
+        *_expand_json(frame["metrics"], "metric_"), *_expand_json(frame["timings"], "time_")
+    )
 
 
 def _to_row(experience: Experience) -> dict:

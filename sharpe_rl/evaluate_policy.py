@@ -52,8 +52,8 @@ from sharpe_rl.config import TaskRunnerConfig
 from sharpe_rl.data.atomic import atomic_path, write_bytes_atomic
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation, metric_numbers
 from sharpe_rl.facts import comparison_path
-from sharpe_rl.policy import steps as policy_steps
-from sharpe_rl.policy.steps import PolicyRef
+from sharpe_rl.policy import learner
+from sharpe_rl.policy.learner import PolicyRef
 from sharpe_rl.sampling import SamplingError, run_policy
 from sharpe_rl.scoring import deflated_sharpe_ratio
 
@@ -121,7 +121,7 @@ def plan_comparison(runs_dir: Path, run: str, n: int = MIN_SAMPLES, seed: int = 
 
 def sample(plan: ComparisonPlan, which: Which) -> list[str]:
     """The `plan.n` completions of one policy: the plan's prompt, the plan's seed."""
-    batch = policy_steps.generate(plan.policy(which), [plan.prompt] * plan.n, cycle=plan.final.cycle, seed=plan.seed)
+    batch = learner.generate(plan.policy(which), [plan.prompt] * plan.n, cycle=plan.final.cycle, seed=plan.seed)
     return [generation.completion for generation in batch.generations]
 
 

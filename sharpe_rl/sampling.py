@@ -3,7 +3,7 @@
 `run_policy(runs_dir, run)` reads the settings the run was started with (the defaults when there is
 no run), renders the prompt the run shows for its dataset (without elites), and says which weights
 to sample: the base policy, and the run's latest checkpoint. Sampling is then
-`policy.steps.generate(ref, [prompt] * n, ...)`, the same call a cycle makes, so the same ref,
+`policy.learner.generate(ref, [prompt] * n, ...)`, the same call a cycle makes, so the same ref,
 prompt and seed give the same completions everywhere. Nothing is loaded here beyond the panel:
 every input is checked before a model is.
 """
@@ -19,8 +19,8 @@ from sharpe_rl.config import RunConfig
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import policy_source
+from sharpe_rl.policy.learner import PolicyRef
 from sharpe_rl.policy.prompts import run_prompt
-from sharpe_rl.policy.steps import PolicyRef
 from sharpe_rl.steps import run_config_path
 
 #: The run a base policy sampled outside any run is filed under: no run can have it (a run name starts with a

@@ -1,17 +1,26 @@
 """The steps of an RL run, as plain functions whose arguments name everything their result depends on.
 
-A cycle is generate → execute → score → log → update:
+A cycle reads its past once, `history.read_history(runs_dir, run, cycle) -> History` (the replay buffer's
+cycles before it), then is generate → execute → score → log → update:
 
-- `cycle_prompts(run, cycle)` then `policy.steps.generate(policy_ref, prompts, cycle=, seed=) -> Batch`:
-  `ppo.group_size` completions per prompt, so a group baseline compares completions of one prompt
+- `cycle_prompts(run, cycle, history)` then `policy.learner.generate(policy_ref, prompts, cycle=, seed=) -> Batch`:
+  `ppo.group_size` completions per prompt, so a group baseline compares completions of one prompt; the
+  prompts' elites come from the history's archive
 - `evaluation.evaluate(completion, evaluation_ref) -> Outcome`, once per completion, anywhere
   (a thread, another process, a Dask worker on another machine): no policy, no MLflow, no buffer
-- `score(run, batch, executions) -> Scored`: host-side rewards, given the run's earlier cycles (read
-  once from the replay buffer): the DSR and, when configured, the reward deflated by the trials so
-  far (`RewardConfig.luck_correction`), the novelty bonus and the copy penalty (`sharpe_rl.diversity`)
-- `log(run, scored, timings) -> Logged`: the replay buffer, the quality-diversity archive, then MLflow
-- `policy.steps.update(policy_ref, cycle, experiences) -> Update` (its checkpoint commits the
+- `score(run, batch, executions, history) -> Scored`: host-side rewards, given the history: the DSR
+  and, when configured, the reward deflated by the trials so far (`RewardConfig.luck_correction`),
+  the novelty bonus and the copy penalty (`sharpe_rl.diversity`)
+- `log(run, scored, timings, history) -> Logged`: the replay buffer, the quality-diversity archive
+  (the history's, with this cycle folded in), then MLflow (the cycle's summary counts the history)
+- `policy.learner.update(policy_ref, cycle, experiences) -> Update` (its checkpoint commits the
   cycle), then `log_update(run, update, logged)`
+
+So a cycle's steps read no state but the values they are given (the dataset an `EvaluationRef` names, the
+weights a `PolicyRef` names): they run the same on a thread or a Dask worker, and Prefect's inputs say what
+their results depend on. They write what they persist (buffer, archive, checkpoint, MLflow). The steps that
+open and close a run (`start`, `holdout_candidates`, `carry_over`, `finish`) run once and do read what the
+run stored.
 
 `start(config) -> RunRef` opens a run once: it checks the settings against those the run was
 started with, the dataset, and the policy, starts (or finds) the MLflow parent run, and says
@@ -23,8 +32,9 @@ Resume: a cycle is committed by its checkpoint, written last. Everything before 
 cached (executions, by content hash) or idempotent (the buffer file of a cycle is replaced, the
 archive keeps the best per cell whatever it is offered twice, MLflow writes are keyed by cycle and
 index), and generation is seeded by (run seed, cycle) from the previous checkpoint's weights. What
-a cycle reads of the run's history (the prompts' elites, the trials and visits its rewards count)
-is the buffer's cycles before it, never the state a killed attempt of the same cycle left behind.
+a cycle knows of the run's past (the prompts' elites, the trials and visits its rewards count, the
+archive it extends) is its `History`: the buffer's cycles before it, never the state a killed
+attempt of the same cycle left behind.
 So a run killed anywhere in a cycle repeats that cycle exactly on resume, and nothing is lost or
 written twice.
 """
@@ -47,24 +57,25 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.analysis.tables import HOLDOUT_SHARPE, annotate, cycle_metrics
-from sharpe_rl.archive import EliteArchive, load_archive, save_archive
+from sharpe_rl.archive import EliteArchive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.classify import classify
 from sharpe_rl.config import RunConfig
 from sharpe_rl.data.atomic import write_bytes_atomic
 from sharpe_rl.data.card import card_path
-from sharpe_rl.diversity import Visits, diversity_rewards
+from sharpe_rl.diversity import diversity_rewards
 from sharpe_rl.evaluation import EvaluationRef, Outcome, close_evaluation, load_evaluation, metric_numbers
 from sharpe_rl.experience import Experience
 from sharpe_rl.facts import RunFacts, load_facts, save_facts
+from sharpe_rl.history import History
 from sharpe_rl.holdout import report_frame, write_holdout
 from sharpe_rl.noskill import NoSkillBand
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, policy_source, row_seed
 from sharpe_rl.policy.knowledge import policy_knowledge
+from sharpe_rl.policy.learner import Batch, PolicyRef, Update
 from sharpe_rl.policy.prompts import PROMPTS_DIR, run_prompt, shows_elites
-from sharpe_rl.policy.steps import Batch, PolicyRef, Update
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import ENGINE_ERRORS, reap_containers
 from sharpe_rl.scoring import DegeneratePredictions, backtest, deflate, reward_cap_sharpe
@@ -237,7 +248,7 @@ def finish(run: RunRef, *, failed: bool = False) -> None:
 
     Closing a failed run never raises: what made it fail is the error to show, not a cleanup's.
     """
-    policy_steps.release(run.name)
+    learner.release(run.name)
     try:
         close_evaluation(run.evaluation)
         run.tracker().finish(failed=failed)
@@ -268,18 +279,19 @@ def group_sizes(batch_size: int, group_size: int) -> list[int]:
     return [batch_size // prompts + (group < batch_size % prompts) for group in range(prompts)]
 
 
-def cycle_prompts(run: RunRef, cycle: int) -> list[str]:
+def cycle_prompts(run: RunRef, cycle: int, history: History) -> list[str]:
     """The prompt of each completion of the cycle's batch, a group of `ppo.group_size` consecutive ones per prompt.
 
     A prompt version that shows elites (`v6_inspiration`) gets, per group, its own seeded draw of
-    `INSPIRATION_ELITES` elites of the archive as it stood after the previous cycle (rebuilt from
-    the buffer, so a resumed cycle draws the same); groups differ by their elites. Any other
-    version renders the same prompt for every group: the groups differ only by their seeds.
+    `INSPIRATION_ELITES` elites of the archive as it stood after the previous cycle (the history's,
+    so a resumed cycle draws the same); groups differ by their elites. Any other version renders
+    the same prompt for every group: the groups differ only by their seeds.
     """
+    _check_history(run, cycle, history)
     config = run.config
     sizes = group_sizes(config.batch_size, config.ppo.group_size)
     if shows_elites(config.prompt_version):
-        archive = EliteArchive.from_frame(history(run, cycle), run.name)
+        archive = history.archive()
         dataset = load_evaluation(run.evaluation)
         seed = generation_seed(run, cycle)
         texts = [
@@ -299,16 +311,16 @@ def cycle_prompts(run: RunRef, cycle: int) -> list[str]:
 # ---- score, log -----------------------------------------------------------------------------
 
 
-def score(run: RunRef, batch: Batch, executions: Executions) -> Scored:
-    """Rewards for a cycle's outcomes, given the run's earlier cycles (read once from the buffer).
+def score(run: RunRef, batch: Batch, executions: Executions, history: History) -> Scored:
+    """Rewards for a cycle's outcomes, given the run's earlier cycles (`history`).
 
     Every DSR is deflated by the run's trials so far (earlier cycles and this batch); the reward
     also is when `RewardConfig.luck_correction` says so; then the diversity terms (novelty bonus,
     copy penalty) count the earlier cycles' visits and programs, when their weights are not 0.
     """
     started = time.perf_counter()
-    earlier = history(run, batch.cycle)
-    sharpes = _scored_sharpes(earlier) + [o.metrics.sharpe_net for o in executions.outcomes if o.metrics is not None]
+    _check_history(run, batch.cycle, history)
+    sharpes = history.net_sharpes() + [o.metrics.sharpe_net for o in executions.outcomes if o.metrics is not None]
     trials = Trials(n=len(sharpes), sharpe_variance=statistics.pvariance(sharpes) if len(sharpes) > 1 else 0.0)
     noskill = load_evaluation(run.evaluation).noskill
     experiences = [
@@ -317,7 +329,7 @@ def score(run: RunRef, batch: Batch, executions: Executions) -> Scored:
     ]
     reward_cfg = run.config.reward
     if reward_cfg.novelty_weight or reward_cfg.copy_penalty:  # both 0: the terms change nothing, skip the classifier
-        rewards = diversity_rewards(experiences, Visits.from_frame(earlier), reward_cfg)
+        rewards = diversity_rewards(experiences, history.visits(), reward_cfg)
         experiences = [e.model_copy(update={"reward": r}) for e, r in zip(experiences, rewards, strict=True)]
     return Scored(cycle=batch.cycle, experiences=experiences, seconds=time.perf_counter() - started)
 
@@ -330,30 +342,25 @@ class Trials:
     sharpe_variance: float  # of the annualised net Sharpe ratios
 
 
-def history(run: RunRef, cycle: int) -> pl.DataFrame:
-    """The run's experiences of the cycles before `cycle`, as the buffer's frame (what a cycle knows of its past).
+def _check_history(run: RunRef, cycle: int, history: History) -> None:
+    """A step of cycle `cycle` is handed the history of that cycle of that run, or refuses to compute."""
+    if (history.run, history.cycle) != (run.name, cycle):
+        raise ValueError(
+            f"cycle {cycle} of run {run.name} was handed the history of run {history.run} before cycle "
+            f"{history.cycle}: read the cycle's own with read_history(runs_dir, {run.name!r}, {cycle})"
+        )
 
-    Never this cycle's own rows: a resumed cycle finds those of its killed attempt in the buffer,
-    and must compute exactly what the first attempt did.
+
+def log(run: RunRef, scored: Scored, timings: Mapping[str, float], history: History) -> Logged:
+    """Persist the cycle to the replay buffer and the archive, then MLflow (which may be down: it catches up later).
+
+    The archive and the cycle's summary count the run's earlier cycles (`history`) and this one.
     """
-    frame = ReplayBuffer(run.config.runs_dir).frame(run=run.name)
-    return frame.filter(pl.col("cycle") < cycle)
-
-
-def _scored_sharpes(frame: pl.DataFrame) -> list[float]:
-    """The net Sharpe of every scored experiment of a buffer frame."""
-    if frame.is_empty() or "metric_sharpe_net" not in frame.columns:
-        return []
-    return frame.filter(pl.col("error_class").is_null()).get_column("metric_sharpe_net").drop_nulls().to_list()
-
-
-def log(run: RunRef, scored: Scored, timings: Mapping[str, float]) -> Logged:
-    """Persist the cycle to the replay buffer and the archive, then MLflow (which may be down: it catches up later)."""
     started = time.perf_counter()
-    buffer = ReplayBuffer(run.config.runs_dir)
-    buffer.write(run.name, scored.cycle, scored.experiences)
-    run_so_far = buffer.frame(run=run.name).filter(pl.col("cycle") <= scored.cycle)
-    archive = update_archive(run, scored, run_so_far)
+    _check_history(run, scored.cycle, history)
+    ReplayBuffer(run.config.runs_dir).write(run.name, scored.cycle, scored.experiences)
+    archive = update_archive(run, scored, history)
+    run_so_far = history.through(scored.experiences)
     summary = (
         cycle_metrics(annotate(run_so_far), scored.cycle)
         | {"archive_coverage_pct": 100 * archive.coverage, "qd_score": archive.qd_score}
@@ -363,19 +370,15 @@ def log(run: RunRef, scored: Scored, timings: Mapping[str, float]) -> Logged:
     return Logged(cycle=scored.cycle, summary=summary, seconds=time.perf_counter() - started)
 
 
-def update_archive(run: RunRef, scored: Scored, run_so_far: pl.DataFrame) -> EliteArchive:
-    """Fold the cycle into the run's stored archive and save it; returns the archive after the cycle.
+def update_archive(run: RunRef, scored: Scored, history: History) -> EliteArchive:
+    """Fold the cycle into the archive of the earlier cycles (`history`'s) and save it as the run's; returns it.
 
-    Folding a cycle in twice (a resumed cycle) changes nothing. A stored archive that lacks some
-    earlier cycle (a run from before the archive, a file lost) is rebuilt from the buffer first.
+    A resumed cycle saves the archive its killed attempt saved; a stored archive that lacks some
+    earlier cycle (a run from before the archive, a file lost) is replaced by a whole one.
     """
-    runs_dir, cycle = run.config.runs_dir, scored.cycle
-    archive = load_archive(runs_dir, run.name)
-    earlier = run_so_far.filter(pl.col("cycle") < cycle)
-    if not set(earlier["cycle"].unique().to_list()) <= set(archive.cycles):
-        archive = EliteArchive.from_frame(earlier, run.name)
-    archive.add(cycle, scored.experiences)
-    save_archive(runs_dir, archive)
+    archive = history.archive()
+    archive.add(scored.cycle, scored.experiences)
+    save_archive(run.config.runs_dir, archive)
     return archive
 
 

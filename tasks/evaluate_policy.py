@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from sharpe_rl import evaluate_policy as comparison
 from sharpe_rl.evaluate_policy import ComparisonPlan, Which
 from sharpe_rl.evaluation import Outcome
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from tasks.report import artifact_key
 
 
@@ -33,7 +33,7 @@ def compare_and_save(
     plan: ComparisonPlan, completions: list[str], outcomes: list[Outcome], holdouts: list[dict | None]
 ) -> list[dict]:
     """The comparison table, stored beside the run and posted as a table artifact; the policy leaves memory."""
-    policy_steps.release(plan.run)
+    learner.release(plan.run)
     samples = comparison.sample_frame(plan, completions, outcomes, holdouts)
     table = comparison.compare(samples)
     comparison.save_comparison(plan, samples, table)

@@ -1,5 +1,6 @@
 """Publishing what a run shows where the user already looks: Prefect artifacts (the post-mortem with a link to the
-MLflow run, its tables, the cycles done) and the MLflow parent run (the report's files).
+MLflow run, its tables, the cycles done) and the MLflow parent run (the report's files); and the post-mortem the
+report flow writes on request (`write_report`).
 
 The artifacts are a view of files the run keeps anyway (the buffer, the report under `runs/reports/`), rebuilt
 whole each time: when the Prefect API does not answer, a post is skipped with a warning and the next one (a
@@ -9,6 +10,7 @@ cycle later) brings the view up to date. A night never waits on, or fails for, i
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 from prefect import get_run_logger, task
@@ -94,4 +96,16 @@ def publish_report(run: RunRef) -> str:
     post_report(report, run.mlflow_url)
     post_progress(run)
     run.tracker().log_artifacts(out_dir, "report")
+    return str(report.html_path)
+
+
+@task(cache_policy=NONE)
+def write_report(runs_dir: Path, run: str | None, compare: str | None) -> str:
+    """Build the post-mortem of `run` (the latest when None), beside run `compare` when given, and post it; returns
+    the HTML report's path."""
+    frame = report_frame(runs_dir)
+    report = build_report(
+        frame, runs_dir / "reports" / (run or "latest"), run=run, compare_run=compare, runs_dir=runs_dir
+    )
+    post_report(report)
     return str(report.html_path)

@@ -191,11 +191,11 @@ def reference_run(tmp_path_factory, prefect_server, sandbox_image, pipeline_data
     from pipeline_fixtures import make_config
 
     from flows.rl_run import run
-    from sharpe_rl.policy import steps as policy_steps
+    from sharpe_rl.policy import learner
 
     config = make_config(tmp_path_factory.mktemp("e2e") / "runs", pipeline_dataset, pipeline_policy, "e2e", cycles=4)
     assert run(config) == "e2e"
-    policy_steps.release()
+    learner.release()
     return config
 
 

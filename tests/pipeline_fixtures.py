@@ -10,9 +10,9 @@ from transformers import AutoTokenizer
 
 from sharpe_rl import steps as run_steps
 from sharpe_rl.config import EvalConfig, PolicyConfig, RunConfig, SandboxConfig
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from sharpe_rl.policy.generation import Generation
-from sharpe_rl.policy.steps import Batch, PolicyRef
+from sharpe_rl.policy.learner import Batch, PolicyRef
 from sharpe_rl.steps import RunRef
 from sharpe_rl.tracking import EXPERIMENT_NAME, default_tracking_uri
 
@@ -70,7 +70,7 @@ def scripted(monkeypatch, config: RunConfig, completions: list[str]) -> None:
     def generate(policy: PolicyRef, prompts: list[str], *, cycle: int, seed: int) -> Batch:
         return Batch(cycle=cycle, generations=scripted_generator.generate(prompts, seed), seconds=0.0)
 
-    monkeypatch.setattr(policy_steps, "generate", generate)
+    monkeypatch.setattr(learner, "generate", generate)
 
 
 def run_cycles(config: RunConfig, cycles: range | list[int] = range(1)) -> RunRef:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from sharpe_rl.buffer import SCHEMA, ReplayBuffer
+from sharpe_rl.buffer import SCHEMA, ReplayBuffer, experiences_frame
 from sharpe_rl.experience import Experience
 from sharpe_rl.sandbox.contract import ErrorClass
 
@@ -124,6 +124,14 @@ def test_frame_over_many_cycles_and_runs(tmp_path):
     assert buffer.cycles_done("run-a") == [0, 1, 2, 3, 4]
     assert buffer.cycles_done("run-b") == [0, 1, 2, 3, 4, 5]
     assert buffer.cycles_done("run-c") == []
+
+
+def test_experiences_frame_is_the_frame_the_buffer_shows_once_they_are_written(tmp_path):
+    buffer = ReplayBuffer(tmp_path)
+    experiences = [*cycle_of("run-a", 2)[::-1], make("run-a", 2, 3, metrics={"dsr": 0.9}, error_class="syntax")]
+    buffer.write("run-a", 2, experiences)
+    assert experiences_frame(experiences).equals(buffer.frame("run-a"))
+    assert experiences_frame([]).equals(ReplayBuffer(tmp_path / "empty").frame())
 
 
 def test_a_cycle_written_before_the_cached_field_reads_with_it_empty(tmp_path):

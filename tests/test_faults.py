@@ -36,7 +36,7 @@ from service_fixtures import MlflowServer, SmallDisk, wait_until
 from sharpe_rl import steps as run_steps
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.data.atomic import DiskFull
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.sandbox import InfrastructureError
 from sharpe_rl.sandbox.docker_executor import RUN_LABEL, DockerExecutor
@@ -57,9 +57,9 @@ EXPECTED = {"logistic": "ok", "forest": "ok", "boosting": "ok", "raises": "value
 
 @pytest.fixture(autouse=True)
 def fresh_policies():
-    policy_steps.release()
+    learner.release()
     yield
-    policy_steps.release()
+    learner.release()
 
 
 @pytest.fixture
@@ -218,5 +218,5 @@ def test_a_full_disk_names_the_path_leaves_nothing_half_written_and_the_run_resu
         assert_recorded_once(runs, "disk-full", cycles=2, batch=2, tracking_uri=tracking)
         assert parent_run(mlflow_client(runs, tracking), "disk-full").info.status == "FINISHED"
     finally:
-        policy_steps.release()
+        learner.release()
         disk.unmount()

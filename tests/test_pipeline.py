@@ -47,7 +47,7 @@ from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import PolicyConfig, RunConfig, SandboxConfig
 from sharpe_rl.experience import Experience
 from sharpe_rl.policy import generation as generation_module
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.policy.generation import Generation, make_generator
 from sharpe_rl.sandbox import InfrastructureError
@@ -58,9 +58,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("san
 
 @pytest.fixture(autouse=True)
 def fresh_policies():
-    policy_steps.release()
+    learner.release()
     yield
-    policy_steps.release()
+    learner.release()
     evaluation.close_evaluations()
 
 
@@ -399,13 +399,13 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
         update={"policy": config.policy.model_copy(update={"backend": "vllm", "max_new_tokens": 32})}
     )
     run = run_steps.start(config)
-    batch = policy_steps.generate(run.policy, [run.prompt] * 2, cycle=0, seed=0)
+    batch = learner.generate(run.policy, [run.prompt] * 2, cycle=0, seed=0)
     assert RecordingVLLM.adapters == []  # a fresh run samples the base policy
     rewarded = [
         Experience.from_generation(g, run="vllm", cycle=0, index=i, prompt_version="v5_rules", reward=float(i))
         for i, g in enumerate(batch.generations)
     ]
-    update = policy_steps.update(run.policy, 0, rewarded)
+    update = learner.update(run.policy, 0, rewarded)
     adapter = Checkpoints(config.runs_dir, "vllm").path(0) / "adapter"
     assert RecordingVLLM.adapters == [adapter]  # the next cycle samples the adapter just saved
     assert LoraConfig.from_pretrained(str(adapter)).r == config.policy.lora_r  # what vLLM's LoRARequest loads
@@ -413,7 +413,7 @@ def test_a_vllm_run_samples_each_cycle_from_the_adapter_just_saved(run_config, m
 
     resumed = run_steps.start(config)  # a new process: nothing in memory
     assert resumed.policy == update.policy and resumed.pending_cycles == [1]
-    policy_steps.generate(resumed.policy, [resumed.prompt] * 2, cycle=1, seed=1)
+    learner.generate(resumed.policy, [resumed.prompt] * 2, cycle=1, seed=1)
     assert RecordingVLLM.adapters[-1] == adapter  # a resumed run samples its latest adapter
     run_steps.finish(resumed)
 

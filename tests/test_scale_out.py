@@ -25,7 +25,7 @@ from service_fixtures import DaskCluster
 
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import RunConfig, TaskRunnerConfig
-from sharpe_rl.policy import steps as policy_steps
+from sharpe_rl.policy import learner
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.sandbox.docker_executor import RUN_LABEL, reap_containers
 from sharpe_rl.steps import run_config_path
@@ -80,7 +80,7 @@ def test_a_run_on_a_two_worker_dask_cluster_reproduces_the_default_runner_exactl
     (config.runs_dir / key).parent.mkdir(parents=True)
     shutil.copy(reference_run.runs_dir / key, config.runs_dir / key)
     assert run(config) == "e2e"
-    policy_steps.release()
+    learner.release()
 
     columns = ["cycle", "index", "completion", "error_class", "reward", "metric_sharpe_net", "metric_dsr"]
     threads = ReplayBuffer(reference_run.runs_dir).frame(run="e2e").select(columns)

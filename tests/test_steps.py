@@ -1,7 +1,8 @@
 """The run's score and log steps with the run's history: luck correction, diversity terms, the archive, the prompts.
 
-No sandbox, policy or MLflow: outcomes are built by hand, as `evaluate` returns them, and the
-steps read and write a temporary runs directory. What a user relies on: a resumed cycle computes
+No sandbox, policy or MLflow: outcomes are built by hand, as `evaluate` returns them, each step is
+handed the run's history as the flow reads it (`read_history`), and the buffer and the archive are
+written to a temporary runs directory. What a user relies on: a resumed cycle computes
 what its first attempt did (rewards, archive, prompts), and each option changes the reward in the
 direction it promises.
 """
@@ -21,9 +22,10 @@ from sharpe_rl.config import PolicyConfig, PPOConfig, RewardConfig, RunConfig
 from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.facts import RunFacts, load_facts, save_facts
+from sharpe_rl.history import UNREAD_COLUMNS, History, read_history
 from sharpe_rl.policy.generation import Generation
+from sharpe_rl.policy.learner import Batch, PolicyRef
 from sharpe_rl.policy.prompts import run_prompt
-from sharpe_rl.policy.steps import Batch, PolicyRef
 from sharpe_rl.sandbox.contract import ErrorClass
 from sharpe_rl.sandbox.result import ExecutionResult
 from sharpe_rl.scoring import Metrics, expected_max_sharpe
@@ -88,11 +90,17 @@ def batch(cycle: int, outcomes: list[Outcome]) -> tuple[Batch, steps.Executions]
     return Batch(cycle=cycle, generations=generations, seconds=0.0), steps.Executions(outcomes=outcomes, seconds=0.0)
 
 
+def past(run: steps.RunRef, cycle: int) -> History:
+    """What cycle `cycle` knows of the run's past, read as the flow reads it."""
+    return read_history(run.config.runs_dir, run.name, cycle)
+
+
 def score_and_store(run: steps.RunRef, cycle: int, outcomes: list[Outcome]) -> list[Experience]:
     """Score a cycle and keep it in the buffer and the archive, as the log step does (without MLflow)."""
-    scored = steps.score(run, *batch(cycle, outcomes))
+    history = past(run, cycle)
+    scored = steps.score(run, *batch(cycle, outcomes), history)
     ReplayBuffer(run.config.runs_dir).write(run.name, cycle, scored.experiences)
-    steps.update_archive(run, scored, ReplayBuffer(run.config.runs_dir).frame(run=run.name))
+    steps.update_archive(run, scored, history)
     return scored.experiences
 
 
@@ -111,8 +119,8 @@ def test_the_same_sharpe_earns_less_after_many_trials_with_a_luck_correction(tmp
         score_and_store(late, cycle, [ran(spec(n=10 * cycle + i), -1.5 + cycle + i / 3) for i in range(4)])
     probe = [ran(spec(n=999), 1.0), failed()]
 
-    first = steps.score(fresh, *batch(3, probe)).experiences
-    after = steps.score(late, *batch(3, probe)).experiences
+    first = steps.score(fresh, *batch(3, probe), past(fresh, 3)).experiences
+    after = steps.score(late, *batch(3, probe), past(late, 3)).experiences
     assert after[0].reward < first[0].reward
     assert after[0].metrics["dsr"] < first[0].metrics["dsr"]
     assert after[1].reward == first[1].reward == RewardConfig().penalty_format
@@ -121,14 +129,16 @@ def test_the_same_sharpe_earns_less_after_many_trials_with_a_luck_correction(tmp
 def test_without_a_luck_correction_the_reward_is_the_clipped_sharpe(run):
     for cycle in range(2):
         score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), -1.0 + cycle + i / 2) for i in range(4)])
-    experiences = steps.score(run, *batch(2, [ran(spec(n=999), 1.5)])).experiences
+    experiences = steps.score(run, *batch(2, [ran(spec(n=999), 1.5)]), past(run, 2)).experiences
     assert experiences[0].reward == pytest.approx(1.5 / RewardConfig().sharpe_clip)
 
 
 def test_the_default_reward_is_the_evidence_of_skill_in_units_of_the_panels_no_skill_noise(tmp_path, pipeline_dataset):
     run = make_run(tmp_path / "runs", pipeline_dataset, reward=RewardConfig())
     sigma = load_evaluation(run.evaluation).noskill.sigma
-    first = steps.score(run, *batch(0, [ran(spec(n=1), 3 * sigma), ran(spec(n=2), 1.3 * sigma)])).experiences
+    first = steps.score(
+        run, *batch(0, [ran(spec(n=1), 3 * sigma), ran(spec(n=2), 1.3 * sigma)]), past(run, 0)
+    ).experiences
     # two trials: what the best of two no-skill draws scores by luck (E[max z], about 0.5) is taken off
     luck = expected_max_sharpe(2, 1.0)
     assert [e.metrics["evidence"] for e in first] == pytest.approx([3.0, 1.3])
@@ -136,7 +146,9 @@ def test_the_default_reward_is_the_evidence_of_skill_in_units_of_the_panels_no_s
     assert rewards(first) == pytest.approx([x[0] / (1 + abs(x[0])), x[1] / (1 + abs(x[1]))])
     for cycle in range(3):  # many earlier trials: the same evidence earns less, a lucky 1.3 sigma nothing
         score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), 0.0) for i in range(16)])
-    late = steps.score(run, *batch(3, [ran(spec(n=1), 3 * sigma), ran(spec(n=2), 1.3 * sigma)])).experiences
+    late = steps.score(
+        run, *batch(3, [ran(spec(n=1), 3 * sigma), ran(spec(n=2), 1.3 * sigma)]), past(run, 3)
+    ).experiences
     assert rewards(late)[0] < rewards(first)[0] and rewards(late)[1] < 0 < rewards(first)[1]
 
 
@@ -148,7 +160,7 @@ def test_the_novelty_bonus_pays_a_rare_cell_more_than_a_crowded_one(tmp_path, pi
     for cycle in range(2):  # (lightgbm, trend) visited eight times
         score_and_store(run, cycle, [ran(spec(n=10 * cycle + i), 0.3) for i in range(4)])
     crowded, rare = steps.score(
-        run, *batch(2, [ran(spec(n=500), 0.3), ran(spec(CALENDAR, LOGISTIC, 1), 0.3)])
+        run, *batch(2, [ran(spec(n=500), 0.3), ran(spec(CALENDAR, LOGISTIC, 1), 0.3)]), past(run, 2)
     ).experiences
     assert rare.reward > crowded.reward > 0.3 / 3
 
@@ -156,14 +168,16 @@ def test_the_novelty_bonus_pays_a_rare_cell_more_than_a_crowded_one(tmp_path, pi
 def test_a_program_that_already_ran_earns_the_copy_penalty(tmp_path, pipeline_dataset):
     run = make_run(tmp_path / "runs", pipeline_dataset, reward=plain(copy_penalty=0.5))
     score_and_store(run, 0, [ran(spec(n=100), 0.9)])
-    copy, new = steps.score(run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(n=101), 0.9)])).experiences
+    copy, new = steps.score(run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(n=101), 0.9)]), past(run, 1)).experiences
     assert copy.reward == pytest.approx(0.3 - 0.5)
     assert new.reward == pytest.approx(0.3)
 
 
 def test_with_the_default_weights_the_diversity_terms_change_nothing(run):
     score_and_store(run, 0, [ran(spec(n=100), 0.9)])
-    experiences = steps.score(run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(VOLUME, LOGISTIC, 1), 0.9)])).experiences
+    experiences = steps.score(
+        run, *batch(1, [ran(spec(n=100), 0.9), ran(spec(VOLUME, LOGISTIC, 1), 0.9)]), past(run, 1)
+    ).experiences
     assert rewards(experiences) == pytest.approx([0.3, 0.3])
 
 
@@ -179,6 +193,21 @@ def test_a_resumed_cycle_scores_exactly_as_its_first_attempt(tmp_path, pipeline_
     assert rewards(resumed) == rewards(first_attempt)
     assert [e.metrics for e in resumed] == [e.metrics for e in first_attempt]
     assert load_archive(run.config.runs_dir, run.name) == archive_after_first
+
+
+def test_a_step_refuses_the_history_of_another_cycle(run):
+    score_and_store(run, 0, [ran(spec(n=100), 0.4)])
+    with pytest.raises(ValueError, match="cycle 1 of run r was handed the history of run r before cycle 0"):
+        steps.score(run, *batch(1, [ran(spec(n=101), 0.4)]), past(run, 0))
+
+
+def test_the_history_through_a_cycle_is_what_the_buffer_holds_once_the_cycle_is_written(run):
+    score_and_store(run, 0, [ran(spec(n=100), 0.4), failed()])
+    history = past(run, 1)
+    cycle_1 = score_and_store(run, 1, [ran(spec(VOLUME, LOGISTIC, 1), -0.2), failed(ErrorClass.type_error)])
+    stored = ReplayBuffer(run.config.runs_dir).frame(run=run.name).drop(UNREAD_COLUMNS)
+    assert history.through(cycle_1).select(stored.columns).equals(stored)
+    assert past(run, 1).frame.equals(history.frame)  # what cycle 1 knows of its past does not change once it ran
 
 
 # -- the archive --------------------------------------------------------------------------------
@@ -215,24 +244,24 @@ def test_every_prompt_gets_at_least_group_size_completions(batch_size, group_siz
 
 def test_a_prompt_without_elites_is_the_same_for_every_group(tmp_path, pipeline_dataset):
     run = make_run(tmp_path / "runs", pipeline_dataset, batch_size=8, ppo=PPOConfig(group_size=2))
-    assert steps.cycle_prompts(run, 3) == [run.prompt] * 8
+    assert steps.cycle_prompts(run, 3, past(run, 3)) == [run.prompt] * 8
 
 
 def test_inspiration_prompts_differ_by_group_and_a_resumed_cycle_draws_the_same(tmp_path, pipeline_dataset):
     run = make_run(
         tmp_path / "runs", pipeline_dataset, prompt_version="v6_inspiration", batch_size=8, ppo=PPOConfig(group_size=2)
     )
-    assert steps.cycle_prompts(run, 0) == [run.prompt] * 8  # nothing in the archive yet
+    assert steps.cycle_prompts(run, 0, past(run, 0)) == [run.prompt] * 8  # nothing in the archive yet
     profitable = [(TREND, LIGHTGBM), (VOLUME, LIGHTGBM), (CALENDAR, LOGISTIC), (VOLUME, LOGISTIC), (TREND, LOGISTIC)]
     score_and_store(run, 0, [ran(spec(f, m, i), 0.5 + i / 10) for i, (f, m) in enumerate(profitable)])
 
-    prompts = steps.cycle_prompts(run, 1)
+    prompts = steps.cycle_prompts(run, 1, past(run, 1))
     groups = [prompts[i : i + 2] for i in range(0, 8, 2)]
     assert all(a == b for a, b in groups) and len({a for a, _ in groups}) > 1
     assert all("net Sharpe" in a for a, _ in groups)
 
     score_and_store(run, 1, [ran(spec(CALENDAR, LIGHTGBM, 50), 2.5)])  # a killed attempt of cycle 1 was logged
-    assert steps.cycle_prompts(run, 1) == prompts
+    assert steps.cycle_prompts(run, 1, past(run, 1)) == prompts
 
 
 def test_the_group_advantage_needs_two_completions_a_cycle():

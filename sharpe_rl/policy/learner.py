@@ -1,4 +1,4 @@
-"""The policy's two steps of a cycle, `generate` and `update`, on a `PolicyRef`.
+"""The learner: the policy's two steps of a cycle, `generate` and `update`, on a `PolicyRef`.
 
 A `PolicyRef` says which weights: the base model with its LoRA and PPO settings and seed, and
 the checkpoint a run saved after some cycle (or none: the base policy). `update` takes a ref and

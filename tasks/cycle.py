@@ -1,11 +1,12 @@
-"""The steps of a cycle as Prefect tasks: thin wrappers over `sharpe_rl.steps` and `sharpe_rl.policy.steps`.
+"""The steps of a cycle as Prefect tasks: thin wrappers over `sharpe_rl.steps` and `sharpe_rl.policy.learner`.
 
-Every input is a value the flow passes (the run, the policy ref, the previous step's result);
-progress is reported from the values the steps return, and each cycle ends with its line in the
-flow run's logs (`progress.cycle_line`: reward, best net Sharpe, ran/failed, cache, KL). Generation,
-scoring, logging and the update run in the flow's process; the executions fan out over the flow's
-task runner (`execute_batch`). Logging is retried on any error (the replay buffer write is idempotent, and
-MLflow catches up through its outbox).
+Every input is a value the flow passes: the run, the policy ref, the run's history before the cycle
+(read once per cycle by `read_history`) and the previous step's result. Progress is reported from
+the values the steps return, and each cycle ends with its line in the flow run's logs
+(`progress.cycle_line`: reward, best net Sharpe, ran/failed, cache, KL). Generation, scoring,
+logging and the update run in the flow's process; the executions fan out over the flow's task
+runner (`execute_batch`). Logging is retried on any error (the replay buffer write is idempotent,
+and MLflow catches up through its outbox).
 """
 
 from __future__ import annotations
@@ -19,22 +20,30 @@ from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
+from sharpe_rl import history as run_history
 from sharpe_rl import progress
 from sharpe_rl import steps as run_steps
 from sharpe_rl.data.atomic import DiskFull
-from sharpe_rl.policy import steps as policy_steps
-from sharpe_rl.policy.steps import Batch, PolicyRef, Update
+from sharpe_rl.history import History
+from sharpe_rl.policy import learner
+from sharpe_rl.policy.learner import Batch, PolicyRef, Update
 from sharpe_rl.steps import Executions, Logged, RunRef, Scored
 from tasks.execute import execute_experiment
 from tasks.say import say
 
 
+@task(cache_policy=NONE, task_run_name="history (cycle {cycle})")
+def read_history(run: RunRef, cycle: int) -> History:
+    """What the cycle knows of the run's past: the replay buffer's cycles before it."""
+    return run_history.read_history(run.config.runs_dir, run.name, cycle)
+
+
 @task(cache_policy=NONE, task_run_name="generate (cycle {cycle})")
-def generate_batch(run: RunRef, policy: PolicyRef, cycle: int) -> Batch:
+def generate_batch(run: RunRef, policy: PolicyRef, cycle: int, history: History) -> Batch:
     config = run.config
     progress.cycle_started(run.name, cycle, config.cycles, config.batch_size)
-    prompts = run_steps.cycle_prompts(run, cycle)
-    return policy_steps.generate(policy, prompts, cycle=cycle, seed=run_steps.generation_seed(run, cycle))
+    prompts = run_steps.cycle_prompts(run, cycle, history)
+    return learner.generate(policy, prompts, cycle=cycle, seed=run_steps.generation_seed(run, cycle))
 
 
 def execute_batch(run: RunRef, batch: Batch) -> Executions:
@@ -48,8 +57,8 @@ def execute_batch(run: RunRef, batch: Batch) -> Executions:
 
 
 @task(cache_policy=NONE, task_run_name="score (cycle {batch.cycle})")
-def score_batch(run: RunRef, batch: Batch, executions: Executions) -> Scored:
-    return run_steps.score(run, batch, executions)
+def score_batch(run: RunRef, batch: Batch, executions: Executions, history: History) -> Scored:
+    return run_steps.score(run, batch, executions, history)
 
 
 def is_worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -71,14 +80,14 @@ _logging_retries = {
 
 
 @task(cache_policy=NONE, **_logging_retries, task_run_name="log (cycle {scored.cycle})")
-def log_cycle(run: RunRef, batch: Batch, executions: Executions, scored: Scored) -> Logged:
+def log_cycle(run: RunRef, batch: Batch, executions: Executions, scored: Scored, history: History) -> Logged:
     timings = {"generate": batch.seconds, "execute": executions.seconds, "score": scored.seconds}
-    return run_steps.log(run, scored, timings)
+    return run_steps.log(run, scored, timings, history)
 
 
 @task(cache_policy=NONE, task_run_name="update (cycle {cycle})")
 def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
-    return policy_steps.update(policy, cycle, scored.experiences)
+    return learner.update(policy, cycle, scored.experiences)
 
 
 @task(cache_policy=NONE, **_logging_retries)
