@@ -51,7 +51,7 @@ def measure(batch: int, cycles: int, args: argparse.Namespace, scratch: Path) ->
     policy, walls = run.policy, []
     for index in range(cycles):
         started = time.perf_counter()
-        policy = run_cycle(run, policy, index)
+        policy = run_cycle(run, policy, index).policy
         walls.append(time.perf_counter() - started)
     steps.finish(run)
     client = MlflowClient(default_tracking_uri(runs))

@@ -21,6 +21,7 @@ from sharpe_rl.config import AdvancedSettings, RunConfig
 from sharpe_rl.policy.prompts import prompt_versions
 from tasks.report import publish_report
 from tasks.run import carry_over, finish_run, start_run
+from tasks.say import say
 
 _DEFAULTS = RunConfig()
 #: The prompt versions under prompts/: a drop-down in the form.
@@ -53,7 +54,8 @@ def rl_run(
     policy = run.policy
     try:
         for index in run.pending_cycles:
-            policy = run_cycle(run, policy, index)
+            policy, line = run_cycle(run, policy, index)
+            say(line)
             publish_report(run)
         score_holdout(run)
         carry_over(run)

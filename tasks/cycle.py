@@ -29,7 +29,6 @@ from sharpe_rl.policy import learner
 from sharpe_rl.policy.learner import Batch, PolicyRef, Update
 from sharpe_rl.steps import Executions, Logged, RunRef, Scored
 from tasks.execute import execute_experiment
-from tasks.say import say
 
 
 @task(cache_policy=NONE, task_run_name="history (cycle {cycle})")
@@ -92,8 +91,7 @@ def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
 
 @task(cache_policy=NONE, **_logging_retries)
 def log_update(run: RunRef, update: Update, logged: Logged) -> dict[str, float]:
-    """Log the update, and say what the cycle did (`progress.cycle_line`)."""
+    """Log the update; the cycle's numbers, also drawn on the terminal (`progress.cycle_finished`)."""
     numbers = run_steps.log_update(run, update, logged)
     progress.cycle_finished(logged.cycle, numbers)
-    say(progress.cycle_line(logged.cycle, numbers))
     return numbers

@@ -82,7 +82,7 @@ def run_cycles(config: RunConfig, cycles: range | list[int] = range(1)) -> RunRe
     run_cycle = cycle.with_options(task_runner=task_runner(config.task_runner, config.sandbox.workers))
     policy = run.policy
     for index in cycles:
-        policy = run_cycle(run, policy, index)
+        policy = run_cycle(run, policy, index).policy
     return run
 
 

@@ -137,11 +137,11 @@ def test_the_tracking_server_down_for_a_minute_loses_nothing(tmp_path, config_fo
         config = config_for("outage", cycles=3, batch_size=2, tracking_uri=server.uri)
         scripted(monkeypatch, config, COMPLETIONS[:1] + COMPLETIONS[-1:])
         run = run_steps.start(config)
-        policy = cycle(run, run.policy, 0)
+        policy = cycle(run, run.policy, 0).policy
 
         server.kill()
         down_since = time.monotonic()
-        policy = cycle(run, policy, 1)  # the run goes on while MLflow is down
+        policy = cycle(run, policy, 1).policy  # the run goes on while MLflow is down
         assert ReplayBuffer(config.runs_dir).cycles_done("outage") == [0, 1]
         assert len(run.tracker().pending()) >= 3  # cycle 1, its PPO stats and adapter wait on disk
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_since)))

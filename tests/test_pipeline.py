@@ -164,7 +164,14 @@ def test_the_flow_runs_logs_tell_the_story_of_the_night(reference_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    flow_run, lines = flow_run_logs("rl_run", "e2e", reference_run.runs_dir)
+    report = (reference_run.runs_dir / "reports" / "e2e" / "report.html").resolve()
+    finished = f"run e2e finished: post-mortem {report}"
+    deadline = time.monotonic() + 30  # Prefect sends logs to its API in batches, every 2 s: the last may lag
+    while True:
+        flow_run, lines = flow_run_logs("rl_run", "e2e", reference_run.runs_dir)
+        if any(line.startswith(finished) for line in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     parent = parent_run(mlflow_client(reference_run.runs_dir), "e2e")
     address = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
     start = next(i for i, line in enumerate(lines) if line.startswith("run e2e: starting, 4 cycles × 4 experiments"))
@@ -172,8 +179,7 @@ def test_the_flow_runs_logs_tell_the_story_of_the_night(reference_run):
     cycle_lines = [line for line in lines if re.match(r"cycle \d: reward mean [+-]\d\.\d{3}", line)]
     assert [line.split(":")[0] for line in cycle_lines] == ["cycle 0", "cycle 1", "cycle 2", "cycle 3"]
     assert all(re.search(r"; ran \d of 4, failed \d.*; KL to base \d\.\d{3} nats$", line) for line in cycle_lines)
-    report = (reference_run.runs_dir / "reports" / "e2e" / "report.html").resolve()
-    assert any(line.startswith(f"run e2e finished: post-mortem {report}") for line in lines)
+    assert any(line.startswith(finished) for line in lines), lines[-5:]
     with get_client(sync_client=True) as client:
         keys = ArtifactFilter(key=ArtifactFilterKey(any_=["e2e-progress", "e2e-post-mortem"]))
         artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=keys) if a.flow_run_id == flow_run.id}

@@ -326,8 +326,10 @@ def test_a_run_opens_with_its_clock_workload_no_skill_band_and_where_its_holdout
     try:
         band = load_evaluation(run.evaluation).noskill
         lines = run.description.splitlines()
-        assert "point-in-time: a decision every bar (1 day); label over 1 day" in lines[1]
-        assert lines[2].startswith(band.sentence()) and "the unit of the evidence reward" in lines[2]
+        clock = next(line for line in lines if line.startswith("point-in-time: "))
+        assert "point-in-time: a decision every bar (1 day); label over 1 day" in clock
+        noskill = lines[lines.index(clock) + 1]  # the band right below the clock
+        assert noskill.startswith(band.sentence()) and "the unit of the evidence reward" in noskill
         assert lines[-1].startswith("holdout: ") and "no market memory (the tiny policy" in lines[-1]
         facts = load_facts(config.runs_dir, "opening")
         assert facts.noskill == band and facts.clock.startswith("a decision every bar")
