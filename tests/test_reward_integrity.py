@@ -354,7 +354,9 @@ def test_point_in_time_predictions_equal_the_vectorised_ones_for_causal_code(
     honest = spec(family, HONEST_FEATURES, HONEST_MODELS[family])
     view, folds = runner.reward_view, runner.plan.folds
     decisions = runner.decisions(Job(honest, view, folds))
-    vectorised = vectorised_predictions(honest, view, folds, horizon_ns(runner), decisions=decisions)
+    fitted = runner.training(Job(honest, view, folds))  # the bars at decisions, by default
+    assert fitted is not None and len(fitted) < len(np.unique(view.timestamps)) / 5  # daily on 4h bars
+    vectorised = vectorised_predictions(honest, view, folds, horizon_ns(runner), decisions=decisions, fitted=fitted)
     assert point_in_time.select("timestamp", "symbol", "fold").equals(vectorised.select("timestamp", "symbol", "fold"))
     # float32 networks may differ in the last bit between a batch of rows and the rows of one time
     tolerance = 1e-6 if family == "torch_mlp" else 1e-12

@@ -37,12 +37,14 @@ def vectorised_predictions(
     horizon_ns: int,
     task_codes: np.ndarray | None = None,
     decisions: np.ndarray | None = None,
+    fitted: list[int] | None = None,
 ) -> pl.DataFrame:
     """(timestamp, symbol, fold, p_up) for every test row, sorted by fold, timestamp, symbol.
 
     `task_codes`: None predicts each fold's test window in one call (the earlier evaluation); else the
     task's code of each of `view.symbols`, and each test time is predicted in one call, rows in code order.
     `decisions`: the times (ns) predictions are asked at, NaN elsewhere (None: every test bar).
+    `fitted`: the times (ns) of the training rows models are fitted on (None: every bar; `SandboxRunner.training`).
     """
     make_features, make_model = load_experiment({"features": spec.features, "model": spec.model})
     timestamps, codes = view.timestamps, view.codes
@@ -60,12 +62,13 @@ def vectorised_predictions(
     test_order = np.lexsort((timestamps, codes))
     complete = np.isfinite(features).all(axis=1)
     asked_at = np.ones(len(timestamps), dtype=bool) if decisions is None else np.isin(timestamps, decisions)
+    fit_on = np.ones(len(timestamps), dtype=bool) if fitted is None else np.isin(timestamps, fitted)
 
     parts = []
     for fold in folds:
         wire = fold.to_wire()
         in_train = (timestamps >= wire["train_start"]) & (timestamps <= wire["train_end"])
-        train = train_order[(in_train & complete & np.isfinite(labels))[train_order]]
+        train = train_order[(in_train & fit_on & complete & np.isfinite(labels))[train_order]]
         in_test = (timestamps >= wire["test_start"]) & (timestamps <= wire["test_end"])
         test = test_order[in_test[test_order]]
         reseed(0)
