@@ -219,7 +219,9 @@ def quiet_libraries() -> None:
     """Keep the terminal to our progress bars: no per-task Prefect logs, weight-loading bars or INFO lines."""
     from transformers.utils import logging as transformers_logging
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Quiet on the terminal only: the flow run's INFO lines (each cycle's line) still go to its Prefect server,
+    # where a night attached to `sharpe-rl serve` is watched (PREFECT_LOGGING_LEVEL would drop them before its API).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -350,7 +350,7 @@ def test_the_html_report_stands_alone_with_its_plots_inside_and_its_texts_render
     )
     paragraphs = re.findall(r"<p>(.*?)</p>", report.html, flags=re.DOTALL)
     assert paragraphs and not any("`" in text or "*" in text for text in paragraphs)  # no raw Markdown
-    assert "<p>Run <code>r1</code>.</p>" in report.html
+    assert "<p>Run <code>r1</code>. " in report.html
     assert "<em>custom</em>: uses a kind of feature" in report.html
 
 
