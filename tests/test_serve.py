@@ -48,8 +48,11 @@ def test_serve_deploys_schedules_and_stops_cleanly(served):
     while not post("/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}):
         assert time.monotonic() < deadline, "the scheduler created no nightly run"
         time.sleep(2)
-    workers = post("/work_pools/sharpe-rl/workers/filter", {})
-    assert workers and workers[0]["status"] == "ONLINE"
+    deadline = time.monotonic() + 90  # the worker registers once it has started (tens of seconds on a busy machine)
+    while not (workers := post("/work_pools/sharpe-rl/workers/filter", {})):
+        assert time.monotonic() < deadline, "no worker registered with the work pool"
+        time.sleep(2)
+    assert workers[0]["status"] == "ONLINE"
     assert (runs / "prefect").is_dir()  # Prefect's state stays under the runs folder
 
     process.send_signal(signal.SIGTERM)
