@@ -246,7 +246,11 @@ def test_reset_waits_for_a_confirmation_and_archives_nothing_without_one(referen
     assert reset(runs) == {}
     assert paused, "the reset never paused for its confirmation"
     assert Checkpoints(runs, "e2e").latest_cycle() == 3 and not ReplayBuffer(runs).frame().is_empty()
-    _, lines = flow_run_logs("reset", paused[0].name)
+    deadline = time.monotonic() + 30  # Prefect sends logs to its API in batches, every 2 s: the last may lag
+    while "not confirmed: nothing was archived" not in (lines := flow_run_logs("reset", paused[0].name)[1]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert "- the checkpoints of run e2e (4 cycles done)" in lines  # what it would archive, said before it asks
     assert "not confirmed: nothing was archived" in lines
 
