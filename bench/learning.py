@@ -14,7 +14,10 @@ within each seed (a seed's pairs share its night):
 - model families and feature blocks of what ran, base beside trained.
 
     .venv/bin/python bench/learning.py --data PANEL [--last-days D] [--seeds 1 2 3] [--cycles 24]
-        [--batch-size 16] [--n 64] [--runs-dir DIR] [--out learning.json]
+        [--batch-size 16] [--n 64] [--ppo KEY=VALUE ...] [--runs-dir DIR] [--out learning.json]
+
+`--ppo` changes a setting of `PPOConfig` for the nights (repeatable; values parsed as JSON when they
+parse), e.g. `--ppo learning_rate=5e-4 --ppo epochs=4`.
 
 Resumable: a seed whose night finished is not run again, a seed whose comparison is stored is not
 compared again.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.facts import load_facts
 from sharpe_rl.policy.checkpoint import Checkpoints
+from sharpe_rl.services import orchestration_environment
 
 RESAMPLES = 2000
 
@@ -46,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--n", type=int, default=64, help="completions per policy per seed")
     parser.add_argument("--policy", type=Path, default=Path("runs/policy/tiny"))
+    parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE", help="a PPOConfig setting")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/learning"))
     parser.add_argument("--out", type=Path, default=None, help="write the pooled comparison here (JSON)")
     args = parser.parse_args()
@@ -53,12 +60,16 @@ def main() -> None:
     data = args.data.resolve()
     if args.last_days:
         data = last_days(data, args.last_days, args.runs_dir)
+    os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
+    os.environ.update(orchestration_environment(args.runs_dir, use_running_server=False))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    ppo = ppo_settings(args.ppo)
+    print(f"PPO: {ppo.model_dump()}", flush=True)
     samples = []
     for seed in args.seeds:
         name = f"learning-seed{seed}"
         if Checkpoints(args.runs_dir, name).latest_cycle() != args.cycles - 1:
-            cli("run", "--cycles", args.cycles, "--batch-size", args.batch_size, "--data", data, "--seed", seed,
-                "--policy", args.policy.resolve(), "--name", name, "--runs-dir", args.runs_dir)  # fmt: skip
+            night(name, seed, data, ppo, args)
         stored = args.runs_dir / "evaluations" / f"{name}.parquet"
         if not stored.is_file():
             cli("evaluate-policy", name, "--n", args.n, "--runs-dir", args.runs_dir)
@@ -73,6 +84,37 @@ def main() -> None:
     print_families(pooled)
     if args.out:
         args.out.write_text(json.dumps({"seeds": args.seeds, "n": args.n, "comparison": table}, indent=1))
+
+
+def ppo_settings(pairs: list[str]) -> PPOConfig:
+    """PPOConfig with `key=value` changes (values parsed as JSON when they parse, else as strings)."""
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    return PPOConfig(**changes)
+
+
+def night(name: str, seed: int, data: Path, ppo: PPOConfig, args: argparse.Namespace) -> None:
+    """The seed's night (resumed where it stopped), as `sharpe-rl run` runs it, with `ppo` for its updates."""
+    from flows.rl_run import run
+
+    print(f"night {name}: {args.cycles} x {args.batch_size}, seed {seed}", flush=True)
+    run(
+        RunConfig(
+            name=name,
+            cycles=args.cycles,
+            batch_size=args.batch_size,
+            dataset=data,
+            seed=seed,
+            runs_dir=args.runs_dir,
+            policy=PolicyConfig(model=str(args.policy.resolve())),
+            ppo=ppo,
+        )
+    )
 
 
 def cli(*arguments: object) -> None:
