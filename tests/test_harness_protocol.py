@@ -124,6 +124,37 @@ def test_labels_reach_only_training_rows_whose_horizon_ends_before_the_test(tmp_
         assert labelled.max() + horizon * day + day <= wire["test_start"]
 
 
+def test_a_header_without_the_purge_gap_still_sends_no_label_that_looks_into_the_test(tmp_path):
+    """The host's folds leave `horizon + embargo` between training and test, and it sends the training times; a
+    header that does neither (a host bug, or a task written by anyone else) must not leak labels either: the
+    harness drops every label that looks at the test window's first bar or later."""
+    horizon, day = 3, 86400 * 10**9
+    runner = SandboxRunner(
+        three_symbol_panel(), EvalConfig(horizon=horizon), SandboxConfig(executor="process", warm_pool=False), tmp_path
+    )
+    task, _ = runner.task(Job(SPEC, runner.reward_view, runner.plan.folds), nonce="n")
+    header, arrays = harness.read_task(io.BytesIO(task))
+    forged = {
+        **header,
+        "training": None,  # every bar
+        "folds": [{**fold, "train_end": fold["test_start"] - day} for fold in header["folds"]],  # no gap at all
+    }
+    worker = RecordingWorker()
+    harness.run_task(forged, arrays, worker, dict.fromkeys(harness.TIMING_KEYS, 0.0))
+    for fold, labels in zip(forged["folds"], worker.fits, strict=True):
+        labelled = worker.timestamps[: len(labels)][~np.isnan(labels)]
+        assert len(labels) and labelled.size  # it was fitted, on the labels that are safe
+        assert labelled.max() + horizon * day < fold["test_start"]  # the bar each label looks at comes before it
+        # and every label that is safe was sent: the guard drops the leaking ones only
+        safe = (worker.timestamps[: len(labels)] + horizon * day < fold["test_start"]) & (
+            worker.timestamps[: len(labels)] >= fold["train_start"]
+        )
+        labels_of_safe = harness.label_bars(
+            arrays["timestamp"], arrays["symbol"], arrays["ohlcv"].reshape(-1, 5)[:, 3], horizon * day
+        )[: len(labels)][safe]
+        np.testing.assert_array_equal(labels[safe], labels_of_safe)
+
+
 @pytest.mark.parametrize("fit_on", ["decisions", "bars"])
 def test_models_are_fitted_on_the_rows_at_decision_times_or_on_every_bar(tmp_path, fit_on):
     job, worker, _ = run(EvalConfig(decide_every=5, fit_on=fit_on), tmp_path)

@@ -16,15 +16,17 @@ reading the future impossible rather than detectable:
    sandbox whose task does not come within `contract.IDLE_SECONDS` exits without a word.
 4. Labels every bar itself: 1 if the close `horizon_ns` after the bar's (same symbol) is higher, 0
    if not, NaN when that bar is missing for the symbol (a gap never stretches a label).
-5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the
-   labels of the training rows only (a training row's label ends before the test window opens, so
-   no label reaches into it; the rows at the host's `training` times, or every bar when it sends
-   none), and waits for the fit; then, for each decision time t of the test
-   window (the host's `decisions`, the same times its scoring holds positions from), the bars after
-   the previous step up to t, and waits for one probability per bar at t; the other test bars are
-   NaN, and their positions are never read. The bars after t are sent only once the answer for t
-   is in: the worker never holds a bar later than the time it is predicting. Folds follow each
-   other in time, so earlier test bars are legitimate history for later folds.
+5. Per fold, in time order: hands the worker the bars up to the fold's training end, then the labels
+   of the training rows only (a training row's label ends before the test window opens, so no label
+   reaches into it: the host's folds leave that gap, and the harness drops any label that would look
+   at the test window's first bar or later whatever the header says; the rows at the host's
+   `training` times, or every bar when it sends none), and waits for the fit; then, for each
+   decision time t of the test window (the host's `decisions`, the same times its scoring holds
+   positions from), the bars after the previous step up to t, and waits for one probability per bar
+   at t; the other test bars are NaN, and their positions are never read. The bars after t are sent
+   only once the answer for t is in: the worker never holds a bar later than the time it is
+   predicting. Folds follow each other in time, so earlier test bars are legitimate history for
+   later folds.
 6. Validates every answer (its kind, its exact length, each p_up in [0, 1] or NaN), measures the
    time of each phase and the worker's peak memory itself, and kills the worker's process group.
 7. Prints `RESULT_MARKER + nonce + json` on its private stdout and exits at once.
@@ -225,7 +227,11 @@ def run_task(
         if train > sent:
             worker.send(protocol.BARS, bars(sent, train))
             sent = train
-        fold_labels = np.where((timestamps[:train] >= fold["train_start"]) & fitted[:train], labels[:train], np.nan)
+        # a label is sent only when the bar it looks at comes before the test window's first bar, whatever the
+        # folds and training times say: a header without the host's purge gap still cannot leak into the test
+        looks_before_test = timestamps[:train] + int(header["horizon_ns"]) < fold["test_start"]
+        rows = (timestamps[:train] >= fold["train_start"]) & fitted[:train] & looks_before_test
+        fold_labels = np.where(rows, labels[:train], np.nan)
         with timing(timings, "fit"):
             expect(worker.ask(protocol.FIT, fold_labels.astype("<f8").tobytes()), protocol.OK)
         first = int(np.searchsorted(times, fold["test_start"], side="left"))
