@@ -1,5 +1,5 @@
 """Real services the scale-out and fault tests start, break and restart: a Dask cluster, a second
-Docker engine, an MLflow tracking server, a small disk. Each is a real process (or mount) of this
+Docker engine, an MLflow tracking server, a Prefect server, a small disk. Each is a real process (or mount) of this
 machine, owned by the test that started it and removed afterwards; the shared Docker engine is
 never stopped or restarted."""
 
@@ -233,6 +233,53 @@ class MlflowServer:
         if self.process is not None:
             stop_group(self.process, signal.SIGKILL)
             self.process = None
+
+
+# ---- a Prefect server ------------------------------------------------------------------------
+
+
+class PrefectServer:
+    """`prefect server start` on a port of its own, its database under `home`; stopped and started at will."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        log = (self.home / "server.log").open("ab")
+        command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+        wait_until(self.answers, 180, f"the Prefect server on port {self.port}", interval=0.5)
+
+    def answers(self) -> bool:
+        try:
+            return requests.get(f"{self.api}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process, signal.SIGTERM, timeout=60)
+            self.process = None
+
+    def log_lines(self, flow_run_id: str) -> list[str]:
+        """Every log line of a flow run (its tasks' included), oldest first, page by page."""
+        lines: list[str] = []
+        while True:
+            body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "offset": len(lines)}
+            page = [entry["message"] for entry in self.post("/logs/filter", body | {"limit": 200})]
+            lines += page
+            if len(page) < 200:
+                return lines
+
+    def post(self, path: str, body: dict) -> list[dict]:
+        response = requests.post(f"{self.api}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
 
 
 # ---- a small disk --------------------------------------------------------------------------

@@ -10,66 +10,22 @@ with the cycle lines of both cycles in its logs (the second logged after the res
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from service_fixtures import BIN, free_port, stop_group, wait_until
+from service_fixtures import PrefectServer, stop_group, wait_until
 
 from sharpe_rl.policy.checkpoint import Checkpoints
-from sharpe_rl.services import is_up
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RUN = "restarted"
 #: Longer than Prefect's default client waits for a server (5 retries: about a minute in all).
 DOWN_SECONDS = 75
-
-
-class PrefectServer:
-    """`prefect server start` on a port of its own, its database under `home`; stopped and started at will."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = free_port()
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env |= {"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        log = (self.home / "server.log").open("ab")
-        command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
-        wait_until(lambda: is_up(f"{self.api}/health"), 180, "the Prefect server", interval=0.5)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process, signal.SIGTERM, timeout=60)
-            self.process = None
-
-    def log_lines(self, flow_run_id: str) -> list[str]:
-        """Every log line of a flow run (its tasks' included), oldest first, page by page."""
-        lines: list[str] = []
-        while True:
-            body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "offset": len(lines)}
-            page = [entry["message"] for entry in self.post("/logs/filter", body | {"limit": 200})]
-            lines += page
-            if len(page) < 200:
-                return lines
-
-    def post(self, path: str, body: dict) -> list[dict]:
-        request = urllib.request.Request(
-            f"{self.api}{path}", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
 
 
 @pytest.fixture
