@@ -9,6 +9,10 @@ of 6 cycles the share of experiments that ran and the mean reward (does the lear
 
     .venv/bin/python bench/full_run.py [--cycles 48] [--batch-size 16] [--data data/sample_daily.parquet]
         [--policy runs/policy/tiny] [--executor docker] [--runs-dir DIR] [--keep] [--last-days N]
+
+A night takes an hour or more: run it from a detached worktree of the commit under test (`git
+worktree add --detach ../night HEAD`, then `PYTHONPATH=../night` with the venv's Python), so that
+changes to the checkout meanwhile (a merge, an edit of the harness) do not change the code it runs.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ parse), e.g. `--ppo learning_rate=5e-4 --ppo epochs=4`.
 
 Resumable: a seed whose night finished is not run again, a seed whose comparison is stored is not
 compared again.
+
+A night takes an hour or more: run it from a detached worktree of the commit under test (`git
+worktree add --detach ../night HEAD`, then `PYTHONPATH=../night` with the venv's Python), so that
+changes to the checkout meanwhile (a merge, an edit of the harness) do not change the code it runs.
 """
 
 from __future__ import annotations
