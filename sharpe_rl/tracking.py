@@ -50,6 +50,9 @@ LOCAL_UI = f"http://127.0.0.1:{LOCAL_UI_PORT}"
 #: MLflow's experiment tag for the kind of work an experiment holds: model training opens on its runs and
 #: charts, where an experiment without it opens on the GenAI views (traces, evaluations).
 _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+#: MLflow's UI picks its GenAI or model-training view from the address's `workflowType`, else from what this
+#: browser chose last, GenAI on a first visit (where the experiment's address opens on traces, not runs).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 _TAG_RUN = "sharpe_rl.run"
 _TAG_CYCLE = "sharpe_rl.cycle"
 _TAG_KIND = "sharpe_rl.kind"
@@ -199,8 +202,8 @@ class Tracker:
 
     @property
     def run_url(self) -> str:
-        """The parent run's page in the MLflow UI."""
-        return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{self._parent()}"
+        """The parent run's page in the MLflow UI, in its model-training view (its Runs link goes on in that view)."""
+        return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{self._parent()}?{MODEL_TRAINING_VIEW}"
 
     @property
     def run_address(self) -> str:

@@ -173,7 +173,10 @@ def test_the_flow_runs_logs_tell_the_story_of_the_night(reference_run):
             break
         time.sleep(1)
     parent = parent_run(mlflow_client(reference_run.runs_dir), "e2e")
-    address = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    address = (
+        f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+        "?workflowType=machine_learning"
+    )
     start = next(i for i, line in enumerate(lines) if line.startswith("run e2e: starting, 4 cycles × 4 experiments"))
     assert f"MLflow: {address} (the MLflow UI `sharpe-rl serve` starts)" in lines[start:]
     cycle_lines = [line for line in lines if re.match(r"cycle \d: reward mean [+-]\d\.\d{3}", line)]

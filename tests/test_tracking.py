@@ -102,6 +102,7 @@ def test_the_experiment_opens_in_mlflows_model_training_view_and_the_run_has_an_
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
     assert tracker.run_url == (
         f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}"
+        "?workflowType=machine_learning"  # else a first visit opens MLflow's GenAI view
     )
     # an experiment made by an earlier version gets the tag when a run next starts
     tracker.client.delete_experiment_tag(tracker.experiment_id, "mlflow.experimentKind")
