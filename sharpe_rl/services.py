@@ -83,6 +83,7 @@ def orchestration_environment(runs_dir: Path, *, use_running_server: bool = True
         "PREFECT_CLIENT_MAX_RETRIES": os.environ.get("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES)),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "SHARPE_RL_HOME": str(PROJECT_ROOT),
+        "SHARPE_RL_RUNS_DIR": str(runs_dir.resolve()),
         "SHARPE_RL_TIMEZONE": os.environ.get("SHARPE_RL_TIMEZONE", local_timezone()),
     }
     api = prefect_api_url()

@@ -43,6 +43,10 @@ def test_serve_deploys_schedules_and_stops_cleanly(served):
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 22 * * *"]
     form = nightly["parameter_openapi_schema"]  # what the UI renders as the run's form
     assert list(form["properties"]) == ["cycles", "batch_size", "dataset", "prompt_version", "seed", "advanced"]
+    # every flow works on the runs folder served (its MLflow UI's), not on `runs` under the checkout
+    served_runs = str(runs.resolve())
+    assert nightly["parameters"]["advanced"]["runs_dir"] == served_runs
+    assert all(deployments[name]["parameters"]["runs_dir"] == served_runs for name in ("reset", "rerun", "report"))
 
     deadline = time.monotonic() + 60
     while not post("/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}):
