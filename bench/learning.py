@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from learning_stability import ppo_settings
 
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.facts import load_facts
@@ -67,7 +68,7 @@ def main() -> None:
     os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
     os.environ.update(orchestration_environment(args.runs_dir, use_running_server=False))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    ppo = ppo_settings(args.ppo)
+    ppo = ppo_settings(args.ppo, PPOConfig().group_size)
     print(f"PPO: {ppo.model_dump()}", flush=True)
     samples = []
     for seed in args.seeds:
@@ -88,18 +89,6 @@ def main() -> None:
     print_families(pooled)
     if args.out:
         args.out.write_text(json.dumps({"seeds": args.seeds, "n": args.n, "comparison": table}, indent=1))
-
-
-def ppo_settings(pairs: list[str]) -> PPOConfig:
-    """PPOConfig with `key=value` changes (values parsed as JSON when they parse, else as strings)."""
-    changes: dict[str, object] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[key] = value
-    return PPOConfig(**changes)
 
 
 def night(name: str, seed: int, data: Path, ppo: PPOConfig, args: argparse.Namespace) -> None:
