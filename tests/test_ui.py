@@ -119,14 +119,10 @@ def nightly(served, pipeline_policy: Path, sandbox_image: str) -> AdvancedSettin
     return advanced
 
 
-#: Browser checks written for the night's story in the UIs that do not pass yet: what each misses, and where the
-#: same behaviour is checked without a browser.
-NOT_YET_IN_THE_BROWSER = "not yet passing in the browser: "
-
-
-def form_field(page, name: str):
-    """The form's field labelled `name` (Prefect's form labels a field with a default "name (Optional)")."""
-    return page.get_by_label(re.compile(rf"^{re.escape(name)}( \(Optional\))?$"))
+def field_label(page, name: str):
+    """The label of the form's field `name` (Prefect's form labels a field with a default "name (Optional)"). The
+    label, not the control: a drop-down is a button "Select name", an optional int a pair of tabs."""
+    return page.get_by_text(re.compile(rf"^{re.escape(name)}( \(Optional\))?$"), exact=True)
 
 
 def open_custom_run_form(page, deployment: str) -> None:
@@ -156,7 +152,7 @@ def finished_run(browser, nightly: AdvancedSettings, pipeline_dataset: Path, scr
     page.context.close()
 
     with prefect_client() as client:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
 
         deadline = time.monotonic() + 900
         while True:
@@ -165,33 +161,37 @@ def finished_run(browser, nightly: AdvancedSettings, pipeline_dataset: Path, scr
                 break
             assert time.monotonic() < deadline, f"the run did not finish in 15 minutes: {found}"
             time.sleep(3)
-    worker_log = (nightly.runs_dir / "logs" / "prefect-worker.log").read_text(errors="replace")[-3000:]
-    assert found[0].state.is_completed(), f"{found[0].state}\n{worker_log}"
+        worker_log = (nightly.runs_dir / "logs" / "prefect-worker.log").read_text(errors="replace")[-3000:]
+        assert found[0].state.is_completed(), f"{found[0].state}\n{worker_log}"
+        # the flow's process sends its log lines to the API in batches, every 2 s: its end line can reach the
+        # server after its Completed state (a person who opened the Logs tab at once would refresh)
+        of_the_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[found[0].id]))
+        deadline = time.monotonic() + 60
+        while not any(f"run {RUN} finished" in log.message for log in client.read_logs(log_filter=of_the_run)):
+            assert time.monotonic() < deadline, "the run's end line did not reach the server in a minute"
+            time.sleep(2)
     return nightly
 
 
-@pytest.mark.xfail(
-    reason=NOT_YET_IN_THE_BROWSER + "prompt_version's drop-down not found by its label (form schema: test_serve.py)",
-    strict=False,
-)
 def test_the_run_form_puts_the_nights_settings_at_the_top_with_one_name_field(page, nightly, screenshots):
     from playwright.sync_api import expect
 
     open_custom_run_form(page, "nightly")
     fields = ["Run Name", "cycles", "batch_size", "dataset", "prompt_version", "seed"]
     tops = []
-    for label in fields:
-        field = form_field(page, label)
-        expect(field).to_be_visible()
-        tops.append(field.bounding_box()["y"])
+    for name in fields:
+        label = field_label(page, name)
+        expect(label).to_have_count(1)
+        expect(label).to_be_visible()  # on the first screen, without scrolling
+        tops.append(label.bounding_box()["y"])
     assert tops == sorted(tops)  # in this order, from the top
-    advanced = page.get_by_text("advanced", exact=True).first
+    advanced = field_label(page, "advanced")
     advanced.scroll_into_view_if_needed()
     assert advanced.bounding_box()["y"] > tops[-1]  # everything else grouped below them
-    expect(form_field(page, "name")).to_have_count(0)  # one name field: Run Name
-    options = form_field(page, "prompt_version")
-    options.click()
-    expect(page.get_by_role("option", name="v6_inspiration")).to_be_visible()  # a drop-down of the versions
+    expect(field_label(page, "name")).to_have_count(0)  # one name field: Run Name
+    page.get_by_role("button", name="Select prompt_version").click()
+    versions = page.get_by_role("listbox").get_by_role("option")
+    expect(versions).to_contain_text(["v4_example", "v5_rules", "v6_inspiration"])  # a drop-down of the versions
     page.keyboard.press("Escape")
 
 
@@ -212,10 +212,6 @@ def open_flow_run(page, name: str) -> None:
     page.get_by_role("link", name=name, exact=True).first.click()
 
 
-@pytest.mark.xfail(
-    reason=NOT_YET_IN_THE_BROWSER + "the end line not found on the Logs tab (the lines via the API: test_pipeline.py)",
-    strict=False,
-)
 def test_the_flow_runs_logs_say_its_start_each_cycle_and_its_end(page, finished_run, screenshots):
     from playwright.sync_api import expect
 
@@ -228,6 +224,8 @@ def test_the_flow_runs_logs_say_its_start_each_cycle_and_its_end(page, finished_
     expect(page.get_by_text(re.compile(r"^seed \d+ is fresh"))).to_be_visible()  # no seed in the form: a fresh one
     cycle = page.get_by_text(re.compile(rf"^cycle 0: reward mean [+-]\d\.\d{{3}}.*; ran \d of {BATCH_SIZE}, failed \d"))
     expect(cycle).to_be_visible()
+    # the Logs tab renders the lines it shows: a person scrolls to the end of the run's log to read its last line
+    page.get_by_role("log").get_by_role("listitem").last.scroll_into_view_if_needed()
     expect(
         page.get_by_text(re.compile(rf"^run {RUN} finished: post-mortem /.*/reports/{RUN}/report\.html"))
     ).to_be_visible()
@@ -251,7 +249,8 @@ def test_a_finished_runs_artifacts_show_the_post_mortem_and_the_cycles_done(page
     page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).click()
     expect(page.get_by_role("heading", name=f"sharpe-rl post-mortem: {RUN}")).to_be_visible()
     expect(page.get_by_role("link", name=f"the run {RUN}, its experiments and this report")).to_have_attribute(
-        "href", re.compile(r"^http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}$")
+        "href",
+        re.compile(r"^http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning$"),
     )
     expect(page.get_by_role("row", name=f"cycles {CYCLES}", exact=True)).to_be_visible()  # the last version
     expect(page.get_by_role("row", name=f"experiments {CYCLES * BATCH_SIZE}", exact=True)).to_be_visible()
@@ -280,18 +279,19 @@ def experiments_of_the_run() -> tuple[str, dict[str, float | None], str]:
     )
 
 
-@pytest.mark.xfail(
-    reason=NOT_YET_IN_THE_BROWSER + "the parent run's link not found (run names via MLflow's API: test_pipeline.py)",
-    strict=False,
-)
 def test_the_mlflow_experiment_shows_the_run_and_its_experiments_sortable_by_sharpe(page, finished_run, screenshots):
     from playwright.sync_api import expect
 
-    experiment_id, sharpe, _ = experiments_of_the_run()
+    experiment_id, sharpe, parent_id = experiments_of_the_run()
     scored = [name for name, value in sharpe.items() if value is not None]
     assert len(sharpe) == CYCLES * BATCH_SIZE and len(scored) >= 2, f"too few experiments ran to sort: {sharpe}"
 
-    page.goto(f"{MLFLOW_UI}/#/experiments/{experiment_id}")  # as a link from the run's logs opens it
+    # the address the run's logs and post-mortem give opens its parent run in the model-training view, and the
+    # sidebar's Runs goes on to the experiment's runs in that view (a bare experiment address opens GenAI's)
+    page.goto(f"{MLFLOW_UI}/#/experiments/{experiment_id}/runs/{parent_id}?workflowType=machine_learning")
+    expect(page.get_by_role("heading", name=RUN, exact=True)).to_be_visible()
+    expect(page.get_by_role("tab", name="Model metrics")).to_be_visible()
+    page.get_by_role("navigation").get_by_role("link", name="Runs", exact=True).click()
     experiments = page.get_by_role("link", name=EXPERIMENT_RUN_NAME)
     parent = page.get_by_role("link", name=RUN, exact=True)
     expect(parent).to_have_count(1)  # its runs, not the GenAI views: one parent run for the RL run
@@ -333,10 +333,6 @@ def test_the_post_mortem_shows_in_mlflows_artifact_view_with_its_images(page, fi
     page.screenshot(path=screenshots / "mlflow-post-mortem.png")
 
 
-@pytest.mark.xfail(
-    reason=NOT_YET_IN_THE_BROWSER + "the reset deployment's link click does not complete (the pause: test_pipeline.py)",
-    strict=False,
-)
 def test_a_reset_does_not_start_without_a_confirmation(page, finished_run, screenshots):
     from playwright.sync_api import expect
 
@@ -344,19 +340,23 @@ def test_a_reset_does_not_start_without_a_confirmation(page, finished_run, scree
     assert Checkpoints(runs, RUN).latest_cycle() == CYCLES - 1
     page.goto(PREFECT_UI)
     page.get_by_role("link", name="Deployments", exact=True).click()
-    page.get_by_role("link", name="reset", exact=True).click()
+    page.get_by_role("link", name="reset", exact=True).first.click()  # the deployment; its row also links its flow
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Quick run").click()  # one click: the flow run pauses and asks
     page.get_by_role("link", name="View run").click()
     expect(page.get_by_text("Paused", exact=True).first).to_be_visible(timeout=120_000)
     assert Checkpoints(runs, RUN).latest_cycle() == CYCLES - 1  # nothing archived while it waits
 
-    page.get_by_role("button", name="Resume").click()
-    dialog = page.get_by_role("dialog")
+    page.get_by_role("main").get_by_role("button", name="Open menu").first.click()  # the run's menu, top right
+    page.get_by_role("menuitem", name="Resume").click()
+    dialog = page.get_by_role("dialog", name="Resume Flow Run")
     expect(dialog).to_contain_text(f"the checkpoints of run {RUN} ({CYCLES} cycle done)")
+    archive = dialog.get_by_role("switch", name=re.compile(r"^Archive"))
+    expect(archive).not_to_be_checked()  # archiving is a choice, not the default
+    archive.click()
+    expect(archive).to_be_checked()
     page.screenshot(path=screenshots / "prefect-reset-confirmation.png")
-    dialog.get_by_label("archive").check()
-    dialog.get_by_role("button", name="Submit").click()
+    dialog.get_by_role("button", name="Resume").click()
     expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=120_000)
     assert Checkpoints(runs, RUN).latest_cycle() is None  # archived once confirmed
 
