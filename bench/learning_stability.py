@@ -88,6 +88,18 @@ def family_rewards(completions: list[str], target: str, cfg: RewardConfig):
     return out
 
 
+def passing_share(completions: list[str]) -> float:
+    """The share of completions that pass the static checks (no container)."""
+    passed = 0
+    for completion in completions:
+        try:
+            check_completion(completion, OHLCV_COLUMNS)
+        except SpecError:
+            continue
+        passed += 1
+    return passed / len(completions)
+
+
 def noise_rewards(completions: list[str], cycle: int, mean: float, noise: float, cfg: RewardConfig):
     """(reward, status, family) per completion: the ladder for static failures, seeded noise for the rest."""
     out = []
@@ -128,6 +140,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="sandbox executions in parallel (sandbox)")
     parser.add_argument("--out", type=Path, default=None, help="write every cycle's numbers here (JSON)")
+    parser.add_argument(
+        "--final",
+        type=int,
+        default=0,
+        help="completions of the base and of the final policy (one seed) to compare: the share that passes the "
+        "static checks, and the share identical to the base's",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -148,6 +167,8 @@ def main() -> None:
 
     changed = {k: v for k, v in ppo.model_dump().items() if v != PPOConfig().model_dump()[k]}
     print(f"PPO settings changed from the defaults: {changed or 'none'}; reward {args.reward}", flush=True)
+    final_seed = 999_999_937
+    base = [g.completion for g in generator.generate([prompt] * args.final, seed=final_seed)] if args.final else []
     rows = []
     for cycle in range(args.cycles):
         started = time.perf_counter()
@@ -204,6 +225,20 @@ def main() -> None:
                     indent=1,
                 )
             )
+
+    if args.final:
+        final = [g.completion for g in generator.generate([prompt] * args.final, seed=final_seed)]
+        summary = {
+            "base_pass_share": passing_share(base),
+            "final_pass_share": passing_share(final),
+            "identical_share": sum(a == b for a, b in zip(base, final, strict=True)) / args.final,
+        }
+        print(
+            f"\n{args.final} completions, one seed: pass the checks {summary['base_pass_share']:.1%} (base) -> "
+            f"{summary['final_pass_share']:.1%} (final); identical to the base's {summary['identical_share']:.1%}"
+        )
+        if args.out is not None:
+            args.out.write_text(json.dumps(json.loads(args.out.read_text()) | {"final": summary}, indent=1))
 
     print(f"\nper block of {args.block} cycles ({args.batch} experiments a cycle):")
     print(f"cycles   ok share  {args.target:>8}  reward   entropy  KL/completion  kl_coef")
