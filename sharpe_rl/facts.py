@@ -3,7 +3,8 @@
 Written when the run starts (the no-skill band, the policy's memory, the windows, whether the
 prompt named the symbols) and completed when it ends (`Selection`: does the reward carry over).
 The report reads it; MLflow gets the same numbers. Beside it, `load_comparison` reads what
-`sharpe-rl evaluate-policy` measured of the run (its trained policy against its base).
+`sharpe-rl evaluate-policy` measured of the run (its trained policy against its base), and
+`load_comparison_sample` the completions it executed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from sharpe_rl.data.atomic import write_bytes_atomic
@@ -79,3 +81,9 @@ def load_comparison(runs_dir: Path, run: str) -> dict[str, Any] | None:
     """The stored comparison of `run` (`sharpe_rl.evaluate_policy.save_comparison`'s document), or None."""
     path = comparison_path(runs_dir, run)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_comparison_sample(runs_dir: Path, run: str) -> pl.DataFrame | None:
+    """The completions the stored comparison of `run` executed (one row each, both policies), or None."""
+    path = comparison_path(runs_dir, run).with_suffix(".parquet")
+    return pl.read_parquet(path) if path.is_file() else None

@@ -529,3 +529,52 @@ def test_the_headline_says_whether_the_trained_policy_beats_its_base_on_the_hold
 def test_the_headline_says_when_the_trained_policy_was_not_compared_yet(tmp_path):
     report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=tmp_path / "runs")
     assert "not measured yet (`sharpe-rl evaluate-policy r1`)" in report.sections[0].text
+
+
+def evaluated_completion(model: str, window: int) -> str:
+    features = (
+        "def make_features(df):\n    out = df[[]].copy()\n"
+        f"    out['vol'] = df['close'].pct_change().rolling({window}).std()\n    return out\n"
+    )
+    return json.dumps({"name": "e", "features": features, "model": model})
+
+
+def test_the_post_mortem_shows_what_training_changed_in_what_the_policy_writes(tmp_path):
+    """evaluate-policy's sample, base beside trained: outcomes, families, features, windows, settings, turnover."""
+    lightgbm = "import lightgbm as lgb\n\ndef make_model():\n    return lgb.LGBMClassifier(n_estimators=100)\n"
+    xgboost = "from xgboost import XGBClassifier\n\ndef make_model():\n    return XGBClassifier(max_depth=3)\n"
+    rows = []
+    for index in range(8):  # base: 8 lightgbm on 10-bar windows, all ran
+        rows.append({"policy": "base", "index": index, "completion": evaluated_completion(lightgbm, 10),
+                     "status": "ok", "family": "lightgbm", "reward_turnover": 0.4})  # fmt: skip
+    for index in range(8):  # trained: 6 xgboost on 30-bar windows ran, 2 failed with a syntax error
+        ran = index < 6
+        rows.append({"policy": "final", "index": index, "status": "ok" if ran else "syntax",
+                     "completion": evaluated_completion(xgboost, 30) if ran else "{not json",
+                     "family": "xgboost" if ran else None, "reward_turnover": 0.1 if ran else None})  # fmt: skip
+    runs = tmp_path / "runs"
+    (runs / "evaluations").mkdir(parents=True)
+    (runs / "evaluations" / "r1.json").write_text(json.dumps(comparison_document(-0.2, 0.3)))
+    pl.DataFrame(rows).write_parquet(runs / "evaluations" / "r1.parquet")
+    report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=runs)
+
+    shares = {(r["aspect"], r["value"]): (r["base"], r["trained"]) for r in report.tables["policy_shares"]}
+    assert shares[("outcome", "ok")] == (100.0, 75.0) and shares[("outcome", "syntax")] == (0.0, 25.0)
+    assert shares[("model family", "lightgbm")] == (100.0, 0.0)  # of those that ran
+    assert shares[("model family", "xgboost")] == (0.0, 100.0)
+    assert shares[("feature block", "volatility")] == (100.0, 100.0)
+    numbers = {(r["aspect"], r["value"]): (r["base"], r["trained"]) for r in report.tables["policy_numbers"]}
+    assert numbers[("turnover", "mean, reward window")] == (0.4, 0.1)
+    assert numbers[("feature window", "median (bars)")] == (10.0, 30.0)
+    assert numbers[("model setting", "n_estimators (median)")] == (100.0, None)
+    assert numbers[("model setting", "max_depth (median)")] == (None, 3.0)
+    section = next(s for s in report.sections if s.title == "What did training change in what the policy writes?")
+    assert "(cycle 23)" in section.text and "What did training change" in report.markdown
+
+
+def test_without_evaluate_policy_s_sample_the_post_mortem_has_no_base_beside_trained(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "evaluations").mkdir(parents=True)
+    (runs / "evaluations" / "r1.json").write_text(json.dumps(comparison_document(-0.2, 0.3)))
+    report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=runs)
+    assert "policy_shares" not in report.tables and "What did training change" not in report.markdown

@@ -7,6 +7,7 @@ import pytest
 from fixtures.labelled_specs import labelled_specs
 
 from sharpe_rl.classify import classify, classify_features, classify_model, classify_spec_json
+from sharpe_rl.classify.parameters import feature_windows, model_settings
 from sharpe_rl.config import EvalConfig
 from sharpe_rl.data.clock import Clock
 from sharpe_rl.grid import (
@@ -259,3 +260,38 @@ def make_model():
 """
     assert classify_model(source).label == "other"
     assert classify_features("def f(x):\n    return f(x)\n\ndef make_features(df):\n    return f(df)\n").kinds == ()
+
+
+# ---- the numbers an experiment chose ---------------------------------------------------------------------------
+
+
+def test_model_settings_are_the_literal_numbers_of_the_model_s_keywords():
+    source = (
+        "import lightgbm as lgb\nfrom sklearn.pipeline import make_pipeline\n"
+        "from sklearn.preprocessing import StandardScaler\n\n"
+        "DEPTH = 4\n\n"
+        "def make_model():\n"
+        "    return make_pipeline(StandardScaler(with_mean=True), lgb.LGBMClassifier(\n"
+        "        n_estimators=300, learning_rate=0.05, max_depth=DEPTH, min_child_samples=2 * 10,\n"
+        "        reg_lambda=-0.0, random_state=7, n_jobs=1, verbose=-1))\n"
+    )
+    assert model_settings(source) == {"n_estimators": 300.0, "learning_rate": 0.05, "reg_lambda": -0.0}
+    assert model_settings("def make_model(:\n    return 1\n") == {}
+
+
+def test_feature_windows_are_the_lengths_of_window_operations_in_source_order():
+    source = (
+        "import numpy as np\n\n"
+        "def make_features(df):\n"
+        "    g = df.groupby(level='symbol')\n"
+        "    out = df[[]].copy()\n"
+        "    out['ret'] = g['close'].pct_change(5)\n"
+        "    out['vol'] = g['close'].transform(lambda s: s.rolling(window=30, min_periods=10).std())\n"
+        "    out['ema'] = g['close'].transform(lambda s: s.ewm(span=12).mean())\n"
+        "    out['lag'] = g['close'].shift(1)\n"
+        "    out['log'] = np.log(df['close']).diff()\n"
+        "    out['n'] = df['close'].rolling(N).mean()\n"
+        "    return out\n"
+    )
+    assert feature_windows(source) == [5.0, 30.0, 12.0, 1.0]
+    assert feature_windows("def make_features(df):\n    return df[['close']]\n") == []

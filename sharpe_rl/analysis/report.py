@@ -29,9 +29,9 @@ from rich.table import Table as RichTable
 
 from sharpe_rl.analysis.plots import write_plots
 from sharpe_rl.analysis.quality_diversity import grid_table
-from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse
+from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse, policy_numbers, policy_shares
 from sharpe_rl.data.atomic import staged_files
-from sharpe_rl.facts import RunFacts, load_comparison, load_facts
+from sharpe_rl.facts import RunFacts, load_comparison, load_comparison_sample, load_facts
 from sharpe_rl.grid import FEATURE_BLOCKS, GRID_CELLS
 
 MISSING = "—"
@@ -161,6 +161,7 @@ def build_report(
     analysis = analyse(select_run(frame, run), top_n)
     facts = load_facts(runs_dir, analysis.run) if runs_dir is not None else None
     comparison = load_comparison(runs_dir, analysis.run) if runs_dir is not None else None
+    sample = load_comparison_sample(runs_dir, analysis.run) if comparison is not None else None
     compare = None
     if compare_frame is not None or compare_run is not None:
         other = compare_frame if compare_frame is not None else frame
@@ -168,7 +169,7 @@ def build_report(
     with staged_files(out_dir) as staging:  # a reader never finds half a report, even on a full disk
         plots = {name: path.relative_to(staging) for name, path in write_plots(analysis, staging / "plots").items()}
         sections = _sections(
-            analysis, compare, {name: path.as_posix() for name, path in plots.items()}, facts, comparison
+            analysis, compare, {name: path.as_posix() for name, path in plots.items()}, facts, comparison, sample
         )
         context = {"run": analysis.run, "compare_run": compare.run if compare else None, "sections": sections}
         markdown = _environment().get_template("report.md.j2").render(context)
@@ -266,6 +267,7 @@ def _sections(
     plots: dict[str, str],
     facts: RunFacts | None,
     comparison: dict[str, Any] | None = None,
+    sample: pl.DataFrame | None = None,
 ) -> list[Section]:
     a = analysis
     headline = Table(
@@ -284,6 +286,8 @@ def _sections(
     sections = [Section("Headline", f"Run `{a.run}`. " + " ".join(verdicts), (headline,))]
     if facts is not None:
         sections.append(_evaluation(facts))
+    if comparison is not None and sample is not None:
+        sections.append(_policy_change(comparison, sample))
     if compare is not None:
         sections.append(_comparison(a, compare))
     sections += [
@@ -428,6 +432,46 @@ def _learning(comparison: dict[str, Any] | None, run: str) -> str:
         f"The trained policy (cycle {comparison['checkpoint_cycle']}) is {verdict}: mean net Sharpe "
         f"{holdout['difference']:+.2f} [{holdout['low']:+.2f}, {holdout['high']:+.2f}] over {comparison['n']} "
         f"completions each{ran}."
+    )
+
+
+def _policy_change(comparison: dict[str, Any], sample: pl.DataFrame) -> Section:
+    """What the trained policy writes, beside what its base writes: evaluate-policy's completions of both."""
+    columns = (Column("aspect", "aspect"), Column("value", "value"))
+    return Section(
+        "What did training change in what the policy writes?",
+        f"The {comparison['n']} completions of the base policy and the {comparison['n']} of the trained one "
+        f"(cycle {comparison['checkpoint_cycle']}) that `sharpe-rl evaluate-policy` executed, with the same prompt "
+        "and seeds, base beside trained. Outcomes are shares of all completions; model families, feature blocks "
+        "and custom features are shares of those that ran, as are the turnover (mean, reward window), the "
+        "features' windows (median length of `rolling`, `ewm`, `shift`, ...) and the model's settings (median of "
+        "each literal keyword argument many of them set). The headline says whether the difference on the "
+        "holdout is more than noise; these say what moved.",
+        (
+            _table(
+                "policy_shares",
+                "Shares, base beside trained",
+                (
+                    *columns,
+                    Column("base", "base %", "pct"),
+                    Column("trained", "trained %", "pct"),
+                    Column("change", "change (points)", "pct"),
+                ),
+                policy_shares(sample),
+                terminal=True,
+            ),
+            _table(
+                "policy_numbers",
+                "Numbers, base beside trained",
+                (
+                    *columns,
+                    Column("base", "base", "num"),
+                    Column("trained", "trained", "num"),
+                    Column("change", "change", "num"),
+                ),
+                policy_numbers(sample),
+            ),
+        ),
     )
 
 

@@ -31,15 +31,19 @@ feature shares are of experiments whose `make_features` could be read; failure s
 
 from __future__ import annotations
 
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from sharpe_rl.analysis.quality_diversity import archive_by_cycle, elite_grid
-from sharpe_rl.classify import classify_spec_json
+from sharpe_rl.classify import classify_features, classify_spec_json
+from sharpe_rl.classify.parameters import feature_windows, model_settings
 from sharpe_rl.grid import FEATURE_BLOCKS
 from sharpe_rl.sandbox.contract import ErrorClass
+from sharpe_rl.spec import SpecError, parse_spec
 
 REQUIRED_COLUMNS = ("run", "cycle", "index", "spec_json", "error_class", "reward", "code_hash")
 SHARPE = "metric_sharpe_net"
@@ -417,3 +421,118 @@ def _headline(analysis: RunAnalysis) -> dict[str, Any]:
 
 def _pct(part: float, whole: float) -> float | None:
     return 100 * part / whole if whole else None
+
+
+# ---- base beside trained: what evaluate-policy's sample shows the policy writes --------------------------------
+
+#: A model setting is shown when at least this share of one policy's experiments that ran set it.
+SETTING_MIN_SHARE = 0.1
+#: At most this many model settings are shown (the most often set first).
+SETTINGS_SHOWN = 8
+_POLICY_COLUMNS = {"aspect": pl.String, "value": pl.String, "base": pl.Float64, "trained": pl.Float64}
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What one completion of evaluate-policy's sample wrote, and whether it ran."""
+
+    status: str
+    family: str | None
+    blocks: tuple[str, ...]
+    custom: bool
+    windows: list[float]
+    settings: dict[str, float]
+    turnover: float | None
+
+
+def policy_shares(sample: pl.DataFrame) -> pl.DataFrame:
+    """aspect, value, base, trained (percentages) and change (points), from `sharpe-rl evaluate-policy`'s sample.
+
+    Outcomes are shares of all completions of a policy; model families, feature blocks and custom
+    features are shares of those that ran (`status == "ok"`). `sample` has one row per completion:
+    `policy` ("base" or "final"), `status`, `family`, `completion`.
+    """
+    written = _written_by_policy(sample)
+    aspects = (
+        ("outcome", lambda w: [w.status], False, STATUSES),
+        ("model family", lambda w: [w.family or UNKNOWN_FAMILY], True, None),
+        ("feature block", lambda w: list(w.blocks), True, FEATURE_BLOCKS),
+        ("features", lambda w: ["custom"] if w.custom else [], True, ("custom",)),
+    )
+    rows = []
+    for aspect, values_of, of_ran, order in aspects:
+        counts, totals = {}, {}
+        for which, completions in written.items():
+            chosen = [w for w in completions if w.status == "ok"] if of_ran else completions
+            counts[which] = Counter(value for w in chosen for value in values_of(w))
+            totals[which] = len(chosen)
+        seen = set(counts["base"]) | set(counts["final"])
+        for value in [v for v in order if v in seen] + sorted(seen - set(order)) if order else sorted(seen):
+            shares = {w: 100 * counts[w][value] / totals[w] if totals[w] else None for w in written}
+            rows.append({"aspect": aspect, "value": value, "base": shares["base"], "trained": shares["final"]})
+    return _with_change(rows)
+
+
+def policy_numbers(sample: pl.DataFrame) -> pl.DataFrame:
+    """aspect, value, base, trained and change, over the completions that ran: mean turnover on the reward window,
+    the median feature window, and the median of each model setting that many of them set."""
+    ran = {which: [w for w in written if w.status == "ok"] for which, written in _written_by_policy(sample).items()}
+    turnover = {w: _mean([x.turnover for x in ran[w] if x.turnover is not None]) for w in ran}
+    windows = {w: _median([window for x in ran[w] for window in x.windows]) for w in ran}
+    rows = [
+        {"aspect": "turnover", "value": "mean, reward window", "base": turnover["base"], "trained": turnover["final"]},
+        {"aspect": "feature window", "value": "median (bars)", "base": windows["base"], "trained": windows["final"]},
+    ]
+    setters = Counter(name for written in ran.values() for w in written for name in w.settings)
+
+    def common(name: str) -> bool:  # set by at least SETTING_MIN_SHARE of one policy's experiments that ran
+        return any(
+            written and sum(name in w.settings for w in written) >= SETTING_MIN_SHARE * len(written)
+            for written in ran.values()
+        )
+
+    shown = [name for name in sorted(setters, key=lambda n: (-setters[n], n)) if common(name)]
+    for name in shown[:SETTINGS_SHOWN]:
+        medians = {x: _median([w.settings[name] for w in ran[x] if name in w.settings]) for x in ran}
+        rows.append(
+            {
+                "aspect": "model setting",
+                "value": f"{name} (median)",
+                "base": medians["base"],
+                "trained": medians["final"],
+            }
+        )
+    return _with_change(rows)
+
+
+def _written_by_policy(sample: pl.DataFrame) -> dict[str, list[_Written]]:
+    turnover = "reward_turnover" in sample.columns
+    return {
+        which: [
+            _read(row["status"], row["family"], row["completion"], row["reward_turnover"] if turnover else None)
+            for row in sample.filter(pl.col("policy") == which).sort("index").iter_rows(named=True)
+        ]
+        for which in ("base", "final")
+    }
+
+
+def _read(status: str, family: str | None, completion: str, turnover: float | None) -> _Written:
+    try:
+        spec = parse_spec(completion)
+    except SpecError:
+        return _Written(status, family, (), False, [], {}, turnover)
+    features = classify_features(spec.features)
+    windows, settings = feature_windows(spec.features), model_settings(spec.model)
+    return _Written(status, family, features.blocks, bool(features.is_custom), windows, settings, turnover)
+
+
+def _with_change(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=_POLICY_COLUMNS).with_columns(change=pl.col("trained") - pl.col("base"))
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
