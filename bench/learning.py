@@ -11,7 +11,8 @@ within each seed (a seed's pairs share its night):
   (net Sharpe over the panel's no-skill noise);
 - reward window: the same two;
 - run share (the completions that ran and were scored), and mean turnover of those that ran;
-- model families and feature blocks of what ran, base beside trained.
+- what the policy writes, base beside trained (the post-mortem's tables): outcomes, model families,
+  feature blocks, turnover, the features' windows and the model's settings.
 
     .venv/bin/python bench/learning.py --data PANEL [--last-days D] [--seeds 1 2 3] [--cycles 24]
         [--batch-size 16] [--n 64] [--ppo KEY=VALUE ...] [--runs-dir DIR] [--out learning.json]
@@ -40,6 +41,7 @@ import numpy as np
 import polars as pl
 from learning_stability import ppo_settings
 
+from sharpe_rl.analysis.tables import policy_numbers, policy_shares
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.facts import load_facts
 from sharpe_rl.policy.checkpoint import Checkpoints
@@ -86,7 +88,7 @@ def main() -> None:
     pooled = pl.concat(samples, how="diagonal_relaxed")
     table = compare(pooled)
     print_table(table, len(args.seeds), args.n)
-    print_families(pooled)
+    print_changes(pooled)
     if args.out:
         args.out.write_text(json.dumps({"seeds": args.seeds, "n": args.n, "comparison": table}, indent=1))
 
@@ -189,21 +191,15 @@ def print_table(table: list[dict], seeds: int, n: int) -> None:
         )
 
 
-def print_families(pooled: pl.DataFrame) -> None:
-    ran = pooled.filter(pl.col("status") == "ok")
-    shares = (
-        ran.group_by("policy", "family")
-        .len()
-        .with_columns((pl.col("len") / pl.col("len").sum().over("policy")).alias("share"))
-        .pivot(on="policy", index="family", values="share")
-        .fill_null(0.0)
-        .sort("family")
-    )
-    print("\nmodel families of what ran (share)")
-    for row in shares.iter_rows(named=True):
-        print(
-            f"  {row['family'] or 'unknown':<20} base {row.get('base', 0.0):6.1%}  trained {row.get('final', 0.0):6.1%}"
-        )
+def print_changes(pooled: pl.DataFrame) -> None:
+    """What the policy writes, base beside trained, over every seed's sample (the post-mortem's tables)."""
+    for title, table in (("shares (%)", policy_shares(pooled)), ("numbers, of what ran", policy_numbers(pooled))):
+        print(f"\nwhat the policy writes, {title}: {'base':>9}{'trained':>9}{'change':>9}")
+        for row in table.iter_rows(named=True):
+            cells = "".join(
+                f"{row[k]:9.3f}" if row[k] is not None else f"{'-':>9}" for k in ("base", "trained", "change")
+            )
+            print(f"  {row['aspect'] + ': ' + row['value']:<44}{cells}")
 
 
 if __name__ == "__main__":
