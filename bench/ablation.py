@@ -43,7 +43,7 @@ from typing import Any
 import polars as pl
 
 from sharpe_rl.config import PolicyConfig, PPOConfig, RewardConfig, RunConfig, SandboxConfig
-from sharpe_rl.services import orchestration_environment
+from sharpe_rl.services import use_orchestration_environment
 
 CONFIGS: dict[str, RewardConfig] = {
     "plain": RewardConfig(),
@@ -227,9 +227,7 @@ def main() -> None:
     args.policy, args.data, args.runs_dir = args.policy.resolve(), args.data.resolve(), args.runs_dir.resolve()
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
-    os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
-    os.environ.update(orchestration_environment(args.runs_dir, use_running_server=False))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    use_orchestration_environment(args.runs_dir, own_server=True)
 
     results: dict[str, dict[str, Any]] = {}
     for name in args.configs:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from sharpe_rl.config import PolicyConfig, RunConfig, SandboxConfig
-from sharpe_rl.services import orchestration_environment
+from sharpe_rl.services import use_orchestration_environment
 
 PHASES = ("generate", "execute", "score", "log", "update")
 
@@ -91,9 +91,7 @@ def main() -> None:
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-cycle-phases-"))
-    os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
-    os.environ.update(orchestration_environment(scratch, use_running_server=False))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    use_orchestration_environment(scratch, own_server=True)
     print(f"policy {args.policy}, data {args.data}, {args.workers} workers, load average {os.getloadavg()}")
     try:
         for batch in args.batch:

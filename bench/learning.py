@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ from sharpe_rl.analysis.tables import policy_numbers, policy_shares
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.facts import load_facts
 from sharpe_rl.policy.checkpoint import Checkpoints
-from sharpe_rl.services import orchestration_environment
+from sharpe_rl.services import use_orchestration_environment
 
 RESAMPLES = 2000
 
@@ -67,9 +66,7 @@ def main() -> None:
     data = args.data.resolve()
     if args.last_days:
         data = last_days(data, args.last_days, args.runs_dir)
-    os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
-    os.environ.update(orchestration_environment(args.runs_dir, use_running_server=False))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    use_orchestration_environment(args.runs_dir, own_server=True)
     ppo = ppo_settings(args.ppo, PPOConfig().group_size)
     print(f"PPO: {ppo.model_dump()}", flush=True)
     samples = []

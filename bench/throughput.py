@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sharpe_rl.config import EvalConfig, SandboxConfig
 from sharpe_rl.evaluation import EvaluationRef
-from sharpe_rl.services import orchestration_environment
+from sharpe_rl.services import use_orchestration_environment
 
 FEATURES = """
 import numpy as np
@@ -164,9 +164,7 @@ def main() -> None:
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not a line per task
     scratch = Path(tempfile.mkdtemp(prefix="sharpe-rl-throughput-"))
-    os.environ.pop("PREFECT_API_URL", None)  # a temporary Prefect server of our own, never one already running
-    os.environ.update(orchestration_environment(scratch, use_running_server=False))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    use_orchestration_environment(scratch, own_server=True)
     from sharpe_rl.sandbox.image import docker_client, ensure_image
 
     ensure_image(docker_client())

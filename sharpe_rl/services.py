@@ -94,9 +94,14 @@ def orchestration_environment(runs_dir: Path, *, use_running_server: bool = True
     return env
 
 
-def use_orchestration_environment(runs_dir: Path) -> str | None:
-    """Apply `orchestration_environment` to this process (before Prefect is imported); returns the API URL used."""
-    environment = orchestration_environment(runs_dir)
+def use_orchestration_environment(runs_dir: Path, *, own_server: bool = False) -> str | None:
+    """Apply `orchestration_environment` to this process (before Prefect is imported); returns the API URL used.
+
+    `own_server`: a temporary Prefect server of this process's own, never one already running, even one named
+    by PREFECT_API_URL (a bench's runs stay out of the UI's history)."""
+    if own_server:
+        os.environ.pop("PREFECT_API_URL", None)
+    environment = orchestration_environment(runs_dir, use_running_server=not own_server)
     Path(environment["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only its last level
     os.environ.update(environment)
     return os.environ.get("PREFECT_API_URL")

@@ -25,6 +25,16 @@ def test_a_runs_directory_that_does_not_exist_yet_gets_its_prefect_home(tmp_path
     assert (runs / "prefect").is_dir()
 
 
+def test_a_bench_gets_a_prefect_server_of_its_own_even_when_one_is_named(tmp_path, monkeypatch):
+    # A bench's nights must not land in the UI's history, nor wait on a server being restarted.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")})
+    monkeypatch.setitem(os.environ, "PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert use_orchestration_environment(tmp_path, own_server=True) is None
+    assert "PREFECT_API_URL" not in os.environ and (tmp_path / "prefect").is_dir()
+    monkeypatch.setitem(os.environ, "PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert use_orchestration_environment(tmp_path) == "http://127.0.0.1:4200/api"  # a command uses the one named
+
+
 def test_a_busy_machine_gets_time_to_start_prefects_temporary_server_and_a_users_setting_wins(tmp_path, monkeypatch):
     # Prefect's own 20 s were too few on a busy 2-core machine: `sharpe-rl run` failed with "Timed out
     # while attempting to connect to ephemeral Prefect API server".
