@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from sharpe_rl.tracking import EXPERIMENT_NAME, LOCAL_UI_PORT, default_tracking_uri
+from sharpe_rl.tracking import EXPERIMENT_NAME, LOCAL_UI_PORT, Tracker, default_tracking_uri
 
 PREFECT_PORT = 4200
 MLFLOW_PORT = LOCAL_UI_PORT
@@ -172,7 +172,7 @@ def serve(runs_dir: Path, say: Callable[[str], None] = print) -> None:
         _wait_until(f"{mlflow_ui}/health", services, "the MLflow UI", say, started, timeout=MLFLOW_STARTUP_SECONDS)
         say(f"ready in {time.monotonic() - started:.0f} s")
         say(f"Prefect UI: {prefect_ui}  (deployments: {', '.join(names)})")
-        say(f"MLflow UI:  {mlflow_ui}  (experiment '{EXPERIMENT_NAME}')")
+        say(f"MLflow UI:  {Tracker(runs_dir).runs_url}  (experiment '{EXPERIMENT_NAME}', its runs)")
         say(f"logs in {logs}/; Ctrl-C stops everything")
         while all(process.poll() is None for process in services.values()):
             time.sleep(1)

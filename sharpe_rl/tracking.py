@@ -201,6 +201,11 @@ class Tracker:
         return self.tracking_uri.rstrip("/") if self._server else LOCAL_UI
 
     @property
+    def runs_url(self) -> str:
+        """The experiment's runs in the MLflow UI, in its model-training view (a bare address may open GenAI)."""
+        return f"{self.ui}/#/experiments/{self.experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+
+    @property
     def run_url(self) -> str:
         """The parent run's page in the MLflow UI, in its model-training view (its Runs link goes on in that view)."""
         return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{self._parent()}?{MODEL_TRAINING_VIEW}"

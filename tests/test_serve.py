@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import urllib.request
@@ -34,6 +35,11 @@ def test_serve_deploys_schedules_and_stops_cleanly(served):
         line.startswith("deployed; a worker runs them. Waiting for the MLflow UI (its first start") for line in lines
     )
     assert lines.index(next(line for line in lines if line.startswith("Prefect UI:"))) > 2
+    # MLflow's address opens the experiment's runs, not the GenAI view a bare address opens on a first visit
+    mlflow_line = next(line for line in lines if line.startswith("MLflow UI:"))
+    assert re.match(
+        r"MLflow UI:  http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning ", mlflow_line
+    )
 
     deployments = {d["name"]: d for d in post("/deployments/filter", {})}
     assert set(deployments) == {"nightly", "reset", "rerun", "report", "build-policy"}

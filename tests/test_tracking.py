@@ -104,6 +104,8 @@ def test_the_experiment_opens_in_mlflows_model_training_view_and_the_run_has_an_
         f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}"
         "?workflowType=machine_learning"  # else a first visit opens MLflow's GenAI view
     )
+    runs = f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    assert tracker.runs_url == runs  # what `sharpe-rl serve` prints
     # an experiment made by an earlier version gets the tag when a run next starts
     tracker.client.delete_experiment_tag(tracker.experiment_id, "mlflow.experimentKind")
     Tracker(tmp_path / "runs").start(RunConfig(name="night-2"), "night-2", fresh=True)
