@@ -437,7 +437,16 @@ def _learning(comparison: dict[str, Any] | None, run: str) -> str:
 
 def _policy_change(comparison: dict[str, Any], sample: pl.DataFrame) -> Section:
     """What the trained policy writes, beside what its base writes: evaluate-policy's completions of both."""
-    columns = (Column("aspect", "aspect"), Column("value", "value"))
+
+    def beside(unit: str, fmt: str, change: str) -> tuple[Column, ...]:
+        return (
+            Column("aspect", "aspect"),
+            Column("value", "value"),
+            Column("base", f"base{unit}", fmt),
+            Column("trained", f"trained{unit}", fmt),
+            Column("change", change, fmt),
+        )
+
     return Section(
         "What did training change in what the policy writes?",
         f"The {comparison['n']} completions of the base policy and the {comparison['n']} of the trained one "
@@ -451,25 +460,12 @@ def _policy_change(comparison: dict[str, Any], sample: pl.DataFrame) -> Section:
             _table(
                 "policy_shares",
                 "Shares, base beside trained",
-                (
-                    *columns,
-                    Column("base", "base %", "pct"),
-                    Column("trained", "trained %", "pct"),
-                    Column("change", "change (points)", "pct"),
-                ),
+                beside(" %", "pct", "change (points)"),
                 policy_shares(sample),
                 terminal=True,
             ),
             _table(
-                "policy_numbers",
-                "Numbers, base beside trained",
-                (
-                    *columns,
-                    Column("base", "base", "num"),
-                    Column("trained", "trained", "num"),
-                    Column("change", "change", "num"),
-                ),
-                policy_numbers(sample),
+                "policy_numbers", "Numbers, base beside trained", beside("", "num", "change"), policy_numbers(sample)
             ),
         ),
     )
