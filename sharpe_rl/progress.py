@@ -81,8 +81,13 @@ def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
         f"cycle {cycle}: reward mean {summary.get('reward_mean', float('nan')):+.3f}{sharpe}; "
         f"ran {count(summary.get('ok_pct', 0.0))} of {experiments}, failed {failed}{why if failed else ''}{reused}; "
         # The KL of the policy that wrote this batch to the base policy (PPOStats.kl: k3, never negative).
-        f"KL to base {summary.get('ppo_kl', 0.0):.3f} nats"
+        f"KL to base {nats(summary.get('ppo_kl', 0.0))} nats"
     )
+
+
+def nats(kl: float) -> str:
+    """A KL for a person: 3 decimals, or 2 significant digits below 0.001, where a moving policy would read 0.000."""
+    return f"{kl:.1e}" if 0 < abs(kl) < 0.001 else f"{kl:.3f}"
 
 
 class RunProgress(logging.Handler):

@@ -32,6 +32,14 @@ def test_the_cycle_line_shows_reward_outcomes_and_the_kl_to_the_base_policy():
     )
 
 
+def test_a_policy_that_moved_a_little_reads_above_zero():
+    # A fresh `make run` (the default learning rate, 3 cycles of 8) printed "KL to base 0.000 nats" every cycle.
+    summary = {"experiments": 8.0, "ok_pct": 100.0, "reward_mean": -0.7}
+    assert cycle_line(1, summary | {"ppo_kl": 0.00041}).endswith("KL to base 4.1e-04 nats")
+    assert cycle_line(0, summary | {"ppo_kl": 0.0}).endswith("KL to base 0.000 nats")  # the base itself
+    assert cycle_line(5, summary | {"ppo_kl": 1.2345}).endswith("KL to base 1.234 nats")
+
+
 def test_the_cycle_line_says_how_many_executions_came_from_the_cache():
     summary = {"experiments": 4.0, "ok_pct": 100.0, "cached": 4.0, "reward_mean": 0.25, "ppo_kl": 0.0}
     assert cycle_line(0, summary) == (
