@@ -524,6 +524,9 @@ def test_the_headline_says_whether_the_trained_policy_beats_its_base_on_the_hold
     report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=runs)
     headline = report.sections[0].text
     assert f"The trained policy (cycle 23) {words}" in headline and "run share +2.0% [-3.0%, +7.0%]" in headline
+    console = Console(record=True, width=400)
+    print_report(report, console)  # `sharpe-rl report` says it too, not only the Markdown and HTML
+    assert f"The trained policy (cycle 23) {words}" in console.export_text()
 
 
 def test_the_headline_says_when_the_trained_policy_was_not_compared_yet(tmp_path):

@@ -195,10 +195,12 @@ def build_report(
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    """Print the key tables (headline, comparison, families, failures, top experiments) to a terminal."""
+    """Print the headline's verdicts and the key tables (headline, comparison, families, failures, top
+    experiments) to a terminal."""
     console = console or Console()
     title = f"post-mortem of {report.run}" + (f" vs {report.compare_run}" if report.compare_run else "")
     console.rule(f"[bold]{title}")
+    console.print(report.sections[0].text.replace("`", ""), markup=False, highlight=False)
     for section in report.sections:
         for table in section.tables:
             if not table.terminal:
