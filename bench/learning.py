@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 from learning_stability import ppo_settings
 
-from sharpe_rl.analysis.tables import policy_numbers, policy_shares
+from sharpe_rl.analysis.tables import policy_changes
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.facts import load_facts
 from sharpe_rl.policy.checkpoint import Checkpoints
@@ -190,7 +190,8 @@ def print_table(table: list[dict], seeds: int, n: int) -> None:
 
 def print_changes(pooled: pl.DataFrame) -> None:
     """What the policy writes, base beside trained, over every seed's sample (the post-mortem's tables)."""
-    for title, table in (("shares (%)", policy_shares(pooled)), ("numbers, of what ran", policy_numbers(pooled))):
+    shares, numbers = policy_changes(pooled)
+    for title, table in (("shares (%)", shares), ("numbers, of what ran", numbers)):
         print(f"\nwhat the policy writes, {title}: {'base':>9}{'trained':>9}{'change':>9}")
         for row in table.iter_rows(named=True):
             cells = "".join(

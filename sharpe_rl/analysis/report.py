@@ -29,7 +29,7 @@ from rich.table import Table as RichTable
 
 from sharpe_rl.analysis.plots import write_plots
 from sharpe_rl.analysis.quality_diversity import grid_table
-from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse, policy_numbers, policy_shares
+from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, analyse, policy_changes
 from sharpe_rl.data.atomic import staged_files
 from sharpe_rl.facts import RunFacts, load_comparison, load_comparison_sample, load_facts
 from sharpe_rl.grid import FEATURE_BLOCKS, GRID_CELLS
@@ -449,6 +449,7 @@ def _policy_change(comparison: dict[str, Any], sample: pl.DataFrame) -> Section:
             Column("change", change, fmt),
         )
 
+    shares, numbers = policy_changes(sample)
     return Section(
         "What did training change in what the policy writes?",
         f"The {comparison['n']} completions of the base policy and the {comparison['n']} of the trained one "
@@ -463,12 +464,10 @@ def _policy_change(comparison: dict[str, Any], sample: pl.DataFrame) -> Section:
                 "policy_shares",
                 "Shares, base beside trained",
                 beside(" %", "pct", "change (points)"),
-                policy_shares(sample),
+                shares,
                 terminal=True,
             ),
-            _table(
-                "policy_numbers", "Numbers, base beside trained", beside("", "num", "change"), policy_numbers(sample)
-            ),
+            _table("policy_numbers", "Numbers, base beside trained", beside("", "num", "change"), numbers),
         ),
     )
 

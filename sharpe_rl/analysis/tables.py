@@ -445,14 +445,22 @@ class _Written:
     turnover: float | None
 
 
-def policy_shares(sample: pl.DataFrame) -> pl.DataFrame:
-    """aspect, value, base, trained (percentages) and change (points), from `sharpe-rl evaluate-policy`'s sample.
+def policy_changes(sample: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """What the base and the final policy wrote, from `sharpe-rl evaluate-policy`'s sample: (shares, numbers).
 
-    Outcomes are shares of all completions of a policy; model families, feature blocks and custom
-    features are shares of those that ran (`status == "ok"`). `sample` has one row per completion:
-    `policy` ("base" or "final"), `status`, `family`, `completion`.
+    `sample` has one row per completion: `policy` ("base" or "final"), `index`, `status`, `family`,
+    `completion` and optionally `reward_turnover`. Each completion is read once, for both tables.
     """
     written = _written_by_policy(sample)
+    return _policy_shares(written), _policy_numbers(written)
+
+
+def _policy_shares(written: dict[str, list[_Written]]) -> pl.DataFrame:
+    """aspect, value, base, trained (percentages) and change (points).
+
+    Outcomes are shares of all completions of a policy; model families, feature blocks and custom
+    features are shares of those that ran (`status == "ok"`).
+    """
     aspects = (
         ("outcome", lambda w: [w.status], False, STATUSES),
         ("model family", lambda w: [w.family or UNKNOWN_FAMILY], True, None),
@@ -473,10 +481,10 @@ def policy_shares(sample: pl.DataFrame) -> pl.DataFrame:
     return _with_change(rows)
 
 
-def policy_numbers(sample: pl.DataFrame) -> pl.DataFrame:
+def _policy_numbers(written: dict[str, list[_Written]]) -> pl.DataFrame:
     """aspect, value, base, trained and change, over the completions that ran: mean turnover on the reward window,
     the median feature window, and the median of each model setting that many of them set."""
-    ran = {which: [w for w in written if w.status == "ok"] for which, written in _written_by_policy(sample).items()}
+    ran = {which: [w for w in completions if w.status == "ok"] for which, completions in written.items()}
     turnover = {w: _mean([x.turnover for x in ran[w] if x.turnover is not None]) for w in ran}
     windows = {w: _median([window for x in ran[w] for window in x.windows]) for w in ran}
     rows = [
