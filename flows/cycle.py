@@ -26,7 +26,7 @@ from tasks.cycle import (
 
 class CycleDone(NamedTuple):
     policy: PolicyRef
-    line: str  # `progress.cycle_line`: reward, best net Sharpe, ran/failed, cache, KL
+    line: str  # `progress.cycle_line`: reward, median and best net Sharpe, ran/failed, cache, KL
 
 
 @flow(name="cycle", flow_run_name="{run.name} cycle {index}")

@@ -56,11 +56,16 @@ def cycle_finished(cycle: int, summary: Mapping[str, float]) -> None:
 
 
 def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
-    """What a cycle did, in one line: reward, best net Sharpe, how many experiments ran and why the others failed,
-    how many executions came from the cache, and the KL of the policy that wrote the batch to the base policy.
+    """What a cycle did, in one line: reward, the median and best net Sharpe of what ran, how many experiments ran
+    and why the others failed, how many executions came from the cache, and the KL of the policy that wrote the batch
+    to the base policy.
+
+    The median net Sharpe is the figure to compare from cycle to cycle: the reward mean drifts down over a run even
+    when the policy writes the same experiments, because the evidence reward subtracts the expected best of the
+    run's trials, and that grows with every cycle.
 
     `summary` is the cycle's logged numbers (`steps.log_update`): `experiments`, `ok_pct`, `failure_pct_<class>`,
-    `cached`, `reward_mean`, `sharpe_max`, `ppo_kl`.
+    `cached`, `reward_mean`, `sharpe_median`, `sharpe_max`, `ppo_kl`.
     """
     experiments = int(summary.get("experiments", 0))
 
@@ -74,7 +79,11 @@ def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
     }
     failed = sum(failures.values())
     why = " (" + ", ".join(f"{name} {n}" for name, n in sorted(failures.items(), key=lambda i: -i[1])) + ")"
-    sharpe = f", best net Sharpe {summary['sharpe_max']:.2f}" if summary.get("sharpe_max") is not None else ""
+    sharpe = (
+        f", net Sharpe median {summary['sharpe_median']:.2f}, best {summary['sharpe_max']:.2f}"
+        if summary.get("sharpe_max") is not None and summary.get("sharpe_median") is not None
+        else ""
+    )
     cached = int(summary.get("cached") or 0)
     reused = f"; {cached} execution{'s' if cached > 1 else ''} from the cache" if cached else ""
     return (

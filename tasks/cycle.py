@@ -3,7 +3,7 @@
 Every input is a value the flow passes: the run, the policy ref, the run's history before the cycle
 (read once per cycle by `read_history`) and the previous step's result. Progress is reported from
 the values the steps return, and each cycle ends with its line in the flow run's logs
-(`progress.cycle_line`: reward, best net Sharpe, ran/failed, cache, KL). Generation, scoring,
+(`progress.cycle_line`: reward, median and best net Sharpe, ran/failed, cache, KL). Generation, scoring,
 logging and the update run in the flow's process; the executions fan out over the flow's task
 runner (`execute_batch`). Logging is retried on any error (the replay buffer write is idempotent,
 and MLflow catches up through its outbox).

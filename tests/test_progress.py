@@ -8,7 +8,7 @@ from sharpe_rl import progress
 from sharpe_rl.progress import RunProgress, cycle_line
 
 
-def test_the_cycle_line_shows_reward_outcomes_and_the_kl_to_the_base_policy():
+def test_the_cycle_line_shows_reward_sharpe_outcomes_and_the_kl_to_the_base_policy():
     out = StringIO()
     summary = {
         "experiments": 6.0,
@@ -17,6 +17,7 @@ def test_the_cycle_line_shows_reward_outcomes_and_the_kl_to_the_base_policy():
         "failure_pct_missing_column": 100 / 6,
         "failure_pct_timeout": 0.0,
         "reward_mean": -0.5,
+        "sharpe_median": -0.456,
         "sharpe_max": 1.234,
         "ppo_kl": 0.01234,
     }
@@ -27,8 +28,8 @@ def test_the_cycle_line_shows_reward_outcomes_and_the_kl_to_the_base_policy():
         progress.said(cycle_line(2, summary))  # what the pipeline's log step says
     line = next(line for line in out.getvalue().splitlines() if line.startswith("cycle 2:"))
     assert line == (
-        "cycle 2: reward mean -0.500, best net Sharpe 1.23; ran 3 of 6, failed 3 (syntax 2, missing_column 1); "
-        "KL to base 0.012 nats"
+        "cycle 2: reward mean -0.500, net Sharpe median -0.46, best 1.23; "
+        "ran 3 of 6, failed 3 (syntax 2, missing_column 1); KL to base 0.012 nats"
     )
 
 
