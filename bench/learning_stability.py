@@ -74,43 +74,42 @@ def family_entropy_bits(families: list[str]) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def checked(completion: str) -> tuple[str | None, SpecError | None]:
+    """(model family, None) for a completion that passes the static checks (no container), else (None, its error)."""
+    try:
+        spec = check_completion(completion, OHLCV_COLUMNS)
+    except SpecError as exc:
+        return None, exc
+    return classify(spec).model_family, None
+
+
 def family_rewards(completions: list[str], target: str, cfg: RewardConfig):
     """(reward, status, family) per completion: the ladder for static failures, 1 for the target family, else 0."""
     out = []
     for completion in completions:
-        try:
-            spec = check_completion(completion, OHLCV_COLUMNS)
-        except SpecError as exc:
-            out.append((shape_reward(exc.error_class, cfg), exc.error_class.value, None))
-            continue
-        family = classify(spec).model_family
-        out.append((float(family == target), "ok", family))
+        family, error = checked(completion)
+        if error is not None:
+            out.append((shape_reward(error.error_class, cfg), error.error_class.value, None))
+        else:
+            out.append((float(family == target), "ok", family))
     return out
 
 
 def passing_share(completions: list[str]) -> float:
     """The share of completions that pass the static checks (no container)."""
-    passed = 0
-    for completion in completions:
-        try:
-            check_completion(completion, OHLCV_COLUMNS)
-        except SpecError:
-            continue
-        passed += 1
-    return passed / len(completions)
+    return sum(checked(completion)[1] is None for completion in completions) / len(completions)
 
 
 def noise_rewards(completions: list[str], cycle: int, mean: float, noise: float, cfg: RewardConfig):
     """(reward, status, family) per completion: the ladder for static failures, seeded noise for the rest."""
     out = []
     for index, completion in enumerate(completions):
-        try:
-            spec = check_completion(completion, OHLCV_COLUMNS)
-        except SpecError as exc:
-            out.append((shape_reward(exc.error_class, cfg), exc.error_class.value, None))
+        family, error = checked(completion)
+        if error is not None:
+            out.append((shape_reward(error.error_class, cfg), error.error_class.value, None))
             continue
         draw = np.random.default_rng([cycle, index]).normal(mean, noise) if noise > 0 else mean
-        out.append((float(np.clip(draw, -1.0, 1.0)), "ok", classify(spec).model_family))
+        out.append((float(np.clip(draw, -1.0, 1.0)), "ok", family))
     return out
 
 
