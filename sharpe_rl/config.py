@@ -252,6 +252,12 @@ class PPOConfig(_Settings):
         "policy being updated and the one that sampled the batch passes this (CleanRL's target_kl; None: never).",
     )
     whiten_advantages: bool = Field(True, description="Normalise advantages per batch.")
+    reward_ranks: bool = Field(
+        False,
+        description="Learn from each reward's rank in the batch (centred, ties shared) instead of its value: the "
+        "update sees the order of what the reward pays, not its scale, so small gaps among valid experiments weigh as "
+        "much as a failure's.",
+    )
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."
     )

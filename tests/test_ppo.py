@@ -14,6 +14,7 @@ from sharpe_rl.config import PPOConfig
 from sharpe_rl.policy.ppo import (
     AdaptiveKLController,
     PPOTrainer,
+    centred_ranks,
     clipped_surrogate_loss,
     collate,
     gae,
@@ -165,6 +166,14 @@ def test_group_advantages_are_leave_one_out_and_sum_to_zero_per_prompt():
         assert advantages[groups == group].sum().item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_centred_ranks_keep_the_rewards_order_with_equal_steps_and_shared_ties():
+    # two format failures, a runtime failure and three valid experiments close together
+    rewards = torch.tensor([-1.5, -0.70, -0.72, -1.5, -1.25, -0.71])
+    torch.testing.assert_close(centred_ranks(rewards), torch.tensor([-0.4, 0.5, 0.1, -0.4, -0.1, 0.3]))
+    assert centred_ranks(torch.tensor([0.3, 0.3, 0.3])).tolist() == [0.0, 0.0, 0.0]
+    assert centred_ranks(torch.tensor([0.3])).tolist() == [0.0]
+
+
 def test_groups_are_formed_by_prompt_tokens():
     batch = [experience([1, 2], [3], 0.0), experience([1, 3], [3], 0.0), experience([1, 2], [4], 0.0)]
     assert group_ids(batch).tolist() == [0, 1, 0]
@@ -211,6 +220,30 @@ def test_updates_raise_the_rewarded_completion_and_lower_the_punished_one(base, 
     assert stats.kl > 0  # moved away from the reference ...
     assert stats.kl_coef < PPOConfig().init_kl_coef  # ... but far below target_kl, so the penalty relaxes
     assert (stats.value_loss is None) == (advantage == "group")
+
+
+@pytest.mark.parametrize("advantage", ["gae", "group"])
+def test_with_reward_ranks_an_update_depends_on_the_rewards_order_not_their_scale(base, advantage):
+    # The evidence reward puts valid experiments close together far from a failure: on ranks, the update from
+    # rewards squeezed that way is the update from the same order spread out; on values it is not.
+    batch = [
+        experience([5, 6, 7, 8], [10, 11, 12], -0.70, index=0),
+        experience([5, 6, 7, 8], [20, 21], -0.72, index=1),
+        experience([5, 6, 7, 8], [30, 31, 32, 33], -1.5, index=2),
+        experience([5, 6, 7, 8], [40, 41], -0.71, index=3),
+    ]
+    spread = [e.model_copy(update={"reward": r}) for e, r in zip(batch, [1.0, -0.5, -1.5, 0.2], strict=True)]
+
+    def updated(experiences, ranks):
+        policy = tiny_policy(base)
+        PPOTrainer(policy, PPOConfig(advantage=advantage, reward_ranks=ranks, learning_rate=1e-2)).update(experiences)
+        return adapter_state(policy)
+
+    def same(a, b):
+        return all(torch.allclose(a[name], b[name]) for name in a)
+
+    assert same(updated(batch, ranks=True), updated(spread, ranks=True))
+    assert not same(updated(batch, ranks=False), updated(spread, ranks=False))
 
 
 def test_an_update_stops_once_the_policy_has_moved_max_approx_kl_from_the_sampler(base):
