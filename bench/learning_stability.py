@@ -16,6 +16,14 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
 - ``--reward family``: a signal that is there to learn: an experiment that passes the checks earns 1
   when its model family (as the post-mortem reads it) is `--target`, 0 otherwise (the ladder for
   the rest). How fast the target's share grows says how much an update moves the policy.
+- ``--reward families --night BUFFER``: what a real night paid, by model family. An experiment that
+  passes the checks earns a draw from N(its family's mean reward, the spread within families),
+  both measured on the valid experiments of that night's replay buffer (e.g.
+  `runs/buffer/NAME`); a family the night never wrote earns the night's mean. The gaps between
+  families are as small as the real reward makes them, beside failures as costly, so this asks
+  whether an update moves the policy toward the families a real reward pays. With `--final`, it
+  also prints the family mix's expected reward and net Sharpe (the night's family means) for the
+  base and the final policy.
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -34,9 +42,11 @@ import logging
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from transformers import AutoTokenizer
 
 from sharpe_rl.checks import check_completion
@@ -113,6 +123,52 @@ def noise_rewards(completions: list[str], cycle: int, mean: float, noise: float,
     return out
 
 
+@dataclass(frozen=True)
+class NightFamilies:
+    """What a real night paid each model family: the mean reward and net Sharpe of its valid experiments, the
+    night's mean reward, and the spread of rewards within a family (pooled)."""
+
+    reward: dict[str, float]
+    sharpe: dict[str, float]
+    mean: float
+    spread: float
+
+    @classmethod
+    def of(cls, buffer: Path) -> NightFamilies:
+        valid = (
+            pl.read_parquet(buffer)
+            .filter(pl.col("error_class").is_null() & pl.col("model_family").is_not_null())
+            .with_columns(sharpe=pl.col("metrics").str.json_path_match("$.sharpe_net").cast(pl.Float64))
+        )
+        by_family = valid.group_by("model_family").agg(pl.col("reward").mean(), pl.col("sharpe").mean())
+        within = valid.with_columns(pl.col("reward") - pl.col("reward").mean().over("model_family"))["reward"]
+        return cls(
+            reward=dict(zip(by_family["model_family"], by_family["reward"], strict=True)),
+            sharpe=dict(zip(by_family["model_family"], by_family["sharpe"], strict=True)),
+            mean=float(valid["reward"].mean()),
+            spread=float(np.sqrt((within**2).mean())),
+        )
+
+    def mix(self, families: list[str]) -> tuple[float, float]:
+        """The expected reward and net Sharpe of a mix of model families (those the night wrote)."""
+        known = [f for f in families if f in self.reward]
+        return statistics.fmean(self.reward[f] for f in known), statistics.fmean(self.sharpe[f] for f in known)
+
+
+def night_family_rewards(completions: list[str], cycle: int, night: NightFamilies, cfg: RewardConfig):
+    """(reward, status, family) per completion: the ladder for static failures, a draw around the night's mean reward
+    of the completion's family for the rest."""
+    out = []
+    for index, completion in enumerate(completions):
+        family, error = checked(completion)
+        if error is not None:
+            out.append((shape_reward(error.error_class, cfg), error.error_class.value, None))
+            continue
+        draw = np.random.default_rng([cycle, index]).normal(night.reward.get(family, night.mean), night.spread)
+        out.append((float(np.clip(draw, -1.0, 1.0)), "ok", family))
+    return out
+
+
 def sandbox_rewards(completions: list[str], ref: EvaluationRef, cfg: RewardConfig, workers: int):
     with ThreadPoolExecutor(workers) as pool:
         outcomes = list(pool.map(lambda c: evaluate(c, ref), completions))
@@ -131,7 +187,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=4, help="PPOConfig.group_size (used by advantage=group)")
     parser.add_argument("--block", type=int, default=6, help="cycles per line of the summary")
-    parser.add_argument("--reward", choices=("noise", "sandbox", "family"), default="noise")
+    parser.add_argument("--reward", choices=("noise", "sandbox", "family", "families"), default="noise")
+    parser.add_argument("--night", type=Path, help="a real night's replay buffer (--reward families)")
     parser.add_argument("--target", default="xgboost", help="the rewarded model family (--reward family)")
     parser.add_argument("--mean", type=float, default=-0.09, help="mean reward of a valid experiment (noise)")
     parser.add_argument("--noise", type=float, default=0.22, help="spread of a valid experiment's reward (noise)")
@@ -148,6 +205,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.reward == "families" and args.night is None:
+        parser.error("--reward families needs --night (a real night's replay buffer)")
+    night = NightFamilies.of(args.night) if args.reward == "families" else None
 
     ppo = ppo_settings(args.set, args.group_size)
     reward_cfg = RewardConfig()
@@ -177,6 +237,8 @@ def main() -> None:
             scored = noise_rewards(completions, cycle, args.mean, args.noise, reward_cfg)
         elif args.reward == "family":
             scored = family_rewards(completions, args.target, reward_cfg)
+        elif night is not None:
+            scored = night_family_rewards(completions, cycle, night, reward_cfg)
         else:
             scored = sandbox_rewards(completions, ref, reward_cfg, args.workers)
         experiences = [
@@ -236,6 +298,8 @@ def main() -> None:
             f"\n{args.final} completions, one seed: pass the checks {summary['base_pass_share']:.1%} (base) -> "
             f"{summary['final_pass_share']:.1%} (final); identical to the base's {summary['identical_share']:.1%}"
         )
+        if night is not None:
+            summary |= print_family_mix(night, base, final)
         if args.out is not None:
             args.out.write_text(json.dumps(json.loads(args.out.read_text()) | {"final": summary}, indent=1))
 
@@ -250,6 +314,28 @@ def main() -> None:
             f"{mean['reward_mean']:+.3f}   {mean['rollout_entropy']:.3f}    {mean['kl']:+.3f}        "
             f"{block[-1]['kl_coef']:.4f}"
         )
+
+
+def print_family_mix(night: NightFamilies, base: list[str], final: list[str]) -> dict[str, object]:
+    """The model families of the base's and the final policy's completions that pass the checks, beside what the
+    night paid each, and each mix's expected reward and net Sharpe; returns them."""
+    mixes = {
+        name: [family for family in (checked(c)[0] for c in completions) if family is not None]
+        for name, completions in (("base", base), ("final", final))
+    }
+    print("\nfamily              night's reward  net Sharpe   base   final")
+    for family in sorted(night.reward, key=night.reward.__getitem__, reverse=True):
+        shares = [mixes[name].count(family) / max(len(mixes[name]), 1) for name in ("base", "final")]
+        paid = f"{family:<20}{night.reward[family]:+14.3f}{night.sharpe[family]:+12.2f}"
+        print(f"{paid}   {shares[0]:5.1%}  {shares[1]:5.1%}")
+    expected = {name: night.mix(families) for name, families in mixes.items()}
+    for name, (reward, sharpe) in expected.items():
+        print(f"{name}: the family mix's expected reward {reward:+.4f}, net Sharpe {sharpe:+.3f}")
+    return {
+        "families": {name: {f: families.count(f) for f in sorted(set(families))} for name, families in mixes.items()},
+        "mix_reward": {name: reward for name, (reward, _) in expected.items()},
+        "mix_sharpe": {name: sharpe for name, (_, sharpe) in expected.items()},
+    }
 
 
 if __name__ == "__main__":
