@@ -279,7 +279,7 @@ def main() -> None:
             args.out.write_text(
                 json.dumps(
                     {
-                        "args": vars(args) | {"out": str(args.out), "data": str(args.data)},
+                        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                         "ppo": ppo.model_dump(),
                         "cycles": rows,
                     },

@@ -255,8 +255,8 @@ class PPOConfig(_Settings):
     reward_ranks: bool = Field(
         False,
         description="Learn from each reward's rank in the batch (centred, ties shared) instead of its value: the "
-        "update sees the order of what the reward pays, not its scale, so small gaps among valid experiments weigh as "
-        "much as a failure's.",
+        "update sees the order of what the reward pays, not its scale; every step between neighbours weighs the same, "
+        "so a failure's gap no longer drowns the gaps among valid experiments.",
     )
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."
