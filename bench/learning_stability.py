@@ -41,6 +41,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,15 +111,16 @@ def passing_share(completions: list[str]) -> float:
     return sum(checked(completion)[1] is None for completion in completions) / len(completions)
 
 
-def noise_rewards(completions: list[str], cycle: int, mean: float, noise: float, cfg: RewardConfig):
-    """(reward, status, family) per completion: the ladder for static failures, seeded noise for the rest."""
+def drawn_rewards(completions: list[str], cycle: int, mean_of: Callable[[str], float], spread: float, cfg):
+    """(reward, status, family) per completion: the ladder for static failures; for the rest a draw from
+    N(mean_of(family), spread) clipped to [-1, 1], seeded by (cycle, index) so every configuration sees the same."""
     out = []
     for index, completion in enumerate(completions):
         family, error = checked(completion)
         if error is not None:
             out.append((shape_reward(error.error_class, cfg), error.error_class.value, None))
             continue
-        draw = np.random.default_rng([cycle, index]).normal(mean, noise) if noise > 0 else mean
+        draw = np.random.default_rng([cycle, index]).normal(mean_of(family), spread)
         out.append((float(np.clip(draw, -1.0, 1.0)), "ok", family))
     return out
 
@@ -149,24 +151,14 @@ class NightFamilies:
             spread=float(np.sqrt((within**2).mean())),
         )
 
+    def mean_of(self, family: str) -> float:
+        """The night's mean reward of a family (of the whole night for one it never wrote)."""
+        return self.reward.get(family, self.mean)
+
     def mix(self, families: list[str]) -> tuple[float, float]:
         """The expected reward and net Sharpe of a mix of model families (those the night wrote)."""
         known = [f for f in families if f in self.reward]
         return statistics.fmean(self.reward[f] for f in known), statistics.fmean(self.sharpe[f] for f in known)
-
-
-def night_family_rewards(completions: list[str], cycle: int, night: NightFamilies, cfg: RewardConfig):
-    """(reward, status, family) per completion: the ladder for static failures, a draw around the night's mean reward
-    of the completion's family for the rest."""
-    out = []
-    for index, completion in enumerate(completions):
-        family, error = checked(completion)
-        if error is not None:
-            out.append((shape_reward(error.error_class, cfg), error.error_class.value, None))
-            continue
-        draw = np.random.default_rng([cycle, index]).normal(night.reward.get(family, night.mean), night.spread)
-        out.append((float(np.clip(draw, -1.0, 1.0)), "ok", family))
-    return out
 
 
 def sandbox_rewards(completions: list[str], ref: EvaluationRef, cfg: RewardConfig, workers: int):
@@ -234,11 +226,11 @@ def main() -> None:
         generations = generator.generate([prompt] * args.batch, seed=args.seed * 1_000_003 + cycle)
         completions = [g.completion for g in generations]
         if args.reward == "noise":
-            scored = noise_rewards(completions, cycle, args.mean, args.noise, reward_cfg)
+            scored = drawn_rewards(completions, cycle, lambda _: args.mean, args.noise, reward_cfg)
         elif args.reward == "family":
             scored = family_rewards(completions, args.target, reward_cfg)
         elif night is not None:
-            scored = night_family_rewards(completions, cycle, night, reward_cfg)
+            scored = drawn_rewards(completions, cycle, night.mean_of, night.spread, reward_cfg)
         else:
             scored = sandbox_rewards(completions, ref, reward_cfg, args.workers)
         experiences = [
