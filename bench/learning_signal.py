@@ -26,6 +26,8 @@ import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 
+from sharpe_rl.buffer import ReplayBuffer
+from sharpe_rl.facts import load_comparison_sample
 from sharpe_rl.selection import agreement
 
 
@@ -36,9 +38,7 @@ def main() -> None:
     parser.add_argument("--min-family", type=int, default=5, help="completions a family needs to be compared")
     args = parser.parse_args()
 
-    night = pl.read_parquet(args.runs_dir / "buffer" / args.run).with_columns(
-        sharpe=pl.col("metrics").str.json_path_match("$.sharpe_net").cast(pl.Float64)
-    )
+    night = ReplayBuffer(args.runs_dir).frame(run=args.run).rename({"metric_sharpe_net": "sharpe"})
     valid = night.filter(pl.col("error_class").is_null() & pl.col("sharpe").is_not_null())
     slope, _ = np.polyfit(valid["sharpe"].to_numpy(), valid["reward"].to_numpy(), 1)
     mean, spread = valid["reward"].mean(), valid["reward"].std()
@@ -49,9 +49,10 @@ def main() -> None:
         gap = mean - rung
         print(f"  a failure at {rung:+.2f} ({count}): {gap:.2f} below the valid mean = {gap / slope:.1f} net Sharpe")
 
-    sample = pl.read_parquet(args.runs_dir / "evaluations" / f"{args.run}.parquet").filter(
-        (pl.col("status") == "ok") & pl.col("holdout_sharpe_net").is_not_null()
-    )
+    sample = load_comparison_sample(args.runs_dir, args.run)
+    if sample is None:
+        raise SystemExit(f"no evaluate-policy sample of {args.run} in {args.runs_dir}: run sharpe-rl evaluate-policy")
+    sample = sample.filter((pl.col("status") == "ok") & pl.col("holdout_sharpe_net").is_not_null())
     distinct = sample.unique("completion", keep="first", maintain_order=True)  # a completion both policies wrote
     print(f"\nthe evaluate-policy sample: {sample.height} completions ran on both windows, {distinct.height} distinct")
     policies = [(policy, sample.filter(pl.col("policy") == policy)) for policy in ("base", "final")]
