@@ -16,14 +16,15 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
 - ``--reward family``: a signal that is there to learn: an experiment that passes the checks earns 1
   when its model family (as the post-mortem reads it) is `--target`, 0 otherwise (the ladder for
   the rest). How fast the target's share grows says how much an update moves the policy.
-- ``--reward families --night BUFFER``: what a real night paid, by model family. An experiment that
-  passes the checks earns a draw from N(its family's mean reward, the spread within families),
-  both measured on the valid experiments of that night's replay buffer (e.g.
-  `runs/buffer/NAME`); a family the night never wrote earns the night's mean. The gaps between
-  families are as small as the real reward makes them, beside failures as costly, so this asks
-  whether an update moves the policy toward the families a real reward pays. With `--final`, it
-  also prints the family mix's expected reward and net Sharpe (the night's family means) for the
-  base and the final policy.
+- ``--reward families --night RUN [--runs-dir RUNS]``: what a real night paid, by model family. An
+  experiment that passes the checks earns a draw from N(its family's mean reward, the spread within
+  families), both measured on the valid experiments of that night's replay buffer; a family the
+  night never wrote earns the night's mean. The gaps between families are as small as the real
+  reward makes them, beside failures as costly, so this asks whether an update moves the policy
+  toward the families a real reward pays. `--within` scales the spread within families: at 0 each
+  family earns exactly its mean, what a reward that paid the choice without one experiment's luck
+  would pay. With `--final`, it also prints the family mix's expected reward and net Sharpe (the
+  night's family means) for the base and the final policy.
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -50,6 +51,7 @@ import numpy as np
 import polars as pl
 from transformers import AutoTokenizer
 
+from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.checks import check_completion
 from sharpe_rl.classify import classify
 from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig, SandboxConfig
@@ -136,19 +138,23 @@ class NightFamilies:
     spread: float
 
     @classmethod
-    def of(cls, buffer: Path) -> NightFamilies:
+    def of(cls, runs_dir: Path, run: str, within: float = 1.0) -> NightFamilies:
+        """Read run `run` of `runs_dir`'s replay buffer; `within` scales the spread within a family."""
         valid = (
-            pl.read_parquet(buffer)
+            ReplayBuffer(runs_dir)
+            .frame(run=run)
+            .rename({"metric_sharpe_net": "sharpe"})
             .filter(pl.col("error_class").is_null() & pl.col("model_family").is_not_null())
-            .with_columns(sharpe=pl.col("metrics").str.json_path_match("$.sharpe_net").cast(pl.Float64))
         )
+        if valid.is_empty():
+            raise SystemExit(f"run {run} has no valid experiments in {runs_dir}/buffer")
         by_family = valid.group_by("model_family").agg(pl.col("reward").mean(), pl.col("sharpe").mean())
-        within = valid.with_columns(pl.col("reward") - pl.col("reward").mean().over("model_family"))["reward"]
+        deviations = valid.with_columns(pl.col("reward") - pl.col("reward").mean().over("model_family"))["reward"]
         return cls(
             reward=dict(zip(by_family["model_family"], by_family["reward"], strict=True)),
             sharpe=dict(zip(by_family["model_family"], by_family["sharpe"], strict=True)),
             mean=float(valid["reward"].mean()),
-            spread=float(np.sqrt((within**2).mean())),
+            spread=within * float(np.sqrt((deviations**2).mean())),
         )
 
     def mean_of(self, family: str) -> float:
@@ -180,7 +186,14 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=4, help="PPOConfig.group_size (used by advantage=group)")
     parser.add_argument("--block", type=int, default=6, help="cycles per line of the summary")
     parser.add_argument("--reward", choices=("noise", "sandbox", "family", "families"), default="noise")
-    parser.add_argument("--night", type=Path, help="a real night's replay buffer (--reward families)")
+    parser.add_argument("--night", help="a real night's run name (--reward families)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="the runs folder of --night")
+    parser.add_argument(
+        "--within",
+        type=float,
+        default=1.0,
+        help="scales the spread of rewards within a family (--reward families); 0 pays each family its mean",
+    )
     parser.add_argument("--target", default="xgboost", help="the rewarded model family (--reward family)")
     parser.add_argument("--mean", type=float, default=-0.09, help="mean reward of a valid experiment (noise)")
     parser.add_argument("--noise", type=float, default=0.22, help="spread of a valid experiment's reward (noise)")
@@ -198,8 +211,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.reward == "families" and args.night is None:
-        parser.error("--reward families needs --night (a real night's replay buffer)")
-    night = NightFamilies.of(args.night) if args.reward == "families" else None
+        parser.error("--reward families needs --night (a real night's run in --runs-dir)")
+    night = NightFamilies.of(args.runs_dir, args.night, args.within) if args.reward == "families" else None
 
     ppo = ppo_settings(args.set, args.group_size)
     reward_cfg = RewardConfig()
