@@ -24,7 +24,10 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
   toward the families a real reward pays. `--within` scales the spread within families: at 0 each
   family earns exactly its mean, what a reward that paid the choice without one experiment's luck
   would pay. With `--final`, it also prints the family mix's expected reward and net Sharpe (the
-  night's family means) for the base and the final policy.
+  night's family means) for the base and the final policy (with any `--reward` when `--night` is given).
+
+With `--credit family` the update learns from each passing experiment's family mean so far in the run
+(`FamilyCredit`, shrunk by `--prior`) instead of its own reward; the reward printed is still its own.
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -44,7 +47,7 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +170,33 @@ class NightFamilies:
         return statistics.fmean(self.reward[f] for f in known), statistics.fmean(self.sharpe[f] for f in known)
 
 
+@dataclass
+class FamilyCredit:
+    """What the update learns from with `--credit family`: for an experiment that passed, the mean reward of its
+    model family so far in the run (this cycle's included), shrunk toward the mean of every experiment that passed
+    so far by `prior` pseudo-experiments; a failure keeps its rung. The reward itself (what is logged and paid) is
+    unchanged: this is a reward that pays a choice by the evidence of every experiment that made it, estimated as
+    the night goes, where `--within 0` is its limit (the night's own family means, known from the start)."""
+
+    prior: float
+    seen: dict[str, list[float]] = field(default_factory=dict)
+
+    def credited(self, scored: list[tuple[float, str, str | None]]) -> list[float]:
+        for reward, status, family in scored:
+            if status == "ok" and family is not None:
+                self.seen.setdefault(family, []).append(reward)
+        passed = [reward for rewards in self.seen.values() for reward in rewards]
+        overall = statistics.fmean(passed) if passed else 0.0
+        out = []
+        for reward, status, family in scored:
+            if status != "ok" or family is None:
+                out.append(reward)
+                continue
+            rewards = self.seen[family]
+            out.append((sum(rewards) + self.prior * overall) / (len(rewards) + self.prior))
+        return out
+
+
 def sandbox_rewards(completions: list[str], ref: EvaluationRef, cfg: RewardConfig, workers: int):
     with ThreadPoolExecutor(workers) as pool:
         outcomes = list(pool.map(lambda c: evaluate(c, ref), completions))
@@ -197,6 +227,13 @@ def main() -> None:
     parser.add_argument("--target", default="xgboost", help="the rewarded model family (--reward family)")
     parser.add_argument("--mean", type=float, default=-0.09, help="mean reward of a valid experiment (noise)")
     parser.add_argument("--noise", type=float, default=0.22, help="spread of a valid experiment's reward (noise)")
+    parser.add_argument(
+        "--credit",
+        choices=("own", "family"),
+        default="own",
+        help="what the update learns from: each experiment's own reward, or its family's so far (FamilyCredit)",
+    )
+    parser.add_argument("--prior", type=float, default=4.0, help="pseudo-experiments of the shrinkage (--credit)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PPOConfig setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="sandbox executions in parallel (sandbox)")
@@ -212,8 +249,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.reward == "families" and args.night is None:
         parser.error("--reward families needs --night (a real night's run in --runs-dir)")
-    night = NightFamilies.of(args.runs_dir, args.night, args.within) if args.reward == "families" else None
+    night = NightFamilies.of(args.runs_dir, args.night, args.within) if args.night else None
 
+    credit = FamilyCredit(args.prior) if args.credit == "family" else None
     ppo = ppo_settings(args.set, args.group_size)
     reward_cfg = RewardConfig()
     policy_cfg = PolicyConfig(model=args.policy)
@@ -230,7 +268,10 @@ def main() -> None:
         ref = EvaluationRef.of(args.data, EvalConfig(), SandboxConfig(workers=args.workers), cache, seed=args.seed)
 
     changed = {k: v for k, v in ppo.model_dump().items() if v != PPOConfig().model_dump()[k]}
-    print(f"PPO settings changed from the defaults: {changed or 'none'}; reward {args.reward}", flush=True)
+    print(
+        f"PPO settings changed from the defaults: {changed or 'none'}; reward {args.reward}; credit {args.credit}",
+        flush=True,
+    )
     final_seed = 999_999_937
     base = [g.completion for g in generator.generate([prompt] * args.final, seed=final_seed)] if args.final else []
     rows = []
@@ -242,15 +283,16 @@ def main() -> None:
             scored = drawn_rewards(completions, cycle, lambda _: args.mean, args.noise, reward_cfg)
         elif args.reward == "family":
             scored = family_rewards(completions, args.target, reward_cfg)
-        elif night is not None:
+        elif args.reward == "families":
             scored = drawn_rewards(completions, cycle, night.mean_of, night.spread, reward_cfg)
         else:
             scored = sandbox_rewards(completions, ref, reward_cfg, args.workers)
+        learned = credit.credited(scored) if credit is not None else [reward for reward, _, _ in scored]
         experiences = [
             Experience.from_generation(
                 g, run="bench", cycle=cycle, index=i, prompt_version="v5_rules", reward=reward, cache_key=None
             )
-            for i, (g, (reward, _, _)) in enumerate(zip(generations, scored, strict=True))
+            for i, (g, reward) in enumerate(zip(generations, learned, strict=True))
         ]
         stats = trainer.update(experiences)
         statuses = [status for _, status, _ in scored]
@@ -268,6 +310,8 @@ def main() -> None:
                 "kl_coef": stats.kl_coef,
                 "clip_fraction": stats.clip_fraction,
                 "grad_norm": stats.grad_norm,
+                "approx_kl": stats.approx_kl,
+                "steps": stats.steps,
                 "seconds": time.perf_counter() - started,
             }
         )
