@@ -148,7 +148,8 @@ def evaluate_policy(
     stdout.print(comparison_table(rows, f"{run}: base policy vs cycle {plan.final.cycle}, {n} completions each"))
     stdout.print(
         "difference = final − base, with its 95% paired bootstrap interval; an interval that contains 0 "
-        f"cannot be told from noise. Saved in {runs_dir / 'evaluations' / (run + '.json')}",
+        f"cannot be told from noise. Saved in {runs_dir / 'evaluations' / (run + '.json')}; the run's post-mortem "
+        f"says it in its headline: {runs_dir / 'reports' / run / 'report.html'} (also in its MLflow run)",
         soft_wrap=True,
     )
 

@@ -12,6 +12,7 @@ from sharpe_rl.config import TaskRunnerConfig
 from sharpe_rl.evaluate_policy import EVALUATION_SEED, MIN_SAMPLES, ComparisonPlan
 from tasks.evaluate_policy import compare_and_save, plan_comparison, sample_policy
 from tasks.execute import execute_experiment, execute_holdout
+from tasks.report import republish_report
 
 
 @flow(name="evaluate_policy", flow_run_name="evaluate {run}")
@@ -22,7 +23,8 @@ def evaluate_policy(
     runs_dir: Path = Path("runs"),
     task_runner: TaskRunnerConfig | None = None,
 ) -> list[dict]:
-    """Compare `n` completions of the base policy and of `run`'s latest checkpoint on the reward window and holdout.
+    """Compare `n` completions of the base policy and of `run`'s latest checkpoint on the reward window and holdout;
+    the run's post-mortem is rebuilt with the verdict in its headline.
 
     The executions run where the run's ran (its threads or its Dask cluster), or where `task_runner` says.
     """
@@ -30,7 +32,9 @@ def evaluate_policy(
     completions = sample_policy(plan, "base") + sample_policy(plan, "final")
     runner = task_runners.task_runner(task_runner or plan.task_runner, plan.evaluation.sandbox.workers)
     outcomes, holdouts = execute_samples.with_options(task_runner=runner)(plan, completions)
-    return compare_and_save(plan, completions, outcomes, holdouts)
+    rows = compare_and_save(plan, completions, outcomes, holdouts)
+    republish_report(plan.runs_dir, plan.run, plan.tracking_uri)  # its headline now says trained against base
+    return rows
 
 
 @flow(name="execute_samples", flow_run_name="execute {plan.run} samples")

@@ -87,6 +87,7 @@ class ComparisonPlan(BaseModel):
     prompt: str
     evaluation: EvaluationRef
     task_runner: TaskRunnerConfig  # where the executions run: the run's own setting
+    tracking_uri: str | None = None  # the run's MLflow store, where its post-mortem is attached again
     base: PolicyRef
     final: PolicyRef
 
@@ -114,6 +115,7 @@ def plan_comparison(runs_dir: Path, run: str, n: int = MIN_SAMPLES, seed: int = 
         prompt=policy.prompt,
         evaluation=evaluation,
         task_runner=policy.config.task_runner,
+        tracking_uri=policy.config.tracking_uri,
         base=policy.base,
         final=policy.latest,
     )

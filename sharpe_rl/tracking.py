@@ -187,6 +187,13 @@ class Tracker:
                 self.client.log_artifact(self.parent_run_id, str(path), folder)
         return self.parent_run_id
 
+    def attach(self, run: str) -> str | None:
+        """Log to the parent run `start` made for `run` (e.g. a later report of a finished run): its id, or None
+        when this store has none. Its status is left as it is."""
+        found = self._search(f"tags.`{_TAG_RUN}` = '{run}' and tags.`{_TAG_KIND}` = 'parent'")
+        self.parent_run_id = found[0].info.run_id if found else None
+        return self.parent_run_id
+
     def finish(self, failed: bool = False) -> None:
         """Mark the parent run FINISHED, or FAILED for a run that died (sent directly when the disk is full)."""
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)

@@ -1,6 +1,7 @@
 """Publishing what a run shows where the user already looks: Prefect artifacts (the post-mortem with a link to the
-MLflow run, its tables, the cycles done) and the MLflow parent run (the report's files); and the post-mortem the
-report flow writes on request (`write_report`).
+MLflow run, its tables, the cycles done) and the MLflow parent run (the report's files), during the run
+(`publish_report`) and again once `evaluate-policy` has measured its policy (`republish_report`); and the
+post-mortem the report flow writes on request (`write_report`).
 
 The artifacts are a view of files the run keeps anyway (the buffer, the report under `runs/reports/`), rebuilt
 whole each time: when the Prefect API does not answer, a post is skipped with a warning and the next one (a
@@ -25,6 +26,7 @@ from sharpe_rl.analysis.report import Report, build_report
 from sharpe_rl.holdout import report_frame
 from sharpe_rl.policy.checkpoint import Checkpoints
 from sharpe_rl.steps import RunRef
+from sharpe_rl.tracking import Tracker
 
 
 def artifact_key(*parts: str) -> str:
@@ -86,16 +88,42 @@ def _post(artifacts: list[Artifact], what: str) -> None:
         get_run_logger().warning("the Prefect API did not answer (%s): %s is updated with the next cycle", exc, what)
 
 
+def rebuilt_report(runs_dir: Path, run: str) -> Report:
+    """The run's post-mortem under `runs_dir/reports/<run>/`, rebuilt from the buffer, its holdout scores and
+    what `evaluate-policy` measured of it."""
+    return build_report(report_frame(runs_dir, run), runs_dir / "reports" / run, run=run, runs_dir=runs_dir)
+
+
 @task(cache_policy=NONE)
 def publish_report(run: RunRef) -> str:
-    """Rebuild the run's post-mortem from the buffer (and holdout scores), post it and the cycles done, attach it
-    to MLflow; returns the HTML report's path."""
-    runs_dir = run.config.runs_dir
-    out_dir = runs_dir / "reports" / run.name
-    report = build_report(report_frame(runs_dir, run.name), out_dir, run=run.name, runs_dir=runs_dir)
+    """Rebuild the run's post-mortem, post it and the cycles done, attach it to MLflow; returns the HTML report's
+    path."""
+    report = rebuilt_report(run.config.runs_dir, run.name)
     post_report(report, run.mlflow_url)
     post_progress(run)
-    run.tracker().log_artifacts(out_dir, "report")
+    run.tracker().log_artifacts(report.markdown_path.parent, "report")
+    return str(report.html_path)
+
+
+@task(cache_policy=NONE)
+def republish_report(runs_dir: Path, run: str, tracking_uri: str | None) -> str:
+    """Rebuild a run's post-mortem after something was measured of it later (`evaluate-policy`'s verdict goes in
+    its headline), post it, and attach it again to the run's MLflow parent run, where the user reads it; returns
+    the HTML report's path. Without that parent run (the store moved, or the server is down) the files under
+    `runs_dir/reports/` and the artifact are updated, with a warning."""
+    report = rebuilt_report(runs_dir, run)
+    tracker = Tracker(runs_dir, tracking_uri)
+    if tracker.reachable() and tracker.attach(run) is not None:
+        post_report(report, tracker.run_url)
+        tracker.log_artifacts(report.markdown_path.parent, "report")
+    else:
+        post_report(report)
+        get_run_logger().warning(
+            "MLflow at %s has no run %s: its post-mortem is updated in %s only",
+            tracker.tracking_uri,
+            run,
+            report.html_path,
+        )
     return str(report.html_path)
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _artifact_repos_cache
 from transformers import AutoTokenizer
 
 from sharpe_rl import steps as run_steps
@@ -84,6 +87,21 @@ def run_cycles(config: RunConfig, cycles: range | list[int] = range(1)) -> RunRe
     for index in cycles:
         policy = run_cycle(run, policy, index).policy
     return run
+
+
+def copy_runs(source: Path, target: Path) -> Path:
+    """A copy of a runs folder whose embedded MLflow store keeps its artifacts in the copy: the store records
+    absolute artifact locations, which would otherwise still point into `source` (and a test writing to the copy
+    would change the shared run's files)."""
+    shutil.copytree(source, target)
+    old, new = source.resolve().as_uri(), target.resolve().as_uri()
+    with sqlite3.connect(target / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    db.close()
+    # MLflow remembers where a run's artifacts live by run id, for the whole process: the copy's ids are the same
+    _artifact_repos_cache.clear()
+    return target
 
 
 def mlflow_client(runs_dir: Path, tracking_uri: str | None = None) -> MlflowClient:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from peft import LoraConfig
 from pipeline_fixtures import (
     RAISES,
     children,
+    copy_runs,
     make_config,
     mlflow_client,
     parent_run,
@@ -245,7 +245,7 @@ def test_reset_waits_for_a_confirmation_and_archives_nothing_without_one(referen
     from flows.reset import reset
 
     runs = tmp_path / "runs"
-    shutil.copytree(reference_run.runs_dir, runs)
+    copy_runs(reference_run.runs_dir, runs)
     paused: list = []
     answer_the_reset(archive=False, paused=paused)
     assert reset(runs) == {}
@@ -264,7 +264,7 @@ def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_bas
     from flows.reset import reset
 
     runs = tmp_path / "runs"
-    shutil.copytree(reference_run.runs_dir, runs)
+    copy_runs(reference_run.runs_dir, runs)
     paused: list = []
     answer_the_reset(archive=True, paused=paused)
     archived = reset(runs)
@@ -283,7 +283,7 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
     from sharpe_rl.facts import load_comparison
 
     runs = tmp_path / "runs"
-    shutil.copytree(reference_run.runs_dir, runs)
+    copy_runs(reference_run.runs_dir, runs)
     honest = spec_completion("logistic", HONEST_FEATURES, LOGISTIC)
     forest = spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"])
     written = {"base": [honest] * 48 + ["I would try LightGBM."] * 16, "final": [honest] * 56 + [forest] * 8}
@@ -302,6 +302,14 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
     assert stored["checkpoint_cycle"] == 3 and stored["n"] == 64 and len(stored["comparison"]) == 8
     samples = pl.read_parquet(runs / "evaluations" / "e2e.parquet")
     assert samples.height == 128 and samples.filter(pl.col("status") == "json_parse").height == 16
+
+    # the post-mortem, where the user reads it (the run's folder and its MLflow run), now gives the verdict
+    verdict = "The trained policy (cycle 3) is "
+    assert verdict in (runs / "reports" / "e2e" / "report.md").read_text()
+    client = mlflow_client(runs)
+    stored = client.download_artifacts(parent_run(client, "e2e").info.run_id, "report/report.md", str(tmp_path))
+    assert verdict in Path(stored).read_text() and "not measured yet" not in Path(stored).read_text()
+    assert not (reference_run.runs_dir / "evaluations").exists()  # the shared run's files are untouched
 
 
 # ---- retries: infrastructure faults only ----

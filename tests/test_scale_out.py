@@ -19,7 +19,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from pipeline_fixtures import RAISES, children, make_config, run_cycles, scripted, spec_completion
+from pipeline_fixtures import RAISES, children, copy_runs, make_config, run_cycles, scripted, spec_completion
 from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
 from service_fixtures import DaskCluster
 
@@ -102,7 +102,7 @@ def test_evaluate_policy_executes_where_its_run_executed(reference_run, dask_clu
     from flows.evaluate_policy import evaluate_policy
 
     runs = tmp_path / "runs"
-    shutil.copytree(reference_run.runs_dir, runs)
+    copy_runs(reference_run.runs_dir, runs)
     saved = run_config_path(runs, "e2e")
     config = RunConfig.model_validate_json(saved.read_text())
     saved.write_text(config.model_copy(update=on_dask(dask_cluster.address)).model_dump_json())

@@ -154,6 +154,21 @@ def test_a_run_started_afresh_under_an_old_name_gets_a_new_parent(tracker, tmp_p
     assert len(children(again)) == 1 and len(children(tracker)) == 1
 
 
+def test_a_finished_run_takes_a_later_report_and_keeps_its_status(tracker, tmp_path):
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("trained against base: measured")
+    tracker.finish()
+
+    later = Tracker(tmp_path / "runs")  # e.g. evaluate-policy, another process, days later
+    assert later.attach("night-1") == tracker.parent_run_id and later.attach("night-2") is None
+    later.attach("night-1")
+    later.log_artifacts(tmp_path / "report", "report")
+
+    stored = later.client.download_artifacts(tracker.parent_run_id, "report/report.md", str(tmp_path / "got"))
+    assert Path(stored).read_text() == "trained against base: measured"
+    assert later.client.get_run(tracker.parent_run_id).info.status == "FINISHED"
+
+
 # ---- one experiment's record never fails a cycle's logging ----
 
 
