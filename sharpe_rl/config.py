@@ -258,6 +258,16 @@ class PPOConfig(_Settings):
         "update sees the order of what the reward pays, not its scale; every step between neighbours weighs the same, "
         "so a failure's gap no longer drowns the gaps among valid experiments.",
     )
+    credit: Literal["own", "family"] = Field(
+        "own",
+        description="What the update learns from for an experiment that ran: its own reward, or the mean reward of "
+        "its model family in the run so far (this cycle included, shrunk toward the mean of all by credit_prior "
+        "pseudo-experiments): the choice paid by the evidence of every experiment that made it, not by one "
+        "experiment's luck. Failures keep their own reward. What is logged and reported is the reward either way.",
+    )
+    credit_prior: float = Field(
+        4.0, ge=0, description="Pseudo-experiments at the run's mean that a family's credit is shrunk with."
+    )
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."
     )

@@ -61,6 +61,7 @@ from sharpe_rl.archive import EliteArchive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.classify import classify
 from sharpe_rl.config import RunConfig
+from sharpe_rl.credit import family_credit
 from sharpe_rl.data.atomic import write_bytes_atomic
 from sharpe_rl.data.card import card_path
 from sharpe_rl.diversity import diversity_rewards
@@ -159,6 +160,7 @@ class Scored:
     cycle: int
     experiences: list[Experience]
     seconds: float
+    learned: list[float] | None = None  # what the update learns from when not the rewards (`PPOConfig.credit`)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,8 @@ def score(run: RunRef, batch: Batch, executions: Executions, history: History) -
 
     Every DSR is deflated by the run's trials so far (earlier cycles and this batch); the reward
     also is when `RewardConfig.luck_correction` says so; then the diversity terms (novelty bonus,
-    copy penalty) count the earlier cycles' visits and programs, when their weights are not 0.
+    copy penalty) count the earlier cycles' visits and programs, when their weights are not 0. With
+    `PPOConfig.credit` "family", the update learns from each family's evidence so far (`credit.family_credit`).
     """
     started = time.perf_counter()
     _check_history(run, batch.cycle, history)
@@ -331,7 +334,11 @@ def score(run: RunRef, batch: Batch, executions: Executions, history: History) -
     if reward_cfg.novelty_weight or reward_cfg.copy_penalty:  # both 0: the terms change nothing, skip the classifier
         rewards = diversity_rewards(experiences, history.visits(), reward_cfg)
         experiences = [e.model_copy(update={"reward": r}) for e, r in zip(experiences, rewards, strict=True)]
-    return Scored(cycle=batch.cycle, experiences=experiences, seconds=time.perf_counter() - started)
+    ppo = run.config.ppo
+    learned = (
+        family_credit(history.through(experiences), experiences, ppo.credit_prior) if ppo.credit == "family" else None
+    )
+    return Scored(cycle=batch.cycle, experiences=experiences, seconds=time.perf_counter() - started, learned=learned)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def log_cycle(run: RunRef, batch: Batch, executions: Executions, scored: Scored,
 
 @task(cache_policy=NONE, task_run_name="update (cycle {cycle})")
 def update_policy(policy: PolicyRef, cycle: int, scored: Scored) -> Update:
-    return learner.update(policy, cycle, scored.experiences)
+    return learner.update(policy, cycle, scored.experiences, scored.learned)
 
 
 @task(cache_policy=NONE, **_logging_retries)

@@ -399,6 +399,22 @@ def test_a_cycle_of_already_executed_specs_starts_no_container(run_config, monke
 # ---- the vLLM backend follows the policy through the adapters the run saves ----
 
 
+def test_the_update_step_learns_from_what_scoring_credited(monkeypatch):
+    from sharpe_rl.steps import Scored
+    from tasks.cycle import update_policy
+
+    calls = []
+    monkeypatch.setattr(learner, "update", lambda policy, cycle, experiences, rewards=None: calls.append(rewards))
+    experiences = [
+        Experience.from_generation(
+            Generation("p", "c", [1], [2], [0.0]), run="r", cycle=0, index=0, prompt_version="v5_rules", reward=0.8
+        )
+    ]
+    update_policy.fn(None, 0, Scored(cycle=0, experiences=experiences, seconds=0.0, learned=[0.27]))
+    update_policy.fn(None, 0, Scored(cycle=0, experiences=experiences, seconds=0.0))
+    assert calls == [[0.27], None]
+
+
 class RecordingVLLM:
     """Stands in for VLLMGenerator (vLLM needs a GPU): samples the base model, records the adapters it is given."""
 

@@ -246,6 +246,28 @@ def test_with_reward_ranks_an_update_depends_on_the_rewards_order_not_their_scal
     assert not same(updated(batch, ranks=False), updated(spread, ranks=False))
 
 
+def test_the_update_learns_from_the_rewards_it_is_given_in_place_of_the_experiences_own(base):
+    # PPOConfig.credit: the pipeline hands over what to learn from (a family's evidence); the experiences keep
+    # their own reward, which is what is logged.
+    batch = [REWARDED, PUNISHED]
+    credited = [-0.2, 0.4]
+
+    def updated(experiences, rewards=None):
+        policy = tiny_policy(base)
+        PPOTrainer(policy, PPOConfig(learning_rate=1e-2)).update(experiences, rewards)
+        return adapter_state(policy)
+
+    given = updated(batch, credited)
+    as_if_earned = updated([e.model_copy(update={"reward": r}) for e, r in zip(batch, credited, strict=True)])
+    own = updated(batch)
+    assert all(torch.allclose(given[name], as_if_earned[name]) for name in given)
+    assert not all(torch.allclose(given[name], own[name]) for name in given)
+    with pytest.raises(ValueError, match="1 rewards to learn from for 2 experiences"):
+        PPOTrainer(tiny_policy(base), PPOConfig()).update(batch, [0.1])
+    with pytest.raises(ValueError, match="not finite"):
+        PPOTrainer(tiny_policy(base), PPOConfig()).update(batch, [0.1, float("nan")])
+
+
 def test_an_update_stops_once_the_policy_has_moved_max_approx_kl_from_the_sampler(base):
     moving = PPOConfig(learning_rate=5e-2, minibatch_size=1, epochs=4)
     free = PPOTrainer(tiny_policy(base), moving.model_copy(update={"max_approx_kl": None})).update([REWARDED, PUNISHED])

@@ -181,6 +181,27 @@ def test_with_the_default_weights_the_diversity_terms_change_nothing(run):
     assert rewards(experiences) == pytest.approx([0.3, 0.3])
 
 
+# -- what the update learns from (PPOConfig.credit) -------------------------------------------------
+
+
+def test_with_family_credit_the_update_learns_each_familys_evidence_and_the_reward_stays_its_own(
+    tmp_path, pipeline_dataset
+):
+    run = make_run(tmp_path / "runs", pipeline_dataset, ppo=PPOConfig(credit="family", credit_prior=2.0))
+    score_and_store(run, 0, [ran(spec(n=i), 0.3 * i) for i in range(4)])  # lightgbm earned 0, 0.1, 0.2, 0.3
+    probe = [ran(spec(n=9), 2.4), ran(spec(CALENDAR, LOGISTIC, 1), 0.3), failed()]
+    scored = steps.score(run, *batch(1, probe), past(run, 1))
+
+    penalty = RewardConfig().penalty_format
+    assert rewards(scored.experiences) == pytest.approx([0.8, 0.1, penalty])  # what is logged and paid
+    # the run so far: lightgbm 0, 0.1, 0.2, 0.3, 0.8 (sum 1.4), logistic 0.1; the mean of all that ran 0.25
+    lightgbm, logistic = (1.4 + 2 * 0.25) / (5 + 2), (0.1 + 2 * 0.25) / (1 + 2)
+    assert scored.learned == pytest.approx([lightgbm, logistic, penalty])  # a lucky draw is one of five
+    own = make_run(tmp_path / "own", pipeline_dataset)
+    score_and_store(own, 0, [ran(spec(n=i), 0.3 * i) for i in range(4)])
+    assert steps.score(own, *batch(1, probe), past(own, 1)).learned is None  # the update takes the rewards
+
+
 def test_a_resumed_cycle_scores_exactly_as_its_first_attempt(tmp_path, pipeline_dataset):
     options = RewardConfig(luck_correction="deflated", novelty_weight=0.3, copy_penalty=0.5)
     run = make_run(tmp_path / "runs", pipeline_dataset, reward=options)

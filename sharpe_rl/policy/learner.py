@@ -79,11 +79,14 @@ def generate(policy: PolicyRef, prompts: Sequence[str], *, cycle: int, seed: int
     return Batch(cycle=cycle, generations=generations, seconds=time.perf_counter() - started)
 
 
-def update(policy: PolicyRef, cycle: int, experiences: Sequence[Experience]) -> Update:
-    """One PPO step from `policy` on the scored batch of `cycle`, committed by its checkpoint."""
+def update(
+    policy: PolicyRef, cycle: int, experiences: Sequence[Experience], rewards: Sequence[float] | None = None
+) -> Update:
+    """One PPO step from `policy` on the scored batch of `cycle`, committed by its checkpoint; it learns from
+    `rewards` when given (`PPOConfig.credit`), else from the experiences' own."""
     started = time.perf_counter()
     with _loaded(policy) as loaded:
-        stats = loaded.trainer.update(experiences)
+        stats = loaded.trainer.update(experiences, rewards)
         loaded.checkpoints.save(loaded.trainer, cycle)
         loaded.arrived(policy.after(cycle))
     return Update(policy=policy.after(cycle), stats=asdict(stats), seconds=time.perf_counter() - started)

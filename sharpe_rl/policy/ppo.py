@@ -45,6 +45,10 @@ Decisions the algorithm leaves open:
   in the flat part: on a 4h night its valid rewards moved 0.042 per unit of net Sharpe, while a
   failure sat 0.78 below their mean (docs/learning.md, "Why the update hardly moves"). On values,
   any batch with a failure spends its step on that failure and barely ranks the rest.
+- **Credit** (`credit`, "own" by default): with "family" the pipeline hands the update, for each experiment
+  that ran, its model family's mean reward in the run so far (`sharpe_rl.credit.family_credit`) in place of its
+  own, because one experiment's result barely carries over to the holdout while the family does. The
+  update takes any such `rewards` beside the experiences; the experiences' rewards stay what is logged.
 - Losses are means over all completion tokens of the minibatch (long completions weigh more).
 - **Clip-higher** (`clip_coef_high`, DAPO, Yu et al. 2025): the ratio is clipped to
   [1 - clip_coef, 1 + clip_coef_high]. The upper clip binds on unlikely tokens (at 0.2, a token
@@ -187,12 +191,15 @@ class PPOTrainer:
         self.kl_controller.value = float(state["kl_coef"])
         self.generator.set_state(state["generator"])
 
-    def update(self, experiences: Sequence[Experience]) -> PPOStats:
-        """One PPO update (epochs x minibatches) on a scored batch; returns its stats."""
+    def update(self, experiences: Sequence[Experience], rewards: Sequence[float] | None = None) -> PPOStats:
+        """One PPO update (epochs x minibatches) on a scored batch, learning from `rewards` in place of the
+        experiences' own when given; returns its stats."""
         cfg, policy = self.cfg, self.policy
         _validate(experiences, cfg)
+        if rewards is not None and (len(rewards) != len(experiences) or not all(map(math.isfinite, rewards))):
+            raise ValueError(f"{len(rewards)} rewards to learn from for {len(experiences)} experiences, or not finite")
         policy.eval()
-        batch = collate(experiences, policy.pad_token_id, policy.device)
+        batch = collate(experiences, policy.pad_token_id, policy.device, rewards)
         mask = batch.completion_mask
 
         old_logprobs, ref_logprobs, old_values, old_entropy = rollout_scores(policy, batch, cfg.minibatch_size)
@@ -272,8 +279,14 @@ class PPOTrainer:
 # -- phases ---------------------------------------------------------------------------------
 
 
-def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.device) -> TokenBatch:
-    """Right-pad prompt+completion rows; completion-aligned tensors start at the first completion token."""
+def collate(
+    experiences: Sequence[Experience],
+    pad_token_id: int,
+    device: torch.device,
+    rewards: Sequence[float] | None = None,
+) -> TokenBatch:
+    """Right-pad prompt+completion rows; completion-aligned tensors start at the first completion token. The
+    terminal rewards are `rewards` when given, else the experiences' own."""
     lengths = [len(e.prompt_token_ids) + len(e.completion_token_ids) for e in experiences]
     completion_lengths = [len(e.completion_token_ids) for e in experiences]
     size, length, completion_length = len(experiences), max(lengths), max(completion_lengths)
@@ -299,7 +312,9 @@ def collate(experiences: Sequence[Experience], pad_token_id: int, device: torch.
         completion_ids=completion_ids.to(device),
         completion_mask=completion_mask.to(device),
         generation_logprobs=generation_logprobs.to(device),
-        rewards=torch.tensor([e.reward for e in experiences], dtype=torch.float32, device=device),
+        rewards=torch.tensor(
+            [e.reward for e in experiences] if rewards is None else list(rewards), dtype=torch.float32, device=device
+        ),
         lengths=torch.tensor(lengths, device=device),
         completion_lengths=completion_lengths_t.to(device),
     )
