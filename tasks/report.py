@@ -119,7 +119,7 @@ def republish_report(runs_dir: Path, run: str, tracking_uri: str | None) -> str:
     else:
         post_report(report)
         get_run_logger().warning(
-            "MLflow at %s has no run %s: its post-mortem is updated in %s only",
+            "MLflow at %s does not answer, or has no run %s: its post-mortem is updated in %s only",
             tracker.tracking_uri,
             run,
             report.html_path,
