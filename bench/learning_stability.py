@@ -27,7 +27,8 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
   night's family means) for the base and the final policy (with any `--reward` when `--night` is given).
 
 With `--credit family` the update learns from each passing experiment's family mean so far in the run
-(`FamilyCredit`, shrunk by `--prior`) instead of its own reward; the reward printed is still its own.
+(`sharpe_rl.credit.family_credit`, as `PPOConfig.credit` does in the pipeline, shrunk by `--prior`) instead
+of its own reward; the reward printed is still its own.
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -47,17 +48,18 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from transformers import AutoTokenizer
 
-from sharpe_rl.buffer import ReplayBuffer
+from sharpe_rl.buffer import ReplayBuffer, experiences_frame
 from sharpe_rl.checks import check_completion
 from sharpe_rl.classify import classify
 from sharpe_rl.config import EvalConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig, SandboxConfig
+from sharpe_rl.credit import family_credit
 from sharpe_rl.data.panel import detect_interval, load_panel
 from sharpe_rl.evaluation import EvaluationRef, evaluate, load_evaluation
 from sharpe_rl.experience import Experience
@@ -65,7 +67,7 @@ from sharpe_rl.policy.generation import make_generator
 from sharpe_rl.policy.model import load_policy
 from sharpe_rl.policy.ppo import PPOTrainer
 from sharpe_rl.policy.prompts import run_prompt
-from sharpe_rl.sandbox.contract import OHLCV_COLUMNS
+from sharpe_rl.sandbox.contract import OHLCV_COLUMNS, ErrorClass
 from sharpe_rl.scoring import shape_reward
 from sharpe_rl.spec import SpecError
 
@@ -170,33 +172,6 @@ class NightFamilies:
         return statistics.fmean(self.reward[f] for f in known), statistics.fmean(self.sharpe[f] for f in known)
 
 
-@dataclass
-class FamilyCredit:
-    """What the update learns from with `--credit family`: for an experiment that passed, the mean reward of its
-    model family so far in the run (this cycle's included), shrunk toward the mean of every experiment that passed
-    so far by `prior` pseudo-experiments; a failure keeps its rung. The reward itself (what is logged and paid) is
-    unchanged: this is a reward that pays a choice by the evidence of every experiment that made it, estimated as
-    the night goes, where `--within 0` is its limit (the night's own family means, known from the start)."""
-
-    prior: float
-    seen: dict[str, list[float]] = field(default_factory=dict)
-
-    def credited(self, scored: list[tuple[float, str, str | None]]) -> list[float]:
-        for reward, status, family in scored:
-            if status == "ok" and family is not None:
-                self.seen.setdefault(family, []).append(reward)
-        passed = [reward for rewards in self.seen.values() for reward in rewards]
-        overall = statistics.fmean(passed) if passed else 0.0
-        out = []
-        for reward, status, family in scored:
-            if status != "ok" or family is None:
-                out.append(reward)
-                continue
-            rewards = self.seen[family]
-            out.append((sum(rewards) + self.prior * overall) / (len(rewards) + self.prior))
-        return out
-
-
 def sandbox_rewards(completions: list[str], ref: EvaluationRef, cfg: RewardConfig, workers: int):
     with ThreadPoolExecutor(workers) as pool:
         outcomes = list(pool.map(lambda c: evaluate(c, ref), completions))
@@ -231,7 +206,7 @@ def main() -> None:
         "--credit",
         choices=("own", "family"),
         default="own",
-        help="what the update learns from: each experiment's own reward, or its family's so far (FamilyCredit)",
+        help="what the update learns from: each experiment's own reward, or its family's so far (family_credit)",
     )
     parser.add_argument("--prior", type=float, default=4.0, help="pseudo-experiments of the shrinkage (--credit)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PPOConfig setting")
@@ -251,7 +226,6 @@ def main() -> None:
         parser.error("--reward families needs --night (a real night's run in --runs-dir)")
     night = NightFamilies.of(args.runs_dir, args.night, args.within) if args.night else None
 
-    credit = FamilyCredit(args.prior) if args.credit == "family" else None
     ppo = ppo_settings(args.set, args.group_size)
     reward_cfg = RewardConfig()
     policy_cfg = PolicyConfig(model=args.policy)
@@ -274,7 +248,7 @@ def main() -> None:
     )
     final_seed = 999_999_937
     base = [g.completion for g in generator.generate([prompt] * args.final, seed=final_seed)] if args.final else []
-    rows = []
+    rows, run_so_far = [], []
     for cycle in range(args.cycles):
         started = time.perf_counter()
         generations = generator.generate([prompt] * args.batch, seed=args.seed * 1_000_003 + cycle)
@@ -287,14 +261,17 @@ def main() -> None:
             scored = drawn_rewards(completions, cycle, night.mean_of, night.spread, reward_cfg)
         else:
             scored = sandbox_rewards(completions, ref, reward_cfg, args.workers)
-        learned = credit.credited(scored) if credit is not None else [reward for reward, _, _ in scored]
         experiences = [
             Experience.from_generation(
                 g, run="bench", cycle=cycle, index=i, prompt_version="v5_rules", reward=reward, cache_key=None
-            )
-            for i, (g, reward) in enumerate(zip(generations, learned, strict=True))
+            ).model_copy(update={"model_family": family, "error_class": None if status == "ok" else ErrorClass(status)})
+            for i, (g, (reward, status, family)) in enumerate(zip(generations, scored, strict=True))
         ]
-        stats = trainer.update(experiences)
+        learned = None
+        if args.credit == "family":
+            run_so_far += experiences
+            learned = family_credit(experiences_frame(run_so_far), experiences, args.prior)
+        stats = trainer.update(experiences, learned)
         statuses = [status for _, status, _ in scored]
         rows.append(
             {
