@@ -195,9 +195,7 @@ class PPOTrainer:
         """One PPO update (epochs x minibatches) on a scored batch, learning from `rewards` in place of the
         experiences' own when given; returns its stats."""
         cfg, policy = self.cfg, self.policy
-        _validate(experiences, cfg)
-        if rewards is not None and (len(rewards) != len(experiences) or not all(map(math.isfinite, rewards))):
-            raise ValueError(f"{len(rewards)} rewards to learn from for {len(experiences)} experiences, or not finite")
+        _validate(experiences, cfg, rewards)
         policy.eval()
         batch = collate(experiences, policy.pad_token_id, policy.device, rewards)
         mask = batch.completion_mask
@@ -551,9 +549,11 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, 0.0).sum() / mask.sum()
 
 
-def _validate(experiences: Sequence[Experience], cfg: PPOConfig) -> None:
+def _validate(experiences: Sequence[Experience], cfg: PPOConfig, rewards: Sequence[float] | None = None) -> None:
     if not experiences:
         raise ValueError("PPO update needs at least one scored experience")
+    if rewards is not None and (len(rewards) != len(experiences) or not all(map(math.isfinite, rewards))):
+        raise ValueError(f"{len(rewards)} rewards to learn from for {len(experiences)} experiences, or not finite")
     for e in experiences:
         where = f"experience {e.run}/{e.cycle}/{e.index}"
         if not e.prompt_token_ids or not e.completion_token_ids:
