@@ -21,7 +21,9 @@ within each seed (a seed's pairs share its night):
 parse), e.g. `--ppo learning_rate=5e-4 --ppo epochs=4`.
 
 Resumable: a seed whose night finished is not run again, a seed whose comparison is stored is not
-compared again.
+compared again (nor its night looked for: a seed's `evaluations/learning-seedN.parquet` and its facts,
+`holdout/learning-seedN.facts.json`, are all the pooling reads, so seeds run apart, each in its own
+`--runs-dir`, pool when those files are copied into one).
 
 A night takes an hour or more: run it from a detached worktree of the commit under test (`git
 worktree add --detach ../night HEAD`, then `PYTHONPATH=../night` with the venv's Python), so that
@@ -72,10 +74,10 @@ def main() -> None:
     samples = []
     for seed in args.seeds:
         name = f"learning-seed{seed}"
-        if Checkpoints(args.runs_dir, name).latest_cycle() != args.cycles - 1:
-            night(name, seed, data, ppo, args)
         stored = args.runs_dir / "evaluations" / f"{name}.parquet"
         if not stored.is_file():
+            if Checkpoints(args.runs_dir, name).latest_cycle() != args.cycles - 1:
+                night(name, seed, data, ppo, args)
             cli("evaluate-policy", name, "--n", args.n, "--runs-dir", args.runs_dir)
         facts = load_facts(args.runs_dir, name)
         sigma = facts.noskill.sigma if facts else float("nan")
