@@ -146,6 +146,19 @@ def test_family_usage_is_share_of_parsed(analysis):
     assert analysis.family_usage["model_family"][0] == "lightgbm"  # most used first
 
 
+def test_family_table_says_what_the_reward_paid_each_family_among_what_ran(analysis):
+    """What an update with family credit learns from: each family's mean reward over its experiments that ran,
+    failures not counted (they keep their own rung of the penalty ladder)."""
+    by_family = {row["model_family"]: row for row in analysis.family_usage.to_dicts()}
+    assert by_family["lightgbm"]["ran"] == 4  # 5 parsed, one missing_column
+    assert by_family["lightgbm"]["reward_mean"] == pytest.approx((0.2 + 0.2 + 0.2 + 0.6) / 4)
+    assert by_family["lightgbm"]["sharpe_mean"] == pytest.approx((0.6 + 0.6 + 0.6 + 1.8) / 4)
+    assert by_family["sklearn/linear"]["ran"] == 1
+    assert by_family["sklearn/linear"]["reward_mean"] == pytest.approx(0.3)
+    assert by_family["unknown"]["ran"] == 0
+    assert by_family["unknown"]["reward_mean"] is None
+
+
 def test_family_share_per_cycle(analysis):
     for cycle in range(3):
         parsed = [r for r in ROWS if r[0] == cycle and r[2] is not None]

@@ -58,6 +58,13 @@ def test_model_family_table_matches_the_specs(committed, buffer):
     families = Counter(classify_spec_json(s).model_family for s in buffer["spec_json"].drop_nulls())
     rows = table(committed, "Model families")
     assert {row["model family"]: int(row["experiments"]) for row in rows} == dict(families)
+    ran = buffer.filter(pl.col("error_class").is_null())
+    paid: dict[str, list[float]] = {}
+    for spec_json, reward in ran.select("spec_json", "reward").iter_rows():
+        paid.setdefault(classify_spec_json(spec_json).model_family, []).append(reward)
+    for row in rows:  # what the reward paid each family, among what ran
+        assert int(row["ran"]) == len(paid.get(row["model family"], []))
+        assert float(row["mean reward (ran)"]) == pytest.approx(statistics.fmean(paid[row["model family"]]), abs=5e-4)
 
 
 def test_reward_per_cycle_matches_the_buffer(committed, buffer):

@@ -297,12 +297,20 @@ def _sections(
             "What models is it trying?",
             "Model family of what `make_model()` returns, read from the code's syntax tree (aliases, "
             "pipelines, wrappers and user classes followed), as a share of the experiments whose spec "
-            "parsed. `unknown`: no `make_model` could be read (syntax error or missing).",
+            "parsed. `unknown`: no `make_model` could be read (syntax error or missing). Of each family's "
+            "experiments that ran: how many, their mean reward (what the reward paid the family; an update "
+            'with `credit` "family" learns from it, shrunk toward the run\'s mean) and their mean in-sample '
+            "net Sharpe.",
             (
                 _table(
                     "family_usage",
                     "Model families",
-                    _share_columns("model_family", "model family"),
+                    (
+                        *_share_columns("model_family", "model family"),
+                        Column("ran", "ran", "int"),
+                        Column("reward_mean", "mean reward (ran)", "num"),
+                        Column("sharpe_mean", "mean net Sharpe (ran)", "num"),
+                    ),
                     a.family_usage,
                     True,
                 ),

@@ -90,11 +90,19 @@ def annotate(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def family_usage(annotated: pl.DataFrame) -> pl.DataFrame:
-    """model_family, experiments, pct (of parsed experiments), most used first."""
+    """model_family, experiments, pct (of parsed experiments), most used first; and of the family's experiments
+    that ran: `ran`, `reward_mean` (what the reward paid the family: what an update with `credit` "family"
+    learns from, before its shrinkage) and `sharpe_mean` (in-sample net Sharpe), null when none ran."""
     parsed = annotated.filter(pl.col("parsed"))
+    ran = pl.col("status") == "ok"
     return (
         parsed.group_by("model_family")
-        .agg(experiments=pl.len())
+        .agg(
+            experiments=pl.len(),
+            ran=ran.sum().cast(pl.Int64),
+            reward_mean=pl.col("reward").filter(ran).mean(),
+            sharpe_mean=pl.col(SHARPE).filter(ran).mean(),
+        )
         .with_columns(pct=100 * pl.col("experiments") / parsed.height)
         .sort(["experiments", "model_family"], descending=[True, False])
     )
