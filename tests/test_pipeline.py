@@ -12,6 +12,7 @@ The resume test kills a real `sharpe-rl run` process mid-cycle and restarts it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -310,6 +311,29 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
     stored = client.download_artifacts(parent_run(client, "e2e").info.run_id, "report/report.md", str(tmp_path))
     assert verdict in Path(stored).read_text() and "not measured yet" not in Path(stored).read_text()
     assert not (reference_run.runs_dir / "evaluations").exists()  # the shared run's files are untouched
+
+
+def test_republishing_where_mlflow_has_no_such_run_updates_the_files_and_says_so(reference_run, tmp_path, caplog):
+    """evaluate-policy's last step, when the run's MLflow store moved: the post-mortem under the runs
+    folder is rebuilt all the same, and the user is told where it is rather than the step failing."""
+    from prefect import flow
+
+    from tasks.report import republish_report
+
+    runs = copy_runs(reference_run.runs_dir, tmp_path / "runs")
+    report = runs / "reports" / "e2e" / "report.md"
+    report.unlink()
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # an MLflow store without the run
+
+    @flow
+    def republish() -> str:
+        return republish_report(runs, "e2e", elsewhere)
+
+    with caplog.at_level(logging.WARNING):
+        html = republish()
+    assert Path(html) == runs / "reports" / "e2e" / "report.html" and Path(html).is_file()
+    assert "Run `e2e`." in report.read_text()
+    assert f"has no run e2e: its post-mortem is updated in {html} only" in caplog.text
 
 
 # ---- retries: infrastructure faults only ----
