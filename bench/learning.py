@@ -11,6 +11,8 @@ within each seed (a seed's pairs share its night):
   (net Sharpe over the panel's no-skill noise);
 - reward window: the same two;
 - run share (the completions that ran and were scored), and mean turnover of those that ran;
+- for each, the smallest true difference the pooled sample sees 4 times in 5 (`sharpe_rl.power`), and for a
+  primary outcome it cannot tell from noise, the pairs it would take to see the difference observed;
 - what the policy writes, base beside trained (the post-mortem's tables): outcomes, model families,
   feature blocks, turnover, the features' windows and the model's settings.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +49,7 @@ from sharpe_rl.analysis.tables import policy_changes
 from sharpe_rl.config import PolicyConfig, PPOConfig, RunConfig
 from sharpe_rl.facts import load_facts
 from sharpe_rl.policy.checkpoint import Checkpoints
+from sharpe_rl.power import detectable_difference, pairs_needed
 from sharpe_rl.services import use_orchestration_environment
 
 RESAMPLES = 2000
@@ -175,6 +179,7 @@ def compare(pooled: pl.DataFrame) -> list[dict[str, float | str]]:
                 "difference": observed_final[name] - observed_base[name],
                 "low": float(low),
                 "high": float(high),
+                "detectable": detectable_difference(low, high),  # seen 4 times in 5 (interval excluding 0)
             }
         )
     return table
@@ -182,11 +187,18 @@ def compare(pooled: pl.DataFrame) -> list[dict[str, float | str]]:
 
 def print_table(table: list[dict], seeds: int, n: int) -> None:
     print(f"\npooled over {seeds} seeds, {n} pairs each (95% paired bootstrap, resampled within seeds)")
-    print(f"{'statistic':<34}{'base':>9}{'trained':>9}{'trained - base':>16}  interval")
+    print(f"{'statistic':<34}{'base':>9}{'trained':>9}{'trained - base':>16}  interval          seen 4 in 5")
     for row in table:
         print(
             f"{row['statistic']:<34}{row['base']:9.3f}{row['trained']:9.3f}{row['difference']:+16.3f}"
-            f"  [{row['low']:+.3f}, {row['high']:+.3f}]"
+            f"  [{row['low']:+.3f}, {row['high']:+.3f}]  {row['detectable']:11.3f}"
+        )
+    primary = table[0]
+    if primary["low"] <= 0 <= primary["high"] and primary["difference"]:
+        needed = pairs_needed(seeds * n, primary["low"], primary["high"], primary["difference"])
+        print(
+            f"the primary's {primary['difference']:+.3f}, if true, would be seen 4 times in 5 with about {needed:,}"
+            f" pairs ({math.ceil(needed / seeds):,} a seed)"
         )
 
 

@@ -537,9 +537,19 @@ def test_the_headline_says_whether_the_trained_policy_beats_its_base_on_the_hold
     report = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=runs)
     headline = report.sections[0].text
     assert f"The trained policy (cycle 23) {words}" in headline and "run share +2.0% [-3.0%, +7.0%]" in headline
+    too_few = "A sample of 64 sees a true gain of 0.36 or more 4 times in 5; one of +0.05 would take about 3,270"
+    assert (too_few in headline) == (low < 0 < high)  # what "not distinguishable" can and cannot mean
     console = Console(record=True, width=400)
     print_report(report, console)  # `sharpe-rl report` says it too, not only the Markdown and HTML
     assert f"The trained policy (cycle 23) {words}" in console.export_text()
+
+
+def test_a_headline_without_a_gain_to_see_says_only_how_large_a_gain_the_sample_sees(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "evaluations").mkdir(parents=True)
+    (runs / "evaluations" / "r1.json").write_text(json.dumps(comparison_document(-0.4, 0.2)))  # observed -0.10
+    headline = build_report(make_frame(), tmp_path / "report", run="r1", runs_dir=runs).sections[0].text
+    assert "A sample of 64 sees a true gain of 0.43 or more 4 times in 5 (`sharpe-rl evaluate-policy --n`)." in headline
 
 
 def test_the_headline_says_when_the_trained_policy_was_not_compared_yet(tmp_path):

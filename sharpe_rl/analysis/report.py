@@ -33,6 +33,7 @@ from sharpe_rl.analysis.tables import HEADLINE_FIELDS, STATUSES, RunAnalysis, an
 from sharpe_rl.data.atomic import staged_files
 from sharpe_rl.facts import RunFacts, load_comparison, load_comparison_sample, load_facts
 from sharpe_rl.grid import FEATURE_BLOCKS, GRID_CELLS
+from sharpe_rl.power import detectable_difference, pairs_needed
 
 MISSING = "—"
 
@@ -438,11 +439,25 @@ def _learning(comparison: dict[str, Any] | None, run: str) -> str:
     )
     share = rows.get(("holdout", "run_share")) or rows.get(("reward", "run_share"))
     ran = f"; run share {share['difference']:+.1%} [{share['low']:+.1%}, {share['high']:+.1%}]" if share else ""
-    return (
+    sentence = (
         f"The trained policy (cycle {comparison['checkpoint_cycle']}) is {verdict}: mean net Sharpe "
         f"{holdout['difference']:+.2f} [{holdout['low']:+.2f}, {holdout['high']:+.2f}] over {comparison['n']} "
         f"completions each{ran}."
     )
+    if holdout["low"] <= 0 <= holdout["high"]:
+        sentence += " " + _too_few(holdout, comparison["n"])
+    return sentence
+
+
+def _too_few(holdout: dict[str, Any], n: int) -> str:
+    """What "not distinguishable" can mean: the smallest gain this sample would see, and the sample that would
+    see the one observed."""
+    smallest = detectable_difference(holdout["low"], holdout["high"])
+    sentence = f"A sample of {n} sees a true gain of {smallest:.2f} or more 4 times in 5"
+    if holdout["difference"] > 0:
+        needed = pairs_needed(n, holdout["low"], holdout["high"], holdout["difference"])
+        sentence += f"; one of {holdout['difference']:+.2f} would take about {needed:,} completions each"
+    return sentence + " (`sharpe-rl evaluate-policy --n`)."
 
 
 def _policy_change(comparison: dict[str, Any], sample: pl.DataFrame) -> Section:
