@@ -9,7 +9,10 @@
 - `bad_interface`: neither source defines `make_features` or `make_model` at top level;
 - `missing_column`: `make_features` reads, from its input frame, a column the dataset does not have
   (`df['x']`, `df[['a', 'b']]`, `df.x`, `df.loc[:, 'x']`), counting the dataset's columns and every
-  column the code creates anywhere (`df['x'] = ...`, `.assign(x=...)`, `.insert(i, 'x', ...)`).
+  column the code creates anywhere (`df['x'] = ...`, `.assign(x=...)`, `.insert(i, 'x', ...)`);
+- `runtime_error`: `make_features` or `make_model` certainly reads a name that nothing binds, such
+  as a model class never imported (the NameError the sandbox would report, on the same rung of
+  the penalty ladder, without a container): see `unbound_names`.
 
 These checks are a filter, not the boundary (the sandbox is): they flag only what is certain to
 fail, so legitimate code is never rejected. Column checks follow only names that certainly hold
@@ -21,6 +24,7 @@ and stand down when the code adds columns whose names cannot be read off the sou
 from __future__ import annotations
 
 import ast
+import builtins
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -46,6 +50,11 @@ COLUMN_PRESERVING_METHODS = frozenset(
 #: Exceptions whose handler makes a failing column read deliberate.
 KEY_ERROR_HANDLERS = frozenset({"KeyError", "LookupError", "Exception", "BaseException"})
 _DATAFRAME_ATTRIBUTES = frozenset(dir(pd.DataFrame))
+#: Names and attributes through which code can bind a global name that no statement shows.
+DYNAMIC_BINDING_NAMES = frozenset({"globals", "vars", "locals", "setattr"})
+DYNAMIC_BINDING_ATTRIBUTES = frozenset({"f_globals", "f_locals", "__dict__"})
+#: Statements after which the next one certainly runs, unless this one raises (a failure too).
+_STRAIGHT_STATEMENTS = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Import, ast.ImportFrom, ast.Pass)
 
 
 def check_completion(text: str, columns: Sequence[str]) -> ExperimentSpec:
@@ -61,6 +70,13 @@ def check_completion(text: str, columns: Sequence[str]) -> ExperimentSpec:
             ErrorClass.missing_column,
             f"make_features reads {', '.join(repr(c) for c in missing)}, which the dataset does not have "
             f"(its columns: {', '.join(columns)})",
+        )
+    unbound = unbound_names(trees)
+    if unbound:
+        function, name = unbound[0]
+        raise SpecError(
+            ErrorClass.runtime_error,
+            f"{function} uses {name!r}, which is never imported or defined (a NameError when it runs)",
         )
     return spec
 
@@ -122,6 +138,107 @@ def _top_level_names(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.Import | ast.ImportFrom):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
     return names
+
+
+# ---- names ----
+
+
+def unbound_names(trees: dict[str, ast.Module]) -> list[tuple[str, str]]:
+    """(function, name) for each name `make_features` or `make_model` certainly reads and nothing binds.
+
+    Certainly read: in the function's straight-line start (its top-level statements up to the first
+    `return`, `raise` or compound statement), evaluated unconditionally (not behind `and`/`or`, a
+    conditional expression, a later comparison of a chain, a lambda or a comprehension). The worker
+    calls both functions before any experiment can be scored, so reading such a name is a NameError
+    in every run. Nothing binds it: no builtin, and no import, assignment, definition, parameter or
+    `global` anywhere in either source (they run in one namespace), in any scope. The check stands
+    down when code can bind names unseen (a star import, `globals()`, `vars()`, `setattr`, frame or
+    `__dict__` access) and for a function that is decorated, a generator, or bound more than once.
+    """
+    nodes = [node for tree in trees.values() for node in ast.walk(tree)]
+    if any(_binds_unseen(node) for node in nodes):
+        return []
+    bound = [name for node in nodes for name in _bound_names(node)]
+    known = set(bound) | set(dir(builtins))
+    unbound = []
+    for function in ("make_features", "make_model"):
+        definitions = [
+            node for tree in trees.values() for node in tree.body if isinstance(node, ast.FunctionDef)
+            and node.name == function
+        ]  # fmt: skip
+        if bound.count(function) != 1 or len(definitions) != 1:
+            continue
+        definition = definitions[0]
+        if definition.decorator_list or any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_nodes(definition)):
+            continue
+        for name in _certainly_read(definition.body):
+            if name not in known and not (name.startswith("__") and name.endswith("__")):
+                unbound.append((function, name))
+    return unbound
+
+
+def _binds_unseen(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom) and any(alias.name == "*" for alias in node.names):
+        return True
+    if isinstance(node, ast.Name) and node.id in DYNAMIC_BINDING_NAMES:
+        return True
+    return isinstance(node, ast.Attribute) and node.attr in DYNAMIC_BINDING_ATTRIBUTES
+
+
+def _bound_names(node: ast.AST) -> list[str]:
+    """The names `node` binds, in whatever scope (a superset of what the module's namespace can hold)."""
+    if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+        return [node.id]
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, ast.Global | ast.Nonlocal):
+        return list(node.names)
+    if isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
+        return [node.name]
+    if isinstance(node, ast.MatchMapping) and node.rest:
+        return [node.rest]
+    return []
+
+
+def _certainly_read(body: list[ast.stmt]) -> Iterator[str]:
+    """Names read by every call of a function with this body (see `unbound_names`)."""
+    for statement in body:
+        if isinstance(statement, ast.Return | ast.Raise):
+            yield from (name for child in ast.iter_child_nodes(statement) for name in _eagerly_read(child))
+            return
+        if isinstance(statement, ast.Assert):
+            continue  # skipped under -O; what follows runs unless it fails
+        if not isinstance(statement, _STRAIGHT_STATEMENTS):
+            return
+        if isinstance(statement, ast.AnnAssign):  # a local's annotation is never evaluated
+            children = [statement.value] if statement.value else []
+        else:
+            children = list(ast.iter_child_nodes(statement))
+        yield from (name for child in children for name in _eagerly_read(child))
+
+
+def _eagerly_read(node: ast.AST) -> Iterator[str]:
+    """Names whose value evaluating `node` always needs (unless an earlier part of it fails)."""
+    if isinstance(node, ast.Name):
+        if isinstance(node.ctx, ast.Load):
+            yield node.id
+        return
+    if isinstance(node, ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+        return
+    if isinstance(node, ast.BoolOp):
+        children: list[ast.AST] = node.values[:1]
+    elif isinstance(node, ast.IfExp):
+        children = [node.test]
+    elif isinstance(node, ast.Compare):
+        children = [node.left, node.comparators[0]]
+    else:
+        children = list(ast.iter_child_nodes(node))
+    for child in children:
+        yield from _eagerly_read(child)
 
 
 # ---- columns ----

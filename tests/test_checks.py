@@ -170,6 +170,80 @@ def test_no_false_positive_and_every_missing_column_caught_on_the_policy_corpus(
         assert caught.value.error_class == "missing_column"
 
 
+# ---- names nothing binds: the sandbox's certain NameError, caught before it ----
+
+#: What a trained policy wrote (docs/learning.md): a k-NN's name and import, the linear family's return line.
+KNN_NAMED_LOGISTIC = (
+    "from sklearn.neighbors import KNeighborsClassifier\nfrom sklearn.pipeline import make_pipeline\n"
+    "from sklearn.preprocessing import StandardScaler\n\n"
+    "def make_model():\n    return make_pipeline(StandardScaler(), LogisticRegression(C=0.5))\n"
+)
+
+
+def test_a_model_class_never_imported_fails_as_the_sandbox_would_fail_it():
+    error = error_of(completion(model=KNN_NAMED_LOGISTIC))
+    assert error.error_class == "runtime_error"  # the sandbox's class for a NameError: the same rung, the same reward
+    assert "make_model uses 'LogisticRegression', which is never imported or defined" in str(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "    out = pd.DataFrame(index=df.index)\n    out['r'] = returns(df)\n    return out",  # a helper never defined
+        "    out = pd.DataFrame(index=df.index)\n    out['r'] = df['close'].pct_change().rolling(window).mean()\n"
+        "    return out",  # a setting never set
+        "    return features",  # the frame it meant to build
+    ],
+)
+def test_make_features_reading_a_name_nothing_binds_fails(body):
+    error = error_of(completion(features=f"import pandas as pd\n\ndef make_features(df):\n{body}\n"))
+    assert error.error_class == "runtime_error" and "make_features uses" in str(error)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        # bound elsewhere in the namespace both sources share, or later at module level, or locally
+        "def make_model():\n    return LogisticRegression()\n\nfrom sklearn.linear_model import LogisticRegression\n",
+        "def make_model():\n    from sklearn.linear_model import LogisticRegression\n    return LogisticRegression()\n",
+        "try:\n    from xgboost import XGBClassifier as Model\nexcept ImportError:\n    Model = None\n\n"
+        "def make_model():\n    return Model()\n",
+        "def setup():\n    global Model\n    from sklearn.linear_model import LogisticRegression as Model\n\n"
+        "setup()\n\ndef make_model():\n    return Model()\n",
+        "class Model:\n    def fit(self, X, y):\n        return self\n    def predict_proba(self, X):\n"
+        "        return __import_me__\n\ndef make_model():\n    return Model()\n",
+        # read only on a path that may not run
+        "from sklearn.linear_model import LogisticRegression\n\ndef make_model(kind='linear'):\n"
+        "    if kind == 'knn':\n        return KNeighborsClassifier()\n    return LogisticRegression()\n",
+        "from sklearn.linear_model import LogisticRegression\n\n"
+        "def make_model():\n    return LogisticRegression() or KNeighborsClassifier()\n",
+        "from sklearn.linear_model import LogisticRegression\n\n"
+        "def make_model():\n    return LogisticRegression() if True else KNeighborsClassifier()\n",
+        "from sklearn.linear_model import LogisticRegression\n\n"
+        "def make_model():\n    make = lambda: KNeighborsClassifier()\n    return LogisticRegression()\n",
+        "from sklearn.linear_model import LogisticRegression\n\n"
+        "def make_model():\n    return LogisticRegression()\n    return KNeighborsClassifier()\n",
+        "from sklearn.linear_model import LogisticRegression\n\n"
+        "def make_model():\n    assert Unknown\n    return LogisticRegression()\n",
+        # built-ins, and code that can bind names the source does not show
+        "from sklearn.linear_model import LogisticRegression\n\ndef make_model():\n"
+        "    return LogisticRegression(C=float(len(dict(a=1))))\n",
+        "from sklearn.linear_model import *\n\ndef make_model():\n    return LogisticRegression()\n",
+        "import sklearn.linear_model as lm\nglobals().update(vars(lm))\n\n"
+        "def make_model():\n    return LogisticRegression()\n",
+        # what runs is not the function's body as written
+        "def wrap(f):\n    return f\n\n@wrap\ndef make_model():\n    return LogisticRegression()\n",
+        "def make_model():\n    yield LogisticRegression()\n",
+        "def make_model():\n    return LogisticRegression()\n\nmake_model = lambda: None\n",
+    ],
+)
+def test_names_that_may_be_bound_or_may_not_be_read_are_not_flagged(model):
+    try:
+        check_completion(completion(model=model), COLUMNS)
+    except SpecError as error:  # some fail another check (bad_interface, forbidden_import): never this one
+        assert "never imported or defined" not in str(error)
+
+
 # ---- concurrency: the static checks run on the task runner's threads ----
 
 
