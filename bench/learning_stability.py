@@ -118,6 +118,12 @@ def passing_share(completions: list[str]) -> float:
     return sum(checked(completion)[1] is None for completion in completions) / len(completions)
 
 
+def failures(completions: list[str]) -> dict[str, int]:
+    """How many completions fail the static checks, by error class."""
+    classes = [error.error_class.value for _, error in map(checked, completions) if error is not None]
+    return {c: classes.count(c) for c in sorted(set(classes))}
+
+
 def drawn_rewards(completions: list[str], cycle: int, mean_of: Callable[[str], float], spread: float, cfg):
     """(reward, status, family) per completion: the ladder for static failures; for the rest a draw from
     N(mean_of(family), spread) clipped to [-1, 1], seeded by (cycle, index) so every configuration sees the same."""
@@ -211,6 +217,9 @@ def main() -> None:
     parser.add_argument("--prior", type=float, default=4.0, help="pseudo-experiments of the shrinkage (--credit)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PPOConfig setting")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--constrained", action="store_true", help="decode with the JSON constraint (PolicyConfig.constrained_json)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="sandbox executions in parallel (sandbox)")
     parser.add_argument("--out", type=Path, default=None, help="write every cycle's numbers here (JSON)")
     parser.add_argument(
@@ -228,7 +237,7 @@ def main() -> None:
 
     ppo = ppo_settings(args.set, args.group_size)
     reward_cfg = RewardConfig()
-    policy_cfg = PolicyConfig(model=args.policy)
+    policy_cfg = PolicyConfig(model=args.policy, constrained_json=args.constrained)
     panel = load_panel(args.data)
     symbols = panel.get_column("symbol").unique().sort().to_list()
     prompt = run_prompt(RunConfig(), detect_interval(panel), symbols)
@@ -319,10 +328,13 @@ def main() -> None:
             "base_pass_share": passing_share(base),
             "final_pass_share": passing_share(final),
             "identical_share": sum(a == b for a, b in zip(base, final, strict=True)) / args.final,
+            "base_failures": failures(base),
+            "final_failures": failures(final),
         }
         print(
             f"\n{args.final} completions, one seed: pass the checks {summary['base_pass_share']:.1%} (base) -> "
-            f"{summary['final_pass_share']:.1%} (final); identical to the base's {summary['identical_share']:.1%}"
+            f"{summary['final_pass_share']:.1%} (final); identical to the base's {summary['identical_share']:.1%}\n"
+            f"failures by class: {summary['base_failures']} (base) -> {summary['final_failures']} (final)"
         )
         if night is not None:
             summary |= print_family_mix(night, base, final)
