@@ -28,7 +28,8 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
 
 With `--credit family` the update learns from each passing experiment's family mean so far in the run
 (`sharpe_rl.credit.family_credit`, as `PPOConfig.credit` does in the pipeline, shrunk by `--prior`) instead
-of its own reward; the reward printed is still its own.
+of its own reward; the reward printed is still its own. With `--set anchor_coef=C` the update also keeps the
+likelihood of the experiences that passed the checks so far (`PPOConfig.anchor_coef`).
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -122,6 +123,16 @@ def failures(completions: list[str]) -> dict[str, int]:
     """How many completions fail the static checks, by error class."""
     classes = [error.error_class.value for _, error in map(checked, completions) if error is not None]
     return {c: classes.count(c) for c in sorted(set(classes))}
+
+
+def failure_examples(completions: list[str], per_class: int = 3) -> dict[str, list[str]]:
+    """A few failing completions of each error class, with the checks' message: what the update broke."""
+    examples: dict[str, list[str]] = {}
+    for completion in completions:
+        _, error = checked(completion)
+        if error is not None and len(examples.setdefault(error.error_class.value, [])) < per_class:
+            examples[error.error_class.value].append(f"{error}\n{completion}")
+    return examples
 
 
 def drawn_rewards(completions: list[str], cycle: int, mean_of: Callable[[str], float], spread: float, cfg):
@@ -277,10 +288,11 @@ def main() -> None:
             for i, (g, (reward, status, family)) in enumerate(zip(generations, scored, strict=True))
         ]
         learned = None
+        run_so_far += experiences
         if args.credit == "family":
-            run_so_far += experiences
             learned = family_credit(experiences_frame(run_so_far), experiences, args.prior)
-        stats = trainer.update(experiences, learned)
+        ran = [e for e in run_so_far if e.error_class is None] if ppo.anchor_coef else []
+        stats = trainer.update(experiences, learned, anchors=ran)
         statuses = [status for _, status, _ in scored]
         rows.append(
             {
@@ -330,6 +342,7 @@ def main() -> None:
             "identical_share": sum(a == b for a, b in zip(base, final, strict=True)) / args.final,
             "base_failures": failures(base),
             "final_failures": failures(final),
+            "final_failure_examples": failure_examples(final),
         }
         print(
             f"\n{args.final} completions, one seed: pass the checks {summary['base_pass_share']:.1%} (base) -> "
