@@ -28,8 +28,7 @@ pipeline's own policy, generator and PPO update and replaces only the execution:
 
 With `--credit family` the update learns from each passing experiment's family mean so far in the run
 (`sharpe_rl.credit.family_credit`, as `PPOConfig.credit` does in the pipeline, shrunk by `--prior`) instead
-of its own reward; the reward printed is still its own. With `--set anchor_coef=C` the update also keeps the
-likelihood of the experiences that passed the checks so far (`PPOConfig.anchor_coef`).
+of its own reward; the reward printed is still its own.
 
 It prints, per block of `--block` cycles, the share that passes the checks, the mean reward, the
 sampling policy's entropy per token, the KL to the base per completion and the KL coefficient,
@@ -288,11 +287,10 @@ def main() -> None:
             for i, (g, (reward, status, family)) in enumerate(zip(generations, scored, strict=True))
         ]
         learned = None
-        run_so_far += experiences
         if args.credit == "family":
+            run_so_far += experiences
             learned = family_credit(experiences_frame(run_so_far), experiences, args.prior)
-        ran = [e for e in run_so_far if e.error_class is None] if ppo.anchor_coef else []
-        stats = trainer.update(experiences, learned, anchors=ran)
+        stats = trainer.update(experiences, learned)
         statuses = [status for _, status, _ in scored]
         rows.append(
             {

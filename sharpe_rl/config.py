@@ -268,14 +268,6 @@ class PPOConfig(_Settings):
     credit_prior: float = Field(
         4.0, ge=0, description="Pseudo-experiments at the run's mean that a family's credit is shrunk with."
     )
-    anchor_coef: float = Field(
-        0.0,
-        ge=0,
-        description="Weight of the anchor loss added to every gradient step: the mean negative log-likelihood, per "
-        "token, of a minibatch of experiences that ran (handed to the update as `anchors`), so that the update keeps "
-        "writing code that runs while it moves what it writes (PPO-ptx, Ouyang et al. 2022, with the run's own "
-        "valid experiences for the pretraining data). 0: off.",
-    )
     advantage: Literal["gae", "group"] = Field(
         "gae", description="gae (value head) or group (group-relative baseline, no critic)."
     )

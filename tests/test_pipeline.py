@@ -510,8 +510,10 @@ def cli_run(config: RunConfig, runs_dir: Path) -> list[str]:
 
 
 def test_a_killed_run_resumes_without_losing_or_duplicating_anything(run_config, tmp_path, pipeline_policy):
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
+    from prefect.settings import PREFECT_API_URL
+
+    # the three runs report to the session's Prefect server, as runs report to `make serve`'s: none starts its own
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": PREFECT_API_URL.value()}
     runs = tmp_path / "runs"
     reference, killed = run_config("straight"), run_config("killed")
 

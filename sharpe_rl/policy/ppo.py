@@ -101,7 +101,6 @@ class PPOStats:
     explained_variance: float | None  # of the returns by the old values; None with advantage=group
     logprob_gap: float  # mean |generation log-prob - recomputed log-prob| per token
     steps: int  # gradient steps taken: epochs x minibatches, fewer when a step's approx_kl passed max_approx_kl
-    anchor_nll: float | None = None  # mean per token of the anchors' negative log-likelihood; None without anchors
 
 
 @dataclass(frozen=True)
@@ -192,20 +191,13 @@ class PPOTrainer:
         self.kl_controller.value = float(state["kl_coef"])
         self.generator.set_state(state["generator"])
 
-    def update(
-        self,
-        experiences: Sequence[Experience],
-        rewards: Sequence[float] | None = None,
-        anchors: Sequence[Experience] = (),
-    ) -> PPOStats:
+    def update(self, experiences: Sequence[Experience], rewards: Sequence[float] | None = None) -> PPOStats:
         """One PPO update (epochs x minibatches) on a scored batch, learning from `rewards` in place of the
-        experiences' own when given, and, with `anchor_coef`, keeping the likelihood of `anchors` (experiences
-        that ran); returns its stats."""
+        experiences' own when given; returns its stats."""
         cfg, policy = self.cfg, self.policy
         _validate(experiences, cfg, rewards)
         policy.eval()
         batch = collate(experiences, policy.pad_token_id, policy.device, rewards)
-        anchor_batch = collate(anchors, policy.pad_token_id, policy.device) if anchors and cfg.anchor_coef else None
         mask = batch.completion_mask
 
         old_logprobs, ref_logprobs, old_values, old_entropy = rollout_scores(policy, batch, cfg.minibatch_size)
@@ -231,7 +223,6 @@ class PPOTrainer:
                         old_values[rows, :width],
                         advantages[rows, :width],
                         None if returns is None else returns[rows, :width],
-                        None if anchor_batch is None else anchor_batch.select(self._anchor_rows(anchor_batch)),
                     )
                 )
 
@@ -250,13 +241,7 @@ class PPOTrainer:
             explained_variance=None if returns is None else explained_variance(old_values, returns, mask),
             logprob_gap=logprob_gap,
             steps=len(step_stats),
-            anchor_nll=None if anchor_batch is None else mean["anchor_nll"],
         )
-
-    def _anchor_rows(self, anchors: TokenBatch) -> torch.Tensor:
-        """A minibatch of anchor rows, drawn with replacement by the trainer's generator."""
-        drawn = torch.randint(len(anchors), (self.cfg.minibatch_size,), generator=self.generator)
-        return drawn.to(anchors.input_ids.device)
 
     def _minibatch_step(
         self,
@@ -265,7 +250,6 @@ class PPOTrainer:
         old_values: torch.Tensor,
         advantages: torch.Tensor,
         returns: torch.Tensor | None,
-        anchors: TokenBatch | None = None,
     ) -> dict[str, float]:
         cfg = self.cfg
         logits, values = self.policy.completion_outputs(
@@ -283,9 +267,6 @@ class PPOTrainer:
             cfg,
         )
         loss = losses["policy_loss"] - cfg.ent_coef * losses["entropy"] + cfg.vf_coef * losses["value_loss"]
-        if anchors is not None:
-            losses["anchor_nll"] = anchor_nll(self.policy, anchors)
-            loss = loss + cfg.anchor_coef * losses["anchor_nll"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
@@ -335,13 +316,6 @@ def collate(
         lengths=torch.tensor(lengths, device=device),
         completion_lengths=completion_lengths_t.to(device),
     )
-
-
-def anchor_nll(policy: Policy, anchors: TokenBatch) -> torch.Tensor:
-    """Mean negative log-likelihood per completion token of the anchors under the policy (with gradient)."""
-    logits, _ = policy.completion_outputs(anchors.input_ids, anchors.attention_mask, anchors.logit_positions)
-    logprobs = token_logprobs(logits.log_softmax(-1), anchors.completion_ids)
-    return -masked_mean(logprobs, anchors.completion_mask)
 
 
 def token_logprobs(log_probs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
