@@ -65,7 +65,9 @@ def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
     run's trials, and that grows with every cycle.
 
     `summary` is the cycle's logged numbers (`steps.log_update`): `experiments`, `ok_pct`, `failure_pct_<class>`,
-    `cached`, `reward_mean`, `sharpe_median`, `sharpe_max`, `ppo_kl`.
+    `cached`, `reward_mean`, `sharpe_median`, `sharpe_max`, `ppo_kl`, and `credit_mean` when the update learns from
+    family credit rather than the rewards (said beside the reward mean, so the line does not claim it learned from
+    the reward).
     """
     experiments = int(summary.get("experiments", 0))
 
@@ -86,8 +88,13 @@ def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
     )
     cached = int(summary.get("cached") or 0)
     reused = f"; {cached} execution{'s' if cached > 1 else ''} from the cache" if cached else ""
+    credit = (
+        f" (the update learns from family credit, mean {summary['credit_mean']:+.3f})"
+        if summary.get("credit_mean") is not None
+        else ""
+    )
     return (
-        f"cycle {cycle}: reward mean {summary.get('reward_mean', float('nan')):+.3f}{sharpe}; "
+        f"cycle {cycle}: reward mean {summary.get('reward_mean', float('nan')):+.3f}{credit}{sharpe}; "
         f"ran {count(summary.get('ok_pct', 0.0))} of {experiments}, failed {failed}{why if failed else ''}{reused}; "
         # The KL of the policy that wrote this batch to the base policy (PPOStats.kl: k3, never negative).
         f"KL to base {nats(summary.get('ppo_kl', 0.0))} nats"

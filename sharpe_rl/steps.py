@@ -361,7 +361,8 @@ def _check_history(run: RunRef, cycle: int, history: History) -> None:
 def log(run: RunRef, scored: Scored, timings: Mapping[str, float], history: History) -> Logged:
     """Persist the cycle to the replay buffer and the archive, then MLflow (which may be down: it catches up later).
 
-    The archive and the cycle's summary count the run's earlier cycles (`history`) and this one.
+    The archive and the cycle's summary count the run's earlier cycles (`history`) and this one. When the update
+    learns from something other than the rewards (`PPOConfig.credit`), the summary has its mean (`credit_mean`).
     """
     started = time.perf_counter()
     _check_history(run, scored.cycle, history)
@@ -371,6 +372,7 @@ def log(run: RunRef, scored: Scored, timings: Mapping[str, float], history: Hist
     summary = (
         cycle_metrics(annotate(run_so_far), scored.cycle)
         | {"archive_coverage_pct": 100 * archive.coverage, "qd_score": archive.qd_score}
+        | ({"credit_mean": statistics.fmean(scored.learned)} if scored.learned is not None else {})
         | {f"time_{k}": v for k, v in timings.items()}
     )
     run.tracker().log_cycle(scored.cycle, summary, scored.experiences)

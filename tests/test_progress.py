@@ -46,3 +46,11 @@ def test_the_cycle_line_says_how_many_executions_came_from_the_cache():
     assert cycle_line(0, summary) == (
         "cycle 0: reward mean +0.250; ran 4 of 4, failed 0; 4 executions from the cache; KL to base 0.000 nats"
     )
+
+
+def test_with_family_credit_the_cycle_line_says_what_the_update_learned_from():
+    summary = {"experiments": 4.0, "ok_pct": 100.0, "reward_mean": -0.7, "ppo_kl": 0.0}
+    assert cycle_line(3, summary | {"credit_mean": -0.72}).startswith(
+        "cycle 3: reward mean -0.700 (the update learns from family credit, mean -0.720); ran 4 of 4"
+    )
+    assert "credit" not in cycle_line(3, summary)

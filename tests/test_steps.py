@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from spec_snippets import CALENDAR, LIGHTGBM, LOGISTIC, TREND, VOLUME
@@ -185,7 +186,7 @@ def test_with_the_default_weights_the_diversity_terms_change_nothing(run):
 
 
 def test_with_family_credit_the_update_learns_each_familys_evidence_and_the_reward_stays_its_own(
-    tmp_path, pipeline_dataset
+    tmp_path, pipeline_dataset, monkeypatch
 ):
     run = make_run(tmp_path / "runs", pipeline_dataset, ppo=PPOConfig(credit="family", credit_prior=2.0))
     score_and_store(run, 0, [ran(spec(n=i), 0.3 * i) for i in range(4)])  # lightgbm earned 0, 0.1, 0.2, 0.3
@@ -200,6 +201,15 @@ def test_with_family_credit_the_update_learns_each_familys_evidence_and_the_rewa
     own = make_run(tmp_path / "own", pipeline_dataset)
     score_and_store(own, 0, [ran(spec(n=i), 0.3 * i) for i in range(4)])
     assert steps.score(own, *batch(1, probe), past(own, 1)).learned is None  # the update takes the rewards
+
+    logged = []  # the cycle's numbers, as MLflow and the cycle line get them, say what the update learned from
+    monkeypatch.setattr(steps.RunRef, "tracker", lambda self: SimpleNamespace(log_cycle=lambda *a: logged.append(a)))
+    assert steps.log(run, scored, {}, past(run, 1)).summary["credit_mean"] == pytest.approx(
+        (lightgbm + logistic + penalty) / 3
+    )
+    own_scored = steps.score(own, *batch(1, probe), past(own, 1))
+    assert "credit_mean" not in steps.log(own, own_scored, {}, past(own, 1)).summary
+    assert len(logged) == 2
 
 
 def test_a_resumed_cycle_scores_exactly_as_its_first_attempt(tmp_path, pipeline_dataset):
