@@ -113,25 +113,20 @@ def family_rewards(completions: list[str], target: str, cfg: RewardConfig):
     return out
 
 
-def passing_share(completions: list[str]) -> float:
-    """The share of completions that pass the static checks (no container)."""
-    return sum(checked(completion)[1] is None for completion in completions) / len(completions)
-
-
-def failures(completions: list[str]) -> dict[str, int]:
-    """How many completions fail the static checks, by error class."""
-    classes = [error.error_class.value for _, error in map(checked, completions) if error is not None]
-    return {c: classes.count(c) for c in sorted(set(classes))}
-
-
-def failure_examples(completions: list[str], per_class: int = 3) -> dict[str, list[str]]:
-    """A few failing completions of each error class, with the checks' message: what the update broke."""
+def check_sample(completions: list[str], per_class: int = 3) -> tuple[float, dict[str, int], dict[str, list[str]]]:
+    """One pass of the static checks over a sample: the share that passes, the failures by error class, and a few
+    failing completions of each class with the checks' message (what the update broke)."""
+    counts: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     for completion in completions:
         _, error = checked(completion)
-        if error is not None and len(examples.setdefault(error.error_class.value, [])) < per_class:
-            examples[error.error_class.value].append(f"{error}\n{completion}")
-    return examples
+        if error is None:
+            continue
+        name = error.error_class.value
+        counts[name] = counts.get(name, 0) + 1
+        if len(examples.setdefault(name, [])) < per_class:
+            examples[name].append(f"{error}\n{completion}")
+    return 1 - sum(counts.values()) / len(completions), dict(sorted(counts.items())), examples
 
 
 def drawn_rewards(completions: list[str], cycle: int, mean_of: Callable[[str], float], spread: float, cfg):
@@ -334,13 +329,15 @@ def main() -> None:
 
     if args.final:
         final = [g.completion for g in generator.generate([prompt] * args.final, seed=final_seed)]
+        base_pass, base_failures, _ = check_sample(base)
+        final_pass, final_failures, final_examples = check_sample(final)
         summary = {
-            "base_pass_share": passing_share(base),
-            "final_pass_share": passing_share(final),
+            "base_pass_share": base_pass,
+            "final_pass_share": final_pass,
             "identical_share": sum(a == b for a, b in zip(base, final, strict=True)) / args.final,
-            "base_failures": failures(base),
-            "final_failures": failures(final),
-            "final_failure_examples": failure_examples(final),
+            "base_failures": base_failures,
+            "final_failures": final_failures,
+            "final_failure_examples": final_examples,
         }
         print(
             f"\n{args.final} completions, one seed: pass the checks {summary['base_pass_share']:.1%} (base) -> "
