@@ -58,8 +58,17 @@ _STRAIGHT_STATEMENTS = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.
 
 
 def check_completion(text: str, columns: Sequence[str]) -> ExperimentSpec:
-    """The ExperimentSpec in `text`, if it passes every static check; SpecError otherwise."""
+    """The ExperimentSpec in `text`, if it passes every static check; SpecError otherwise (carrying the spec
+    when the text parsed to one and its code failed a check)."""
     spec = parse_spec(text)
+    try:
+        _check_code(spec, columns)
+    except SpecError as exc:
+        raise SpecError(exc.error_class, str(exc), spec) from exc
+    return spec
+
+
+def _check_code(spec: ExperimentSpec, columns: Sequence[str]) -> None:
     trees = {part: _parse(part, getattr(spec, part)) for part in ("features", "model")}
     for part, tree in trees.items():
         _check_imports(part, tree)
@@ -78,7 +87,6 @@ def check_completion(text: str, columns: Sequence[str]) -> ExperimentSpec:
             ErrorClass.runtime_error,
             f"{function} uses {name!r}, which is never imported or defined (a NameError when it runs)",
         )
-    return spec
 
 
 def _parse(part: str, source: str) -> ast.Module:

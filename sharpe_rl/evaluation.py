@@ -284,7 +284,7 @@ def evaluate(completion: str, evaluation: EvaluationRef) -> Outcome:
     try:
         spec = check_completion(completion, OHLCV_COLUMNS)
     except SpecError as exc:
-        return Outcome(error_class=exc.error_class, message=str(exc))
+        return Outcome(spec=exc.spec, error_class=exc.error_class, message=str(exc))
     except Exception as exc:
         return _host_error("the static checks", exc)
     loaded = load_evaluation(evaluation)

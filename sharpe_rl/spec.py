@@ -40,11 +40,13 @@ class ExperimentSpec(BaseModel):
 
 
 class SpecError(ValueError):
-    """A completion that is not a valid ExperimentSpec, with its error class."""
+    """A completion that is not a valid ExperimentSpec, with its error class; `spec` is the spec it parsed to,
+    when the JSON was an ExperimentSpec and a check of its code failed (so its model family is still known)."""
 
-    def __init__(self, error_class: ErrorClass, message: str) -> None:
+    def __init__(self, error_class: ErrorClass, message: str, spec: ExperimentSpec | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
+        self.spec = spec
 
 
 def extract_json_object(text: str) -> dict:

@@ -32,6 +32,16 @@ def test_a_static_failure_is_an_outcome_and_needs_no_sandbox(ref):
     assert not (ref.cache_dir / "results").exists()  # nothing was run or written
 
 
+def test_code_that_fails_a_static_check_keeps_its_spec_and_its_penalty(ref):
+    """The JSON parsed, the code did not pass: the outcome names what was tried, and pays what it paid before."""
+    forbidden = spec("honest").model_copy(update={"model": "import os\n" + spec("honest").model})
+    outcome = evaluate(forbidden.model_dump_json(), ref)
+    assert outcome.status == "forbidden_import" and "'os'" in outcome.message
+    assert outcome.spec == forbidden and outcome.result is None and outcome.metrics is None
+    assert outcome.reward(RewardConfig(), noskill_sigma=None) == RewardConfig().penalty_format
+    assert not (ref.cache_dir / "results").exists()
+
+
 def test_a_dataset_that_changed_under_the_run_is_refused(ref):
     ref.dataset.write_bytes(ref.dataset.read_bytes() + b"\0")
     with pytest.raises(DatasetMismatch, match="is not the run's dataset"):

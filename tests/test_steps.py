@@ -20,7 +20,7 @@ from sharpe_rl import steps
 from sharpe_rl.archive import load_archive, save_archive
 from sharpe_rl.buffer import ReplayBuffer
 from sharpe_rl.config import PolicyConfig, PPOConfig, RewardConfig, RunConfig
-from sharpe_rl.evaluation import EvaluationRef, Outcome, load_evaluation
+from sharpe_rl.evaluation import EvaluationRef, Outcome, evaluate, load_evaluation
 from sharpe_rl.experience import Experience
 from sharpe_rl.facts import RunFacts, load_facts, save_facts
 from sharpe_rl.history import UNREAD_COLUMNS, History, read_history
@@ -210,6 +210,27 @@ def test_with_family_credit_the_update_learns_each_familys_evidence_and_the_rewa
     own_scored = steps.score(own, *batch(1, probe), past(own, 1))
     assert "credit_mean" not in steps.log(own, own_scored, {}, past(own, 1)).summary
     assert len(logged) == 2
+
+
+def test_code_that_fails_a_static_check_keeps_its_family_and_earns_only_the_failures_penalty(
+    tmp_path, pipeline_dataset
+):
+    """The post-mortem's family tables see what the policy tried, failures included; the reward and what the
+    update learns from are the failure's alone, and no diversity term counts code that never ran."""
+    config = plain(novelty_weight=0.5, copy_penalty=0.5)
+    run = make_run(tmp_path / "runs", pipeline_dataset, reward=config, ppo=PPOConfig(credit="family"))
+    forbidden = spec(model="import os\n" + LIGHTGBM, n=7)
+    score_and_store(run, 0, [evaluate(forbidden.model_dump_json(), run.evaluation)])  # static: no sandbox
+    (stored,) = ReplayBuffer(run.config.runs_dir).experiences(run.name, 0)
+    assert stored.error_class == ErrorClass.forbidden_import and stored.model_family == "lightgbm"
+    assert stored.name == "e7" and stored.code_hash == forbidden.code_hash and stored.spec_json
+    assert stored.reward == config.penalty_format
+
+    # the same code, run and scored later, is no copy, and lightgbm's credit holds only what ran
+    scored = steps.score(run, *batch(1, [ran(forbidden, 0.3)]), past(run, 1))
+    alone = make_run(tmp_path / "alone", pipeline_dataset, reward=config, ppo=PPOConfig(credit="family"))
+    assert scored.experiences[0].reward == pytest.approx(0.1 + 0.5)  # plain Sharpe / 3, novelty of a first visit
+    assert scored.learned == steps.score(alone, *batch(1, [ran(forbidden, 0.3)]), past(alone, 1)).learned
 
 
 def test_a_resumed_cycle_scores_exactly_as_its_first_attempt(tmp_path, pipeline_dataset):
