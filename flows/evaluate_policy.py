@@ -29,17 +29,21 @@ def evaluate_policy(
     The executions run where the run's ran (its threads or its Dask cluster), or where `task_runner` says.
     """
     plan = plan_comparison(runs_dir, run, n, seed)
-    completions = sample_policy(plan, "base") + sample_policy(plan, "final")
     runner = task_runners.task_runner(task_runner or plan.task_runner, plan.evaluation.sandbox.workers)
-    outcomes, holdouts = execute_samples.with_options(task_runner=runner)(plan, completions)
-    rows = compare_and_save(plan, completions, outcomes, holdouts)
+    rows = compare_policies.with_options(task_runner=runner)(plan)
     republish_report(plan.runs_dir, plan.run, plan.tracking_uri)  # its headline now says trained against base
     return rows
 
 
-@flow(name="execute_samples", flow_run_name="execute {plan.run} samples")
-def execute_samples(plan: ComparisonPlan, completions: list[str]) -> tuple[list, list]:
-    """Every completion on the reward window, then those that ran on the holdout (None for the others)."""
+@flow(name="compare_policies", flow_run_name="compare {plan.run} with its base")
+def compare_policies(plan: ComparisonPlan) -> list[dict]:
+    """Sample each policy, execute every completion on the reward window and those that ran on the holdout, compare.
+
+    The samples are made here, not handed in: a subflow's arguments are stored as its flow run's parameters,
+    which Prefect caps at 512 KB (2 x 256 completions are more).
+    """
+    completions = sample_policy(plan, "base") + sample_policy(plan, "final")
     outcomes = [future.result() for future in execute_experiment.map(completions, unmapped(plan.evaluation))]
     futures = {i: execute_holdout.submit(o.spec, plan.evaluation) for i, o in enumerate(outcomes) if o.ok}
-    return outcomes, [futures[i].result() if i in futures else None for i in range(len(outcomes))]
+    holdouts = [futures[i].result() if i in futures else None for i in range(len(outcomes))]
+    return compare_and_save(plan, completions, outcomes, holdouts)

@@ -285,9 +285,13 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
 
     runs = tmp_path / "runs"
     copy_runs(reference_run.runs_dir, runs)
-    honest = spec_completion("logistic", HONEST_FEATURES, LOGISTIC)
+    # 128 completions of 6 KB: more than Prefect takes as a flow run's parameters (512 KB), as 2 x 256 of a
+    # night's completions were when the samples were handed to a subflow (the API refused it with a 422)
+    notes = "# what these features are meant to capture\n" * 140
+    honest = spec_completion("logistic", notes + HONEST_FEATURES, LOGISTIC)
     forest = spec_completion("forest", HONEST_FEATURES, HONEST_MODELS["random_forest"])
     written = {"base": [honest] * 48 + ["I would try LightGBM."] * 16, "final": [honest] * 56 + [forest] * 8}
+    assert len("".join(written["base"] + written["final"]).encode()) > 524_288
     monkeypatch.setattr(comparison, "sample", lambda plan, which: written[which])
 
     rows = {(r["window"], r["statistic"]): r for r in evaluate_policy("e2e", n=64, runs_dir=runs)}
