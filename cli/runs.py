@@ -141,8 +141,11 @@ def evaluate_policy(
         f"run {run} after cycle {plan.final.cycle}, then executing them on the reward window and the holdout",
         soft_wrap=True,
     )
+    from sharpe_rl.progress import RunProgress
+
     try:
-        rows = evaluate_policy_flow(run, n=n, seed=plan.seed, runs_dir=runs_dir, task_runner=where)
+        with RunProgress(stderr):
+            rows = evaluate_policy_flow(run, n=n, seed=plan.seed, runs_dir=runs_dir, task_runner=where)
     except (ComparisonError, InfrastructureError, DatasetMismatch) as exc:
         fail(exc)
     stdout.print(comparison_table(rows, f"{run}: base policy vs cycle {plan.final.cycle}, {n} completions each"))

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from prefect.utilities.annotations import unmapped
 
 from flows import task_runners
 from sharpe_rl.config import TaskRunnerConfig
 from sharpe_rl.evaluate_policy import EVALUATION_SEED, MIN_SAMPLES, ComparisonPlan
-from tasks.evaluate_policy import compare_and_save, plan_comparison, sample_policy
-from tasks.execute import execute_experiment, execute_holdout
+from tasks.evaluate_policy import compare_and_save, execute_samples, plan_comparison, sample_policy
 from tasks.report import republish_report
 
 
@@ -43,7 +41,5 @@ def compare_policies(plan: ComparisonPlan) -> list[dict]:
     which Prefect caps at 512 KB (2 x 256 completions are more).
     """
     completions = sample_policy(plan, "base") + sample_policy(plan, "final")
-    outcomes = [future.result() for future in execute_experiment.map(completions, unmapped(plan.evaluation))]
-    futures = {i: execute_holdout.submit(o.spec, plan.evaluation) for i, o in enumerate(outcomes) if o.ok}
-    holdouts = [futures[i].result() if i in futures else None for i in range(len(outcomes))]
+    outcomes, holdouts = execute_samples(plan, completions)
     return compare_and_save(plan, completions, outcomes, holdouts)

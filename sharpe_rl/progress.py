@@ -2,8 +2,10 @@
 
 The pipeline reports progress from the values its steps return (`cycle_started` with a batch,
 `experiment_done` with each outcome as it arrives, `cycle_finished` with the cycle's logged
-numbers) as records of the `sharpe_rl.progress` logger. Anything that handles logs can follow a
-run: `RunProgress` draws bars in the terminal for `sharpe-rl run`. `cycle_line` is the one line a
+numbers) as records of the `sharpe_rl.progress` logger; a job that has stages rather than cycles
+(evaluate-policy: sampling, then executions on each window) reports `stage_started` and `step_done`.
+Anything that handles logs can follow a run: `RunProgress` draws bars in the terminal for
+`sharpe-rl run` and `sharpe-rl evaluate-policy`. `cycle_line` is the one line a
 cycle ends with, the same in the terminal and in the flow run's logs in the Prefect UI.
 """
 
@@ -53,6 +55,16 @@ def cycle_finished(cycle: int, summary: Mapping[str, float]) -> None:
         summary.get("reward_mean", float("nan")),
         extra={"progress": ("cycle_finished", {"cycle": cycle, "summary": dict(summary)})},
     )
+
+
+def stage_started(what: str, total: int | None) -> None:
+    """A stage of a job begins: `what` it does, in `total` steps (None: not counted, such as sampling a policy)."""
+    events.info("%s", what, extra={"progress": ("stage_started", {"what": what, "total": total})})
+
+
+def step_done() -> None:
+    """One step of the current stage finished."""
+    events.info("a step finished", extra={"progress": ("step_done", {})})
 
 
 def cycle_line(cycle: int, summary: Mapping[str, float]) -> str:
@@ -107,7 +119,8 @@ def nats(kl: float) -> str:
 
 
 class RunProgress(logging.Handler):
-    """Two bars (cycles; experiments of this cycle) and the lines the run says, while in its `with` block."""
+    """Two bars (cycles, shown once a cycle starts; experiments of this cycle, or steps of a stage) and the lines the
+    run says, while in its `with` block."""
 
     def __init__(self, console: Console | None = None) -> None:
         super().__init__()
@@ -119,7 +132,7 @@ class RunProgress(logging.Handler):
             TimeElapsedColumn(),
             console=self.console,
         )
-        self._cycles = self.progress.add_task("cycles", total=None)
+        self._cycles = self.progress.add_task("cycles", total=None, visible=False)
         self._experiments = self.progress.add_task("experiments", total=None)
 
     def __enter__(self) -> RunProgress:
@@ -138,7 +151,11 @@ class RunProgress(logging.Handler):
         kind, values = event
         if kind == "cycle_started":
             self.progress.update(
-                self._cycles, description=f"{values['run']}: cycles", total=values["cycles"], completed=values["cycle"]
+                self._cycles,
+                description=f"{values['run']}: cycles",
+                total=values["cycles"],
+                completed=values["cycle"],
+                visible=True,
             )
             self.progress.update(
                 self._experiments,
@@ -150,5 +167,9 @@ class RunProgress(logging.Handler):
             self.progress.update(self._experiments, description=f"cycle {values['cycle']}: executing", advance=1)
         elif kind == "cycle_finished":
             self.progress.update(self._cycles, completed=values["cycle"] + 1)
+        elif kind == "stage_started":
+            self.progress.update(self._experiments, description=values["what"], total=values["total"], completed=0)
+        elif kind == "step_done":
+            self.progress.update(self._experiments, advance=1)
         elif kind == "said":
             self.console.print(values["line"], soft_wrap=True, highlight=False, markup=False)

@@ -41,7 +41,7 @@ from pipeline_fixtures import (
 )
 from sandbox_fixtures import HONEST_FEATURES, HONEST_MODELS, LOGISTIC
 
-from sharpe_rl import evaluation
+from sharpe_rl import evaluation, progress
 from sharpe_rl import steps as run_steps
 from sharpe_rl.archive import EliteArchive, load_archive
 from sharpe_rl.buffer import ReplayBuffer
@@ -278,6 +278,17 @@ def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_bas
     assert run.pending_cycles == [0, 1, 2, 3] and run.policy.cycle is None  # the base policy
 
 
+class ListHandler(logging.Handler):
+    """Keeps every record it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(reference_run, tmp_path, monkeypatch):
     import sharpe_rl.evaluate_policy as comparison
     from flows.evaluate_policy import evaluate_policy
@@ -294,7 +305,21 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
     assert len("".join(written["base"] + written["final"]).encode()) > 524_288
     monkeypatch.setattr(comparison, "sample", lambda plan, which: written[which])
 
-    rows = {(r["window"], r["statistic"]): r for r in evaluate_policy("e2e", n=64, runs_dir=runs)}
+    heard = ListHandler()  # what the terminal's bars and lines are drawn from
+    progress.events.addHandler(heard)
+    try:
+        rows = {(r["window"], r["statistic"]): r for r in evaluate_policy("e2e", n=64, runs_dir=runs)}
+    finally:
+        progress.events.removeHandler(heard)
+    events = [record.progress for record in heard.records]
+    assert [values["line"] for kind, values in events if kind == "said"] == [
+        "sampling 64 completions from the base policy",
+        "sampling 64 completions from run e2e after cycle 3",
+        "executing 128 completions on the reward window",
+        "112 of 128 ran; executing them on the holdout",
+    ]
+    assert [values["total"] for kind, values in events if kind == "stage_started"] == [None, None, 128, 112]
+    assert sum(kind == "step_done" for kind, _ in events) == 128 + 112  # every execution, as it finished
     for window in ("reward", "holdout"):
         share = rows[(window, "run_share")]
         assert (share["base"], share["final"]) == (0.75, 1.0) and 0 < share["low"] <= 0.25 <= share["high"]

@@ -54,3 +54,16 @@ def test_with_family_credit_the_cycle_line_says_what_the_update_learned_from():
         "cycle 3: reward mean -0.700 (the update learns from family credit, mean -0.720); ran 4 of 4"
     )
     assert "credit" not in cycle_line(3, summary)
+
+
+def test_a_job_in_stages_draws_one_bar_per_stage_and_no_cycles():
+    """evaluate-policy: sampling (not counted), then the executions of each window, counted as they finish."""
+    out = StringIO()
+    with RunProgress(Console(file=out, width=200)):
+        progress.stage_started("sampling base", None)
+        progress.stage_started("executing on the reward window", 4)
+        for _ in range(3):
+            progress.step_done()
+    drawn = out.getvalue()
+    assert "executing on the reward window" in drawn and "3/4" in drawn
+    assert "sampling base" not in drawn and "cycles" not in drawn  # a stage replaces the last; no cycle bar
