@@ -90,10 +90,11 @@ def main() -> None:
             print(f"seed {seed}: reward–holdout agreement {facts.selection.agreement.sentence()}")
     pooled = pl.concat(samples, how="diagonal_relaxed")
     table = compare(pooled)
-    print_table(table, len(args.seeds), args.n)
+    n = pooled.filter(pl.col("policy") == "base").height // len(args.seeds)  # the stored samples' size, not --n's
+    print_table(table, len(args.seeds), n)
     print_changes(pooled)
     if args.out:
-        args.out.write_text(json.dumps({"seeds": args.seeds, "n": args.n, "comparison": table}, indent=1))
+        args.out.write_text(json.dumps({"seeds": args.seeds, "n": n, "comparison": table}, indent=1))
 
 
 def night(name: str, seed: int, data: Path, ppo: PPOConfig, args: argparse.Namespace) -> None:
