@@ -133,6 +133,7 @@ def evaluate_policy(
     if not verbose:
         quiet_libraries()
     from flows.evaluate_policy import evaluate_policy as evaluate_policy_flow
+    from sharpe_rl.progress import RunProgress
     from sharpe_rl.sandbox import InfrastructureError
 
     stdout, stderr = Console(), Console(stderr=True)
@@ -141,8 +142,6 @@ def evaluate_policy(
         f"run {run} after cycle {plan.final.cycle}, then executing them on the reward window and the holdout",
         soft_wrap=True,
     )
-    from sharpe_rl.progress import RunProgress
-
     try:
         with RunProgress(stderr):
             rows = evaluate_policy_flow(run, n=n, seed=plan.seed, runs_dir=runs_dir, task_runner=where)
