@@ -278,18 +278,9 @@ def test_reset_archives_checkpoints_and_buffer_and_the_run_restarts_from_the_bas
     assert run.pending_cycles == [0, 1, 2, 3] and run.policy.cycle is None  # the base policy
 
 
-class ListHandler(logging.Handler):
-    """Keeps every record it is handed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(reference_run, tmp_path, monkeypatch):
+def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
+    reference_run, tmp_path, monkeypatch, caplog
+):
     import sharpe_rl.evaluate_policy as comparison
     from flows.evaluate_policy import evaluate_policy
     from sharpe_rl.facts import load_comparison
@@ -305,13 +296,12 @@ def test_evaluate_policy_compares_base_and_final_on_both_windows_with_intervals(
     assert len("".join(written["base"] + written["final"]).encode()) > 524_288
     monkeypatch.setattr(comparison, "sample", lambda plan, which: written[which])
 
-    heard = ListHandler()  # what the terminal's bars and lines are drawn from
-    progress.events.addHandler(heard)
+    progress.events.addHandler(caplog.handler)  # what the terminal's bars and lines are drawn from (no propagation)
     try:
         rows = {(r["window"], r["statistic"]): r for r in evaluate_policy("e2e", n=64, runs_dir=runs)}
     finally:
-        progress.events.removeHandler(heard)
-    events = [record.progress for record in heard.records]
+        progress.events.removeHandler(caplog.handler)
+    events = [record.progress for record in caplog.records if hasattr(record, "progress")]
     assert [values["line"] for kind, values in events if kind == "said"] == [
         "sampling 64 completions from the base policy",
         "sampling 64 completions from run e2e after cycle 3",
