@@ -1,6 +1,7 @@
 """One training step of the tiny policy's build, under the thread settings that matter on a shared CPU.
 
-For each setting (torch threads 1 or 2, OpenMP threads that spin or sleep while they wait), a
+For each setting (torch threads 1 or 2; OpenMP threads that spin, sleep, or do OpenMP's default, a short spin
+then sleep, while they wait: the default is what a process gets that loads torch before sharpe_rl), a
 fresh interpreter builds the default corpus, tokenizer and model as `build_tiny_policy` does and
 times `--steps` of its optimizer steps (after 5 warm-up steps). Prints the median wall-clock and
 CPU milliseconds per step, the steps' share of one core, and the load average before and after:
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SETTINGS = [(2, "ACTIVE"), (2, "PASSIVE"), (1, "PASSIVE")]
+SETTINGS = [(2, "ACTIVE"), (2, None), (2, "PASSIVE"), (1, "PASSIVE")]
 WARMUP = 5
 
 
@@ -75,7 +76,8 @@ def main() -> None:
     )
     for threads, policy in SETTINGS:
         before = os.getloadavg()[0]
-        env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": policy}
+        env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+        env |= {"OMP_NUM_THREADS": str(threads)} | ({"OMP_WAIT_POLICY": policy} if policy else {})
         done = subprocess.run(
             [sys.executable, __file__, "--child", "--steps", str(args.steps)],
             env=env,
@@ -85,7 +87,7 @@ def main() -> None:
         )
         result = json.loads(done.stdout.strip().splitlines()[-1])
         print(
-            f"{threads:>7} {policy.lower():>11} {result['wall_ms']:>8.0f} {result['cpu_ms']:>7.0f} "
+            f"{threads:>7} {(policy or 'default').lower():>11} {result['wall_ms']:>8.0f} {result['cpu_ms']:>7.0f} "
             f"{result['cpu_ms'] / result['wall_ms']:>6.2f}   {before:.1f} -> {os.getloadavg()[0]:.1f}"
         )
 

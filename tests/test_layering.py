@@ -2,6 +2,7 @@
 the command line, so every piece can be used and tested without an orchestrator."""
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,3 +62,17 @@ def test_no_module_imports_against_the_flow_of_dependencies(package: str):
         if imported in FORBIDDEN[package]
     ]
     assert not found, f"{package} must not import {sorted(FORBIDDEN[package])}: " + "; ".join(found)
+
+
+@pytest.mark.parametrize("entry", ["cli.app", "flows.rl_run", "flows.evaluate_policy", "tasks.cycle"])
+def test_torch_loads_with_openmp_threads_that_sleep_from_every_entry_point(entry: str):
+    """The command line, the flows (on a thread or a Dask worker) and their tasks: torch's OpenMP threads must
+    not spin beside the experiments' containers (a step of the policy 2-3 times slower on a busy machine)."""
+    code = f"import os, sys, {entry}, torch\nloaded = list(sys.modules)  # in the order their imports began\n"
+    code += "print(os.environ.get('OMP_WAIT_POLICY'), loaded.index('sharpe_rl') < loaded.index('torch'))"
+    for given, expected in [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")]:  # a setting of the user's own wins
+        env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+        env |= {"OMP_WAIT_POLICY": given} if given else {}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == [expected, "True"]  # set before torch began to load, when OpenMP reads it
