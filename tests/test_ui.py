@@ -148,11 +148,16 @@ def finished_run(browser, nightly: AdvancedSettings, pipeline_dataset: Path, scr
     expect(form.get_by_label("prompt_version")).to_be_visible()
     page.screenshot(path=screenshots / "prefect-run-form.png")
     page.get_by_role("button", name="Submit").click()
-    expect(page.get_by_text(RUN).first).to_be_visible()
-    page.context.close()
-
     with prefect_client() as client:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+
+        # the page is kept open until the server has the run: beside a busy machine the form's request and the
+        # page's own refresh can take longer than an expectation's 30 s (the deployments page test checks the list)
+        deadline = time.monotonic() + 180
+        while not client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[RUN]))):
+            assert time.monotonic() < deadline, "Submit on the run form created no flow run in 3 minutes"
+            time.sleep(2)
+        page.context.close()
 
         deadline = time.monotonic() + 900
         while True:
