@@ -53,7 +53,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from transformers import AutoTokenizer
 
 from sharpe_rl.buffer import ReplayBuffer, experiences_frame
 from sharpe_rl.checks import check_completion
@@ -248,6 +247,8 @@ def main() -> None:
     prompt = run_prompt(RunConfig(), detect_interval(panel), symbols)
     policy = load_policy(policy_cfg, seed=args.seed)
     trainer = PPOTrainer(policy, ppo, seed=args.seed)
+    from transformers import AutoTokenizer  # here, so that sharpe_rl (its OpenMP setting) loads before torch
+
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
     generator = make_generator(policy_cfg, model=policy.model, tokenizer=tokenizer)
     ref = None
