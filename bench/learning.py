@@ -4,8 +4,10 @@ The comparison is written down in docs/learning.md ("The pre-registered comparis
 runs: for each seed, a night of `--cycles` × `--batch-size` on the panel, then `sharpe-rl
 evaluate-policy` (N completions of the base policy and N of the night's final checkpoint, same
 prompt and seeds, executed on the reward window and the holdout). The N pairs of every seed are
-pooled, and each difference (trained − base) gets a 95% paired bootstrap interval, pairs resampled
-within each seed (a seed's pairs share its night):
+pooled, and each difference (trained − base) gets a 95% paired bootstrap interval. A resample draws
+one set of pair indices for all seeds: the base half is the same N completions in every seed
+(evaluate-policy samples both policies with the same sampling seed), so its sampling error must count
+once, not once a seed; the rows (base i, trained i of each seed) are independent across i:
 
 - holdout: mean net Sharpe of the completions that ran (the primary outcome), and their evidence
   (net Sharpe over the panel's no-skill noise);
@@ -154,7 +156,8 @@ def statistics(rows: pl.DataFrame) -> dict[str, float]:
 
 
 def compare(pooled: pl.DataFrame) -> list[dict[str, float | str]]:
-    """Trained − base per statistic, with a 95% paired bootstrap interval (pairs resampled within each seed)."""
+    """Trained − base per statistic, with a 95% paired bootstrap interval (one draw of pair indices for all seeds:
+    their base halves are the same completions)."""
     base = pooled.filter(pl.col("policy") == "base").sort("seed", "index")
     final = pooled.filter(pl.col("policy") == "final").sort("seed", "index")
     assert base.select("seed", "index").equals(final.select("seed", "index")), "unpaired samples"
@@ -162,9 +165,12 @@ def compare(pooled: pl.DataFrame) -> list[dict[str, float | str]]:
     rng = np.random.default_rng(0)
     seeds = base["seed"].to_numpy()
     groups = [np.flatnonzero(seeds == s) for s in np.unique(seeds)]
+    pairs = len(groups[0])
+    assert all(len(g) == pairs for g in groups), "every seed needs the same number of pairs"
     drawn: dict[str, list[float]] = {name: [] for name in observed_base}
     for _ in range(RESAMPLES):
-        rows = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        draw = rng.integers(0, pairs, pairs)
+        rows = np.concatenate([g[draw] for g in groups])
         b, f = statistics(base[rows]), statistics(final[rows])
         for name in drawn:
             drawn[name].append(f[name] - b[name])
@@ -187,7 +193,7 @@ def compare(pooled: pl.DataFrame) -> list[dict[str, float | str]]:
 
 
 def print_table(table: list[dict], seeds: int, n: int) -> None:
-    print(f"\npooled over {seeds} seeds, {n} pairs each (95% paired bootstrap, resampled within seeds)")
+    print(f"\npooled over {seeds} seeds, {n} pairs each (95% paired bootstrap, one index draw for all seeds)")
     print(f"{'statistic':<34}{'base':>9}{'trained':>9}{'trained - base':>16}  interval          seen 4 in 5")
     for row in table:
         print(
