@@ -6,7 +6,7 @@ evaluate-policy` (N completions of the base policy and N of the night's final ch
 prompt and seeds, executed on the reward window and the holdout). The N pairs of every seed are
 pooled, and each difference (trained − base) gets a 95% paired bootstrap interval. A resample draws
 one set of pair indices for all seeds: the base half is the same N completions in every seed
-(evaluate-policy samples both policies with the same sampling seed), so its sampling error must count
+(evaluate-policy samples it alike in every runs folder), so its sampling error must count
 once, not once a seed; the rows (base i, trained i of each seed) are independent across i:
 
 - holdout: mean net Sharpe of the completions that ran (the primary outcome), and their evidence
