@@ -151,17 +151,18 @@ def finished_run(browser, nightly: AdvancedSettings, pipeline_dataset: Path, scr
     with prefect_client() as client:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
 
+        by_name = FlowRunFilter(name=FlowRunFilterName(any_=[RUN]))
         # the page is kept open until the server has the run: beside a busy machine the form's request and the
         # page's own refresh can take longer than an expectation's 30 s (the deployments page test checks the list)
         deadline = time.monotonic() + 180
-        while not client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[RUN]))):
+        while not client.read_flow_runs(flow_run_filter=by_name):
             assert time.monotonic() < deadline, "Submit on the run form created no flow run in 3 minutes"
             time.sleep(2)
         page.context.close()
 
         deadline = time.monotonic() + 900
         while True:
-            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[RUN])))
+            found = client.read_flow_runs(flow_run_filter=by_name)
             if found and found[0].state.is_final():
                 break
             assert time.monotonic() < deadline, f"the run did not finish in 15 minutes: {found}"
