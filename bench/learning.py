@@ -76,7 +76,6 @@ def main() -> None:
         data = last_days(data, args.last_days, args.runs_dir)
     use_orchestration_environment(args.runs_dir, own_server=True)
     ppo = ppo_settings(args.ppo, PPOConfig().group_size)
-    print(f"PPO: {ppo.model_dump()}", flush=True)
     samples = []
     for seed in args.seeds:
         name = f"learning-seed{seed}"
@@ -103,7 +102,7 @@ def night(name: str, seed: int, data: Path, ppo: PPOConfig, args: argparse.Names
     """The seed's night (resumed where it stopped), as `sharpe-rl run` runs it, with `ppo` for its updates."""
     from flows.rl_run import run
 
-    print(f"night {name}: {args.cycles} x {args.batch_size}, seed {seed}", flush=True)
+    print(f"night {name}: {args.cycles} x {args.batch_size}, seed {seed}, PPO {ppo.model_dump()}", flush=True)
     run(
         RunConfig(
             name=name,
