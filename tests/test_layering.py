@@ -76,9 +76,9 @@ def openmp_wait_policy_at_torch_load(entry: str, given: str | None) -> list[str]
     return done.stdout.split()
 
 
-@pytest.mark.parametrize("entry", ["cli.app", "flows.rl_run", "tasks.cycle"])
+@pytest.mark.parametrize("entry", ["cli.app", "flows.rl_run", "flows.evaluate_policy", "tasks.cycle"])
 def test_torch_loads_with_openmp_threads_that_sleep_from_every_entry_point(entry: str):
-    """The command line, a deployment's flow and a Dask worker's first task module: torch's OpenMP threads must
+    """The command line, the deployments' flows and a Dask worker's first task module: torch's OpenMP threads must
     not spin beside the experiments' containers (a step of the policy 2-3 times slower on a busy machine). OpenMP
     reads the setting when torch loads."""
     assert openmp_wait_policy_at_torch_load(entry, None) == ["PASSIVE", "True"]
